@@ -1,0 +1,65 @@
+"""The sparsity keys, as a pydantic model that extends MaxText's own config (see ``maxtext_hook``).
+
+Every key is flat, so it is set in YAML or as ``key=value`` on the command line like any MaxText key.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+import pydantic
+
+from sparsity.schedules import SCHEDULES
+
+# Linear-layer kernels of MaxText's decoders: attention q/k/v/out, MLP wi/wo, and the untied output
+# projection. Embeddings and norm scales are not matched (paper, section 4).
+DEFAULT_PRUNABLE = r"(^|/)(query|key|value|out|wi|wi_0|wi_1|wo|logits_dense)/kernel$"
+
+
+class SparsityKeys(pydantic.BaseModel):
+  """Sparse pre-training keys (paper: dense 25%, gradual pruning every 100 steps until 75%, then fixed mask)."""
+
+  target_sparsity: float = pydantic.Field(
+      0.0, ge=0.0, lt=1.0, description="Final fraction of prunable weights set to zero; 0 trains densely."
+  )
+  sparsity_schedule: Literal[SCHEDULES] = pydantic.Field(  # type: ignore[valid-type]
+      "geometric", description="Density after each pruning event: geometric (paper), cubic, linear, one_shot."
+  )
+  prune_start_fraction: float = pydantic.Field(0.25, ge=0.0, le=1.0, description="First event at this fraction of steps.")
+  prune_end_fraction: float = pydantic.Field(0.75, ge=0.0, le=1.0, description="Last event at this fraction of steps.")
+  pruning_interval: int = pydantic.Field(100, gt=0, description="Steps between pruning events (the paper's P).")
+  pruning_scope: Literal["global", "per_tensor"] = pydantic.Field(
+      "global", description="One magnitude threshold over all prunable weights, or one per tensor."
+  )
+  pruning_score: Literal["magnitude", "random"] = pydantic.Field(
+      "magnitude", description="Weight importance: |w| (paper) or uniform random (baseline)."
+  )
+  prunable_params: str = pydantic.Field(
+      DEFAULT_PRUNABLE, description="Regex (re.search) over parameter paths like 'decoder/layers/mlp/wi_0/kernel'."
+  )
+  non_prunable_params: str = pydantic.Field(
+      "", description="Regex of parameter paths never pruned, applied after prunable_params; empty: none."
+  )
+  pruning_seed: int = pydantic.Field(0, description="Seed of the random score (pruning_score=random).")
+
+  @pydantic.field_validator("prunable_params", "non_prunable_params")
+  @classmethod
+  def _valid_regex(cls, v: str) -> str:
+    try:
+      re.compile(v)
+    except re.error as e:
+      raise ValueError(f"not a valid regular expression ({e}): {v!r}") from e
+    return v
+
+  @pydantic.model_validator(mode="after")
+  def _ordered_fractions(self):
+    if self.prune_start_fraction > self.prune_end_fraction:
+      raise ValueError(
+          f"prune_start_fraction ({self.prune_start_fraction}) must be <= prune_end_fraction "
+          f"({self.prune_end_fraction})"
+      )
+    return self
+
+
+SPARSITY_KEYS = tuple(SparsityKeys.model_fields)

@@ -1,0 +1,242 @@
+"""The one module that knows MaxText's internals: it installs the pruner at MaxText 0.2.5's extension points.
+
+Extension points used (``check_extension_points`` fails loudly if any moved):
+
+* ``maxtext.configs.pyconfig.initialize(argv, config_class=...)``: the sparsity keys join MaxText's pydantic
+  config (``SparseMaxTextConfig``), so YAML, ``key=value`` overrides and validation work as for any key.
+* ``maxtext.optimizers.optimizers.get_optimizer``: the optimizer MaxText builds is wrapped in
+  ``sparsity.pruner.pruned``; masks live in the NNX optimizer state, inherit each parameter's sharding
+  annotations and are checkpointed and restored by MaxText's own Orbax checkpointing.
+* ``maxtext.trainers.pre_train.train.train_step``: adds the ``sparsity/*`` scalars to MaxText's metrics.
+* ``maxtext.trainers.pre_train.train.train_loop`` / ``training_loop_iteration``: after the loop, counts the
+  final masks and writes ``<base_output_directory>/<run_name>/sparsity_summary.json``.
+* ``maxtext.utils.max_utils.initialize_summary_writer``: with ``DECOUPLE_GCLOUD=TRUE`` MaxText stubs out
+  TensorBoard; this writes real event files to ``tensorboard_dir`` when tensorboardX is installed.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import jax
+import jax.numpy as jnp
+import pydantic
+
+from sparsity import accounting, pruner, schedules, threshold
+from sparsity.config import SparsityKeys
+
+MAXTEXT_VERSION = "0.2.5"
+
+
+def _maxtext():
+  """Imports MaxText's modules (late: they pull in TensorFlow and configure JAX)."""
+  # pylint: disable=import-outside-toplevel
+  from maxtext.configs import pyconfig, types
+  from maxtext.optimizers import optimizers
+  from maxtext.trainers.pre_train import train
+  from maxtext.utils import max_utils
+
+  return pyconfig, types, optimizers, train, max_utils
+
+
+def check_extension_points() -> None:
+  """Raises if the installed MaxText is not the pinned one or an extension point moved."""
+  import maxtext.version  # pylint: disable=import-outside-toplevel
+
+  version = getattr(maxtext.version, "__version__", None)
+  if version != MAXTEXT_VERSION:
+    raise RuntimeError(f"sparsity needs maxtext=={MAXTEXT_VERSION}, found {version}: run setup.sh")
+  pyconfig, types, optimizers, train, max_utils = _maxtext()
+  needed = {
+      "pyconfig.initialize": pyconfig,
+      "types.MaxTextConfig": types,
+      "optimizers.get_optimizer": optimizers,
+      "train.train_step": train,
+      "train.train_loop": train,
+      "train.training_loop_iteration": train,
+      "train.main": train,
+      "max_utils.initialize_summary_writer": max_utils,
+  }
+  for name, module in needed.items():
+    if not hasattr(module, name.split(".")[1]):
+      raise RuntimeError(f"MaxText extension point {name} is missing: the pinned maxtext=={MAXTEXT_VERSION} changed")
+
+
+@functools.cache
+def config_class():
+  """MaxText's pydantic config extended with the sparsity keys (``sparsity.config.SparsityKeys``)."""
+  _, types, _, _, _ = _maxtext()
+
+  class SparseMaxTextConfig(types.MaxTextConfig, SparsityKeys):
+    """MaxText config + sparse pre-training keys."""
+
+    @pydantic.model_validator(mode="after")
+    def _schedule_fits_run(self):
+      if self.target_sparsity > 0:
+        try:
+          schedules.schedule_from_config(self)
+        except ValueError as e:
+          raise ValueError(f"sparsity schedule: {e}") from e
+      return self
+
+  return SparseMaxTextConfig
+
+
+def load_config(argv):
+  """MaxText's config from ``[yaml, key=value, ...]`` with the sparsity keys validated (no training)."""
+  pyconfig, _, _, _, _ = _maxtext()
+  return pyconfig.initialize(["", *argv], config_class=config_class())
+
+
+def plan_from_config(config) -> pruner.PrunePlan:
+  return pruner.PrunePlan(
+      schedule=schedules.schedule_from_config(config),
+      prunable=config.prunable_params,
+      non_prunable=config.non_prunable_params,
+      scope=config.pruning_scope,
+      score=config.pruning_score,
+      seed=config.pruning_seed,
+  )
+
+
+def _is_variable(x) -> bool:
+  from flax import nnx  # pylint: disable=import-outside-toplevel
+
+  return isinstance(x, nnx.Variable)
+
+
+class _Run:
+  """What the hooks share within one process: the plan and the parameter counts seen at init."""
+
+  def __init__(self):
+    self.plan: pruner.PrunePlan | None = None
+    self.prunable = 0
+    self.total = 0
+    self.config = None
+
+  def accounting(self) -> accounting.Accounting:
+    cfg = self.config
+    return accounting.Accounting(
+        schedule=self.plan.schedule,
+        prunable=self.prunable,
+        non_prunable=self.total - self.prunable,
+        tokens_per_step=int(cfg.global_batch_size_to_train_on) * int(cfg.max_target_length),
+    )
+
+
+_RUN = _Run()
+
+
+def _count(params, plan):
+  flat, _ = pruner._flatten(params, _is_variable)  # pylint: disable=protected-access
+  chosen = set(pruner.prunable_paths(params, plan, _is_variable))
+  total = sum(pruner._size(x) for _, x in flat)  # pylint: disable=protected-access
+  prunable = sum(pruner._size(x) for p, x in flat if p in chosen)  # pylint: disable=protected-access
+  return prunable, total
+
+
+def _get_optimizer(original, config, learning_rate_schedule, model=None, mesh=None):
+  inner = original(config, learning_rate_schedule, model, mesh=mesh)
+  plan = plan_from_config(config)
+  _RUN.plan, _RUN.config = plan, config
+  tx = pruner.pruned(inner, plan, is_leaf=_is_variable)
+
+  def init(params):
+    _RUN.prunable, _RUN.total = _count(params, plan)
+    return tx.init(params)
+
+  return type(tx)(init, tx.update)
+
+
+def _train_step(original, model, config, *args, **kwargs):
+  new_state, metrics = original(model, config, *args, **kwargs)
+  if _RUN.plan is not None and _RUN.total:
+    step = _optimizer_step(new_state) - 1
+    metrics["scalar"].update(_RUN.accounting().step_metrics(step))
+  return new_state, metrics
+
+
+def _optimizer_step(state):
+  """The optimizer's update count in an NNX train-state (``state.optimizer.step``)."""
+  leaf = state["optimizer"]["step"]
+  return jnp.asarray(getattr(leaf, "value", leaf)).astype(jnp.int32)
+
+
+def _final_kept(state) -> int:
+  flat = jax.tree_util.tree_flatten_with_path(state)[0]
+  masks = [x for p, x in flat if "/masks/" in "/" + pruner.path_str(p) + "/" and x.dtype == jnp.bool_]
+  return threshold.wide_to_python(jax.device_get(jax.jit(threshold.count_true)(masks)))
+
+
+def _train_loop(original, loop_iteration_original, train_module, config, recorder, state=None):
+  seen = {}
+
+  def iteration(jax_device_state, python_vars, immutable_data):
+    metrics = loop_iteration_original(jax_device_state, python_vars, immutable_data)
+    seen["metrics"], seen["logger"] = metrics, python_vars["metric_logger_instance"]
+    return metrics
+
+  train_module.training_loop_iteration = iteration
+  try:
+    state = original(config, recorder, state)
+  finally:
+    train_module.training_loop_iteration = loop_iteration_original
+  if jax.process_index() == 0 and _RUN.plan is not None and _RUN.total:
+    train_loss = eval_loss = None
+    if "metrics" in seen:
+      train_loss = float(jax.device_get(seen["metrics"]["scalar"]["learning/loss"]))
+      scalars = seen["logger"].cumulative_eval_metrics.get("scalar", {})
+      if scalars.get("eval/total_weights", 0) > 0 and "eval/avg_loss" in scalars:
+        eval_loss = float(scalars["eval/avg_loss"])
+    acc = _RUN.accounting()
+    kept = _final_kept(state) if config.target_sparsity > 0 else _RUN.prunable
+    expected = acc.keep_counts()[-1] if acc.keep_counts() else acc.prunable
+    if config.steps > (acc.schedule.prune_steps[-1] if acc.schedule.prune_steps else -1) and kept != expected:
+      raise RuntimeError(f"final masks keep {kept} weights, the schedule says {expected}")
+    summary = acc.summary(
+        run_name=config.run_name,
+        target_sparsity=config.target_sparsity,
+        schedule_name=config.sparsity_schedule,
+        final_kept=kept,
+        final_train_loss=train_loss,
+        final_eval_loss=eval_loss,
+    )
+    path = accounting.write_summary(os.path.join(config.base_output_directory, config.run_name), summary)
+    print(f"sparsity summary written to {path}", flush=True)
+  return state
+
+
+def _summary_writer(original, tensorboard_dir, run_name, enable_tensorboard=True):
+  try:
+    from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    return original(tensorboard_dir, run_name, enable_tensorboard)
+  if jax.process_index() != 0 or not enable_tensorboard or not tensorboard_dir:
+    return original(tensorboard_dir, run_name, enable_tensorboard)
+  return SummaryWriter(os.path.join(tensorboard_dir, run_name) if run_name else tensorboard_dir)
+
+
+_INSTALLED = False
+
+
+def install() -> None:
+  """Installs the hooks into the imported MaxText modules (idempotent)."""
+  global _INSTALLED
+  if _INSTALLED:
+    return
+  check_extension_points()
+  pyconfig, _, optimizers, train, max_utils = _maxtext()
+  pyconfig.initialize = functools.partial(pyconfig.initialize, config_class=config_class())
+  optimizers.get_optimizer = functools.partial(_get_optimizer, optimizers.get_optimizer)
+  train.train_step = functools.partial(_train_step, train.train_step)
+  train.train_loop = functools.partial(_train_loop, train.train_loop, train.training_loop_iteration, train)
+  max_utils.initialize_summary_writer = functools.partial(_summary_writer, max_utils.initialize_summary_writer)
+  _INSTALLED = True
+
+
+def main(argv) -> None:
+  """Runs MaxText's pre-training (``maxtext.trainers.pre_train.train.main``) with the pruner installed."""
+  install()
+  _, _, _, train, _ = _maxtext()
+  train.main(argv)

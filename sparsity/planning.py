@@ -1,0 +1,344 @@
+"""Planning sparse pre-training runs: LLaMA-2 parameter counts, compute, dense matching, law-based choices.
+
+Conventions (the paper's section 4 and Table 1):
+
+* LLaMA-2 decoder, no biases, SwiGLU MLP (three matrices ``wi_0``, ``wi_1``, ``wo``).
+* Prunable = every linear-layer kernel: attention ``query``, ``key``, ``value``, ``out`` and MLP ``wi_0``,
+  ``wi_1``, ``wo`` in every layer, plus the output projection ``logits_dense`` when embeddings are untied.
+* Non-prunable = the token embedding and the RMSNorm scales (2 per layer + the final norm).
+* Active parameters during a step = exact kept prunable count (``Schedule.keep_counts``) + non-prunable.
+* Effective training compute = ``sum over steps of 6 * active params * tokens per step`` = ``6 N_avg D``
+  (the paper's "effective compute", linear in density as in Frantar et al. 2023).
+* Inference FLOPs per token = ``2 * final active params``.
+
+``PAPER_MODELS`` are the three shapes of Table 1 (vocab 32000, untied, MLP = 4 x width, head_dim 64):
+
+=====  =====  ======  ===  ======  ==============  ===========
+name   width  layers  MLP  heads   prunable        total
+=====  =====  ======  ===  ======  ==============  ===========
+58M    512    6       2048  8      41,549,824      57,940,480
+162M   768    12      3072  12     137,822,208     162,417,408
+468M   1024   24      4096  16     435,421,184     468,239,360
+=====  =====  ======  ===  ======  ==============  ===========
+
+e.g. 162M: per layer ``4 * 768**2 + 3 * 768 * 3072 = 9,437,184``, times 12, plus ``logits_dense``
+``768 * 32000`` = 137,822,208 prunable; plus embedding ``32000 * 768`` and ``25 * 768`` norm scales.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Iterable, Mapping, Sequence
+
+from sparsity import schedules
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelShape:
+  """Shape of a LLaMA-2 decoder (MaxText names in parentheses).
+
+  Attributes:
+    emb: hidden size (``base_emb_dim``).
+    num_query_heads: attention query heads (``base_num_query_heads``).
+    num_kv_heads: key/value heads (``base_num_kv_heads``).
+    head_dim: per-head dimension (``head_dim``).
+    mlp_dim: SwiGLU hidden size (``base_mlp_dim``).
+    num_layers: decoder layers (``base_num_decoder_layers``).
+    vocab: vocabulary size (``vocab_size``).
+    tied_embeddings: output projection shares the token embedding (``logits_via_embedding``).
+  """
+
+  emb: int
+  num_query_heads: int
+  num_kv_heads: int
+  head_dim: int
+  mlp_dim: int
+  num_layers: int
+  vocab: int = 32000
+  tied_embeddings: bool = False
+
+
+PAPER_MODELS: dict[str, ModelShape] = {
+    "58M": ModelShape(512, 8, 8, 64, 2048, 6, 32000, False),
+    "162M": ModelShape(768, 12, 12, 64, 3072, 12, 32000, False),
+    "468M": ModelShape(1024, 16, 16, 64, 4096, 24, 32000, False),
+}
+
+
+def param_counts(shape: ModelShape) -> dict[str, int]:
+  """Exact parameter counts of ``shape``.
+
+  Returns:
+    ``total``, ``prunable``, ``non_prunable`` and the parts ``attention`` (all layers), ``mlp`` (all
+    layers), ``logits_dense`` (0 when tied), ``embedding``, ``norms``.
+  """
+  e, L = shape.emb, shape.num_layers
+  q, kv = shape.num_query_heads * shape.head_dim, shape.num_kv_heads * shape.head_dim
+  attention = L * (e * q + 2 * e * kv + q * e)
+  mlp = L * 3 * e * shape.mlp_dim
+  logits = 0 if shape.tied_embeddings else e * shape.vocab
+  embedding = shape.vocab * e
+  norms = (2 * L + 1) * e
+  prunable = attention + mlp + logits
+  non_prunable = embedding + norms
+  return {"total": prunable + non_prunable, "prunable": prunable, "non_prunable": non_prunable,
+          "attention": attention, "mlp": mlp, "logits_dense": logits, "embedding": embedding, "norms": norms}
+
+
+def plan(
+    shape: ModelShape,
+    steps: int,
+    tokens_per_step: int,
+    target_sparsity: float = 0.0,
+    sparsity_schedule: str = "geometric",
+    prune_start_fraction: float = 0.25,
+    prune_end_fraction: float = 0.75,
+    pruning_interval: int = 100,
+) -> dict[str, Any]:
+  """Parameter and compute accounting of one run, from the same schedule code the trainer uses.
+
+  Args:
+    shape: model shape.
+    steps: training steps.
+    tokens_per_step: global batch size x sequence length.
+    target_sparsity, sparsity_schedule, prune_start_fraction, prune_end_fraction, pruning_interval: the
+      trainer's sparsity keys (see ``sparsity.schedules.make_schedule``).
+
+  Returns:
+    A JSON-serialisable dict: ``total_params``, ``prunable_params``, ``non_prunable_params``,
+    ``final_params`` (active at the end), ``final_prunable_params``, ``avg_active_params``,
+    ``avg_active_prunable_params``, ``compression_rate`` (avg / final), ``tokens``, ``steps``,
+    ``tokens_per_step``, ``training_flops`` (``6 N_avg D``), ``dense_training_flops`` (``6 N_total D``),
+    ``compute_fraction`` (their ratio), ``prune_steps``, ``num_prune_events``, ``final_sparsity``
+    (of the prunable weights, exact), ``final_total_sparsity`` (of all weights),
+    ``inference_flops_per_token`` (``2 * final_params``), ``dense_inference_flops_per_token``,
+    ``tokens_per_prunable_param``, ``chinchilla_multiple`` (tokens / (20 * prunable)), the schedule keys,
+    and ``shape`` (as a dict).
+  """
+  if int(tokens_per_step) <= 0:
+    raise ValueError(f"tokens_per_step must be positive, got {tokens_per_step}")
+  counts = param_counts(shape)
+  prunable, non_prunable, total = counts["prunable"], counts["non_prunable"], counts["total"]
+  sched = schedules.make_schedule(int(steps), float(target_sparsity), str(sparsity_schedule),
+                                  float(prune_start_fraction), float(prune_end_fraction), int(pruning_interval))
+  keep = sched.keep_counts(prunable)
+  final_prunable = keep[-1] if keep else prunable
+  avg = sched.average_active(prunable, non_prunable)
+  avg_prunable = sched.average_active(prunable, 0)
+  tokens = int(steps) * int(tokens_per_step)
+  final = final_prunable + non_prunable
+  return {
+      "total_params": total,
+      "prunable_params": prunable,
+      "non_prunable_params": non_prunable,
+      "final_params": final,
+      "final_prunable_params": final_prunable,
+      "avg_active_params": avg,
+      "avg_active_prunable_params": avg_prunable,
+      "compression_rate": avg / final,
+      "tokens": tokens,
+      "steps": int(steps),
+      "tokens_per_step": int(tokens_per_step),
+      "training_flops": 6.0 * avg * tokens,
+      "dense_training_flops": 6.0 * total * tokens,
+      "compute_fraction": avg / total,
+      "prune_steps": list(sched.prune_steps),
+      "num_prune_events": len(sched.prune_steps),
+      "final_sparsity": 1.0 - final_prunable / prunable,
+      "final_total_sparsity": 1.0 - final / total,
+      "inference_flops_per_token": 2 * final,
+      "dense_inference_flops_per_token": 2 * total,
+      "tokens_per_prunable_param": tokens / prunable,
+      "chinchilla_multiple": tokens / (20.0 * prunable),
+      "target_sparsity": float(target_sparsity),
+      "sparsity_schedule": str(sparsity_schedule),
+      "prune_start_fraction": float(prune_start_fraction),
+      "prune_end_fraction": float(prune_end_fraction),
+      "pruning_interval": int(pruning_interval),
+      "shape": dataclasses.asdict(shape),
+  }
+
+
+def law_inputs(p: Mapping[str, Any]) -> dict[str, float]:
+  """The scaling-law columns of a plan: ``tokens``, ``params``, ``avg_params``, ``nonzero_params``, ``sparsity``."""
+  return {"tokens": float(p["tokens"]), "params": float(p["total_params"]),
+          "avg_params": float(p["avg_active_params"]), "nonzero_params": float(p["final_params"]),
+          "sparsity": float(p["final_sparsity"])}
+
+
+def predict_loss(fit: Any, p: Mapping[str, Any]) -> float:
+  """Predicted final loss of plan ``p`` under a fitted law (a ``scaling_laws.FitResult``)."""
+  return float(fit.predict({k: [v] for k, v in law_inputs(p).items()})[0])
+
+
+def scale_shape(shape: ModelShape, emb: int) -> ModelShape:
+  """``shape`` at hidden size ``emb``: same depth, heads and kv heads, ``head_dim = emb / heads``,
+  ``mlp_dim = round(emb * shape.mlp_dim / shape.emb)`` (halves up)."""
+  if emb <= 0 or emb % shape.num_query_heads:
+    raise ValueError(f"hidden size {emb} is not a positive multiple of {shape.num_query_heads} heads")
+  mlp = schedules.round_half_up(emb * shape.mlp_dim / shape.emb)
+  return dataclasses.replace(shape, emb=emb, head_dim=emb // shape.num_query_heads, mlp_dim=mlp)
+
+
+def width_step(shape: ModelShape, divisor: int = 128) -> int:
+  """Hidden-size step: the least common multiple of the number of heads and ``divisor``."""
+  if divisor <= 0:
+    raise ValueError(f"divisor must be positive, got {divisor}")
+  return math.lcm(shape.num_query_heads, int(divisor))
+
+
+def match_dense(target_params: float, shape: ModelShape, divisor: int = 128) -> dict[str, Any]:
+  """Dense shapes whose total parameter count matches ``target_params`` (the paper's Figure 1 footnote).
+
+  Hidden sizes are multiples of ``width_step(shape, divisor)``; depth, heads and the MLP ratio come from
+  ``shape`` (see ``scale_shape``). Total parameters increase with the hidden size, so the target is
+  bracketed by two consecutive widths.
+
+  Returns:
+    ``exact`` (a width hits the target exactly), ``lower`` / ``upper`` (the bracketing shapes, equal when
+    exact), ``lower_params`` / ``upper_params`` (their totals) and ``weight`` in [0, 1) such that
+    ``(1 - weight) * lower_params + weight * upper_params == target_params``: interpolate any quantity of
+    the two dense runs (e.g. their final loss) with the same weight.
+
+  Raises:
+    ValueError: the target is below the smallest width's count.
+  """
+  step = width_step(shape, divisor)
+  target = float(target_params)
+
+  def total(k: int) -> int:
+    return param_counts(scale_shape(shape, k * step))["total"]
+
+  if target < total(1):
+    raise ValueError(f"target {target:.4g} params is below the smallest width {step} ({total(1)} params)")
+  hi = 1
+  while total(hi) < target:
+    hi *= 2
+  lo = hi // 2 if hi > 1 else 1  # total(lo) < target <= total(hi) unless hi == 1
+  while hi - lo > 1:
+    mid = (lo + hi) // 2
+    if total(mid) < target:
+      lo = mid
+    else:
+      hi = mid
+  if total(hi) == target or total(lo) == target:
+    k = hi if total(hi) == target else lo
+    s = scale_shape(shape, k * step)
+    return {"exact": True, "lower": s, "upper": s, "lower_params": total(k), "upper_params": total(k), "weight": 0.0}
+  lower, upper = scale_shape(shape, lo * step), scale_shape(shape, hi * step)
+  lp, up = total(lo), total(hi)
+  return {"exact": False, "lower": lower, "upper": upper, "lower_params": lp, "upper_params": up,
+          "weight": (target - lp) / (up - lp)}
+
+
+def compare_with_dense(fit: Any, sparse_plan: Mapping[str, Any], divisor: int = 128) -> dict[str, Any]:
+  """Predicted loss of a sparse run and of its dense counterpart with the same ``N_avg`` and tokens.
+
+  Args:
+    fit: fitted law (``scaling_laws.FitResult``).
+    sparse_plan: output of ``plan``.
+    divisor: hidden-size divisor for ``match_dense``.
+
+  Returns:
+    ``sparse_loss``, ``dense_match`` (``match_dense`` with shapes as dicts), ``dense_lower_loss``,
+    ``dense_upper_loss`` and ``dense_loss`` (their interpolation with ``weight``).
+  """
+  shape = ModelShape(**sparse_plan["shape"])
+  m = match_dense(sparse_plan["avg_active_params"], shape, divisor)
+  steps, tps = sparse_plan["steps"], sparse_plan["tokens_per_step"]
+  lo_loss = predict_loss(fit, plan(m["lower"], steps, tps))
+  hi_loss = predict_loss(fit, plan(m["upper"], steps, tps))
+  return {
+      "sparse_loss": predict_loss(fit, sparse_plan),
+      "dense_match": {**m, "lower": dataclasses.asdict(m["lower"]), "upper": dataclasses.asdict(m["upper"])},
+      "dense_lower_loss": lo_loss,
+      "dense_upper_loss": hi_loss,
+      "dense_loss": (1.0 - m["weight"]) * lo_loss + m["weight"] * hi_loss,
+  }
+
+
+def find_sparse_equivalent(
+    fit: Any,
+    dense_shape: ModelShape,
+    steps: int,
+    tokens_per_step: int,
+    *,
+    sparsities: Sequence[float] = (0.2, 0.4, 0.6, 0.8),
+    widths: Iterable[int] | None = None,
+    divisor: int = 128,
+    sparsity_schedule: str = "geometric",
+    prune_start_fraction: float = 0.25,
+    prune_end_fraction: float = 0.75,
+    pruning_interval: int = 100,
+    compute_rtol: float = 0.02,
+    loss_tolerance: float = 0.0,
+) -> dict[str, Any]:
+  """The smallest final sparse model with the dense baseline's compute and no worse predicted loss.
+
+  Candidates are every start width (default: multiples of ``width_step`` from the baseline width up to
+  4x it; shapes via ``scale_shape``) times every target sparsity, with the same steps, tokens per step and
+  schedule. A candidate is feasible when ``|training_flops / dense_flops - 1| <= compute_rtol`` and its
+  predicted loss is ``<= dense loss + loss_tolerance``. The best feasible one has the fewest final
+  parameters (ties: lower predicted loss, then smaller width).
+
+  Returns:
+    ``dense`` (the baseline's plan with ``predicted_loss``), ``best`` (a candidate or ``None`` if none is
+    feasible) and ``candidates`` (all, each with ``width``, ``target_sparsity``, ``predicted_loss``,
+    ``compute_ratio``, ``feasible`` and its ``plan``).
+  """
+  base = plan(dense_shape, steps, tokens_per_step)
+  base["predicted_loss"] = predict_loss(fit, base)
+  step = width_step(dense_shape, divisor)
+  if widths is None:
+    k0 = max(1, -(-dense_shape.emb // step))
+    widths = [k * step for k in range(k0, 4 * k0 + 1)]
+  cands = []
+  for w in widths:
+    shape = scale_shape(dense_shape, int(w))
+    for s in sparsities:
+      p = plan(shape, steps, tokens_per_step, float(s), sparsity_schedule, prune_start_fraction,
+               prune_end_fraction, pruning_interval)
+      loss = predict_loss(fit, p)
+      ratio = p["training_flops"] / base["training_flops"]
+      feasible = abs(ratio - 1.0) <= compute_rtol and loss <= base["predicted_loss"] + loss_tolerance
+      cands.append({"width": int(w), "target_sparsity": float(s), "final_params": p["final_params"],
+                    "avg_active_params": p["avg_active_params"], "predicted_loss": loss, "compute_ratio": ratio,
+                    "feasible": bool(feasible), "plan": p})
+  ok = [c for c in cands if c["feasible"]]
+  best = min(ok, key=lambda c: (c["final_params"], c["predicted_loss"], c["width"])) if ok else None
+  return {"dense": base, "best": best, "candidates": cands}
+
+
+_CONFIG_KEYS = ("base_emb_dim", "base_num_query_heads", "base_num_kv_heads", "head_dim", "base_mlp_dim",
+                "base_num_decoder_layers", "vocab_size", "logits_via_embedding", "steps",
+                "global_batch_size_to_train_on", "max_target_length", "target_sparsity", "sparsity_schedule",
+                "prune_start_fraction", "prune_end_fraction", "pruning_interval")
+
+
+def config_to_plan_inputs(config: Any) -> dict[str, Any]:
+  """Keyword arguments of ``plan`` read from a MaxText-style config (attributes as in ``_CONFIG_KEYS``).
+
+  ``base_*`` values are used as given (MaxText's ``global_parameter_scale`` is not applied);
+  ``tokens_per_step = global_batch_size_to_train_on * max_target_length``.
+
+  Raises:
+    ValueError: naming the missing attributes.
+  """
+  missing = [k for k in _CONFIG_KEYS if not hasattr(config, k)]
+  if missing:
+    raise ValueError(f"config lacks {missing}")
+  c = config
+  shape = ModelShape(emb=int(c.base_emb_dim), num_query_heads=int(c.base_num_query_heads),
+                     num_kv_heads=int(c.base_num_kv_heads), head_dim=int(c.head_dim), mlp_dim=int(c.base_mlp_dim),
+                     num_layers=int(c.base_num_decoder_layers), vocab=int(c.vocab_size),
+                     tied_embeddings=bool(c.logits_via_embedding))
+  return {"shape": shape, "steps": int(c.steps),
+          "tokens_per_step": int(c.global_batch_size_to_train_on) * int(c.max_target_length),
+          "target_sparsity": float(c.target_sparsity), "sparsity_schedule": str(c.sparsity_schedule),
+          "prune_start_fraction": float(c.prune_start_fraction), "prune_end_fraction": float(c.prune_end_fraction),
+          "pruning_interval": int(c.pruning_interval)}
+
+
+__all__ = ["ModelShape", "PAPER_MODELS", "param_counts", "plan", "law_inputs", "predict_loss", "scale_shape",
+           "width_step", "match_dense", "compare_with_dense", "find_sparse_equivalent", "config_to_plan_inputs"]

@@ -1,0 +1,224 @@
+"""Gradual magnitude pruning as an optax ``GradientTransformation`` wrapping any optimizer.
+
+``pruned(inner, plan)`` keeps one boolean mask per prunable parameter in its state, beside ``inner``'s
+state, so the masks are sharded like the parameters, checkpointed with the optimizer state and restored
+with it. Every update:
+
+1. at a pruning event (``count`` in ``plan.prune_steps``) the masks shrink to the exact number of weights the
+   schedule keeps, chosen by one global magnitude threshold (``sparsity.threshold``) over the weights as
+   they are before this step's update; masks only ever lose entries;
+2. gradients of pruned weights are zeroed before ``inner`` sees them, and at an event ``inner``'s moments
+   of newly pruned weights are zeroed too, so no momentum can revive them;
+3. the update of a pruned weight is ``-param``, so after ``optax.apply_updates`` it is exactly zero.
+
+All of it is a pure function of (params, masks, step, plan) and runs inside the jitted training step;
+the pruning work is under ``lax.cond``, so ordinary steps pay only two elementwise selects per weight.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from sparsity import schedules, threshold
+
+
+class PruningState(NamedTuple):
+  """State of ``pruned``: update count, masks of prunable parameters (a nested dict), inner state."""
+
+  count: jax.Array
+  masks: Any
+  inner_state: Any
+
+
+@dataclasses.dataclass(frozen=True)
+class PrunePlan:
+  """Static description of what is pruned and when: everything ``pruned`` needs besides arrays.
+
+  Attributes:
+    schedule: the run's discrete schedule.
+    prunable: regex of prunable parameter paths (``re.search`` on 'a/b/kernel').
+    non_prunable: regex of paths never pruned (empty: none).
+    scope: 'global' (one threshold) or 'per_tensor'.
+    score: 'magnitude' or 'random'.
+    seed: seed of the random score.
+  """
+
+  schedule: schedules.Schedule
+  prunable: str
+  non_prunable: str = ""
+  scope: str = "global"
+  score: str = "magnitude"
+  seed: int = 0
+
+  def is_prunable(self, path: str) -> bool:
+    if not re.search(self.prunable, path):
+      return False
+    return not (self.non_prunable and re.search(self.non_prunable, path))
+
+
+def path_str(path) -> str:
+  """'decoder/layers/mlp/wi_0/kernel' from a pytree key path (dict keys, attributes, indices)."""
+  parts = []
+  for k in path:
+    for attr in ("key", "name", "idx"):
+      if hasattr(k, attr):
+        parts.append(str(getattr(k, attr)))
+        break
+    else:
+      parts.append(str(k))
+  return "/".join(p for p in parts if p not in ("value",))
+
+
+def _flatten(params, is_leaf=None):
+  leaves, treedef = jax.tree_util.tree_flatten_with_path(params, is_leaf=is_leaf)
+  return [(path_str(p), x) for p, x in leaves], treedef
+
+
+def _nest(flat: dict) -> dict:
+  out: dict = {}
+  for path, v in flat.items():
+    node = out
+    *head, last = path.split("/")
+    for h in head:
+      node = node.setdefault(h, {})
+    node[last] = v
+  return out
+
+
+def _unnest(tree, prefix="") -> dict:
+  out = {}
+  for k, v in tree.items():
+    p = f"{prefix}/{k}" if prefix else str(k)
+    if isinstance(v, dict) or hasattr(v, "items") and not hasattr(v, "shape"):
+      out.update(_unnest(v, p))
+    else:
+      out[p] = v
+  return out
+
+
+def _shape(x):
+  return tuple(getattr(x, "shape", ()))
+
+
+def _size(x) -> int:
+  n = 1
+  for d in _shape(x):
+    n *= int(d)
+  return n
+
+
+def prunable_paths(params, plan: PrunePlan, is_leaf=None) -> list[str]:
+  """Paths of the prunable parameters; a clear error if the regexes select none."""
+  flat, _ = _flatten(params, is_leaf)
+  chosen = [p for p, _ in flat if plan.is_prunable(p)]
+  if not chosen:
+    listing = "\n  ".join(p for p, _ in flat)
+    raise ValueError(
+        f"prunable_params={plan.prunable!r} (non_prunable_params={plan.non_prunable!r}) matches no parameter. "
+        f"Parameter paths are:\n  {listing}"
+    )
+  return chosen
+
+
+def keep_tables(plan: PrunePlan, sizes: Sequence[int]):
+  """Weights kept after each event: one row per event; columns = groups (1 for global, 1 per tensor)."""
+  if plan.scope == "global":
+    return [[k] for k in plan.schedule.keep_counts(sum(sizes))]
+  per = [plan.schedule.keep_counts(n) for n in sizes]
+  return [list(row) for row in zip(*per)] if per else []
+
+
+def compute_masks(values, masks, keep, plan: PrunePlan, step):
+  """New masks keeping exactly ``keep`` weights per group (Python ints or wide counts), never reviving."""
+  if plan.score == "magnitude":
+    keys = [threshold.magnitude_keys(v, m) for v, m in zip(values, masks)]
+  else:
+    rng = jax.random.fold_in(jax.random.PRNGKey(plan.seed), step)
+    keys = [threshold.random_keys(jax.random.fold_in(rng, i), m.shape, m) for i, m in enumerate(masks)]
+  if plan.scope == "global":
+    new = threshold.top_k_masks(keys, keep[0])
+  else:
+    new = [threshold.top_k_masks([key], kk)[0] for key, kk in zip(keys, keep)]
+  return [m & n for m, n in zip(masks, new)]
+
+
+def pruned(inner: optax.GradientTransformation, plan: PrunePlan, is_leaf=None) -> optax.GradientTransformation:
+  """Wraps ``inner`` so that the parameters are pruned on ``plan``'s schedule (see the module docstring).
+
+  Args:
+    inner: the optimizer to wrap.
+    plan: what to prune and when.
+    is_leaf: optional pytree leaf predicate for ``init``'s params (e.g. flax ``nnx.Variable``) so that masks
+      are built as copies of those leaves and keep their metadata, such as sharding annotations.
+  """
+  event_steps = plan.schedule.prune_steps
+
+  def init(params):
+    flat, _ = _flatten(params, is_leaf)
+    chosen = set(prunable_paths(params, plan, is_leaf))
+    masks = {p: jax.tree.map(lambda a: jnp.ones(_shape(a), jnp.bool_), x) for p, x in flat if p in chosen}
+    return PruningState(jnp.zeros((), jnp.int32), _nest(masks), inner.init(params))
+
+  def update(updates, state, params=None):
+    if params is None:
+      raise ValueError("pruned() needs params in update()")
+    flat_params, treedef = _flatten(params)
+    flat_masks = _unnest(state.masks)
+    names = [p for p, _ in flat_params if p in flat_masks]
+    values = {p: x for p, x in flat_params}
+    masks = [flat_masks[p] for p in names]
+    step = state.count
+
+    if event_steps:
+      table = keep_tables(plan, [_size(values[p]) for p in names])
+      wide_table = [[threshold.wide_const(int(k)) for k in row] for row in table]
+      steps_arr = jnp.asarray(event_steps, jnp.int32)
+      is_event = jnp.any(steps_arr == step)
+      event_idx = jnp.argmax(steps_arr == step)
+
+      def prune(masks):
+        # Select this event's keep counts with a switch over events: counts stay exact wide integers.
+        keep = [
+            tuple(
+                jax.lax.switch(event_idx, [lambda r=r, g=g: wide_table[r][g] for r in range(len(table))])
+            )
+            for g in range(len(table[0]))
+        ]
+        return compute_masks([values[p] for p in names], masks, keep, plan, step)
+
+      masks = jax.lax.cond(is_event, prune, lambda m: list(m), masks)
+    else:
+      is_event = jnp.bool_(False)
+
+    mask_of = dict(zip(names, masks))
+    flat_updates = jax.tree_util.tree_leaves(updates)
+    masked_grads = [
+        jnp.where(mask_of[p], g, jnp.zeros_like(g)) if p in mask_of else g
+        for (p, _), g in zip(flat_params, flat_updates)
+    ]
+    masked_grads = jax.tree_util.tree_unflatten(treedef, masked_grads)
+    new_updates, inner_state = inner.update(masked_grads, state.inner_state, params)
+
+    if event_steps:
+      full_masks = jax.tree_util.tree_unflatten(treedef, [mask_of.get(p, True) for p, _ in flat_params])
+
+      def zero_moments(s):
+        return optax.tree_map_params(inner, lambda x, m: jnp.where(m, x, jnp.zeros_like(x)), s, full_masks)
+
+      inner_state = jax.lax.cond(is_event, zero_moments, lambda s: s, inner_state)
+
+    flat_new = jax.tree_util.tree_leaves(new_updates)
+    final = [
+        jnp.where(mask_of[p], u, -x.astype(u.dtype)) if p in mask_of else u
+        for (p, x), u in zip(flat_params, flat_new)
+    ]
+    new_masks = _nest(dict(zip(names, masks)))
+    return jax.tree_util.tree_unflatten(treedef, final), PruningState(step + 1, new_masks, inner_state)
+
+  return optax.GradientTransformation(init, update)
