@@ -14,6 +14,7 @@ Commands:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import sys
@@ -75,7 +76,8 @@ def _fit(p: argparse.ArgumentParser) -> Runner:
   p.add_argument("--data", required=True, help="CSV (loss, tokens, params, avg_params, nonzero_params, "
                  "sparsity) or a directory searched for sparsity_summary.json")
   p.add_argument("--out", required=True, help="law.json to write")
-  p.add_argument("--plot", help="PNG of predicted vs actual loss")
+  p.add_argument("--plot", help="PNG of predicted vs actual loss, coloured by sparsity")
+  p.add_argument("--plot-params", help="PNG of loss vs average active params (needs avg_params)")
   p.add_argument("--no-loo", action="store_true", help="skip the leave-one-out refits")
 
   def run(args: argparse.Namespace) -> int:
@@ -90,11 +92,16 @@ def _fit(p: argparse.ArgumentParser) -> Runner:
     print(res.describe())
     print(f"points {res.n_points}  starts {res.n_starts}  objective {res.objective:.6g}  MAE {res.mae:.5f}  "
           f"LOO MAE {res.loo_mae:.5f}")
-    if args.plot:
+    if args.plot or args.plot_params:
       from sparsity import plots
 
       sparsity = df["sparsity"] if "sparsity" in df else [0.0] * len(df)
-      plots.predicted_vs_actual(df["loss"], res.predictions, sparsity, args.plot, title=f"{args.law}: MAE {res.mae:.4f}")
+      if args.plot:
+        plots.predicted_vs_actual(df["loss"], res.predictions, sparsity, args.plot, f"{args.law}: MAE {res.mae:.4f}")
+      if args.plot_params:
+        if "avg_params" not in df:
+          raise ValueError("--plot-params needs column 'avg_params'")
+        plots.loss_vs_avg_params(df["avg_params"], df["loss"], sparsity, args.plot_params, df.get("tokens"))
     return 0
 
   return run
@@ -183,7 +190,8 @@ def _plan(p: argparse.ArgumentParser) -> Runner:
   def run(args: argparse.Namespace) -> int:
     from sparsity.maxtext_hook import load_config  # provided by the trainer
 
-    config = load_config([args.config, *args.overrides])
+    with contextlib.redirect_stdout(sys.stderr):  # MaxText prints while loading; keep stdout for the plan
+      config = load_config([args.config, *args.overrides])
     p = plan_report(config, args.law_file, args.match_dense, args.divisor)
     if args.json:
       print(json.dumps(p, default=_json_default))

@@ -32,6 +32,13 @@ MAXTEXT_VERSION = "0.2.5"
 def _maxtext():
   """Imports MaxText's modules (late: they pull in TensorFlow and configure JAX)."""
   # pylint: disable=import-outside-toplevel
+  import importlib.util
+
+  # MaxText resolves tokenizer names like "tokenizer.llama2" against a source checkout's src/maxtext/assets;
+  # an installed wheel ships them inside the package.
+  spec = importlib.util.find_spec("maxtext")
+  if spec and spec.submodule_search_locations:
+    os.environ.setdefault("MAXTEXT_ASSETS_ROOT", os.path.join(spec.submodule_search_locations[0], "assets"))
   from maxtext.configs import pyconfig, types
   from maxtext.optimizers import optimizers
   from maxtext.trainers.pre_train import train

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
 
 
 def _save(fig: Figure, path: str) -> str:
@@ -54,6 +55,7 @@ def loss_vs_avg_params(avg_params: Any, loss: Any, sparsity: Any, path: str, tok
       order = np.argsort(n[m])
       ax.plot(n[m][order], l[m][order], lw=0.5, color="grey")
   ax.set_xscale("log")
+  ax.xaxis.set_minor_formatter(NullFormatter())
   ax.set_xlabel("average active parameters")
   ax.set_ylabel("final loss")
   ax.legend()

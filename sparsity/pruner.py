@@ -63,16 +63,23 @@ class PrunePlan:
 
 
 def path_str(path) -> str:
-  """'decoder/layers/mlp/wi_0/kernel' from a pytree key path (dict keys, attributes, indices)."""
+  """'decoder/layers/mlp/wi_0/kernel' from a pytree key path (dict keys, attributes, indices).
+
+  A ``.value`` attribute (how a variable wrapper such as ``nnx.Variable`` holds its array) is not part
+  of the parameter's name; a dict key named 'value' (the attention value projection) is.
+  """
   parts = []
   for k in path:
-    for attr in ("key", "name", "idx"):
-      if hasattr(k, attr):
-        parts.append(str(getattr(k, attr)))
-        break
+    if isinstance(k, jax.tree_util.GetAttrKey):
+      if k.name != "value":
+        parts.append(k.name)
+    elif isinstance(k, jax.tree_util.DictKey):
+      parts.append(str(k.key))
+    elif isinstance(k, jax.tree_util.SequenceKey):
+      parts.append(str(k.idx))
     else:
-      parts.append(str(k))
-  return "/".join(p for p in parts if p not in ("value",))
+      parts.append(str(getattr(k, "key", getattr(k, "name", k))))
+  return "/".join(parts)
 
 
 def _flatten(params, is_leaf=None):

@@ -1,0 +1,202 @@
+"""End to end through MaxText/train.py: real C4, several simulated devices, dense parity, resume."""
+
+import glob
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from conftest import ROOT, TINY, read_metrics, read_summary, read_tensorboard, run_train
+from sparsity import checkpoint
+
+pytestmark = pytest.mark.slow
+
+SPARSE = ["configs/sparse_base.yml", *TINY]
+
+
+def _final_masks(tmp_path, run_name):
+  ckpt = os.path.join(tmp_path, run_name, "checkpoints")
+  masks, params = checkpoint.masks_and_params(os.path.join(ckpt, str(checkpoint.latest_step(ckpt)), "items"))
+  return masks, params
+
+
+def test_c4_tfds_sparse_run_summary_matches_logged_metrics(tmp_path, c4_path):
+  run_train(
+      SPARSE
+      + [
+          "run_name=tfds",
+          "dataset_type=tfds",
+          f"dataset_path={c4_path}",
+          "steps=16",
+          "pruning_interval=2",
+          "target_sparsity=0.8",
+          "eval_interval=8",
+          "eval_steps=2",
+      ],
+      tmp_path,
+  )
+  s = read_summary(tmp_path, "tfds")
+  # Logged through MaxText's metric logger to TensorBoard (MaxText stubs TensorBoard out when decoupled
+  # from Google Cloud; the hook restores real event files).
+  tb = read_tensorboard(os.path.join(tmp_path, "tfds", "tensorboard"))
+  active = tb["sparsity/active_params"]
+  assert sorted(active) == list(range(16))
+  # The schedule: start round(.25*16)=4, end round(.75*16)=12, every 2 steps.
+  assert s["prune_steps"] == [4, 6, 8, 10, 12]
+  assert s["steps"] == 16 and s["tokens"] == 16 * 4 * 64
+  # Exact final count: round(0.2 * prunable) weights survive.
+  kept = s["final_active_params"] - s["non_prunable_params"]
+  assert kept == int(np.floor(0.2 * s["prunable_params"] + 0.5))
+  assert s["final_sparsity"] == pytest.approx(0.8, abs=1e-6)
+  # The summary's numbers agree with the logged ones.
+  assert active[15] == pytest.approx(s["final_active_params"], rel=1e-6)
+  assert tb["sparsity/avg_active_params"][15] == pytest.approx(s["avg_active_params"], rel=1e-6)
+  assert tb["sparsity/effective_flops"][15] == pytest.approx(s["effective_flops"], rel=1e-6)
+  assert tb["sparsity/density"][15] == pytest.approx(kept / s["prunable_params"], rel=1e-6)
+  assert s["final_train_loss"] == pytest.approx(tb["learning/loss"][15], rel=1e-6)
+  assert s["final_eval_loss"] is not None and np.isfinite(s["final_eval_loss"])
+  # Density is 1 before the first event and falls at each event.
+  dens = [tb["sparsity/density"][i] for i in range(16)]
+  assert dens[:4] == [1.0] * 4 and dens[4] < 1.0 and all(a >= b for a, b in zip(dens, dens[1:]))
+  # N_avg by hand: the mean over the 16 steps of the logged active params.
+  assert s["avg_active_params"] == pytest.approx(np.mean([active[i] for i in range(16)]), rel=1e-6)
+  assert s["effective_flops"] < s["dense_flops"]
+
+
+def test_c4_grain_sparse_run(tmp_path, c4_path):
+  run_train(
+      SPARSE
+      + [
+          "run_name=grain",
+          "dataset_type=grain",
+          f"grain_train_files={c4_path}/c4/en/3.1.0/c4-train.array_record*",
+          "grain_worker_count=0",
+          "steps=12",
+          "pruning_interval=2",
+          "target_sparsity=0.5",
+          "sparsity_schedule=cubic",
+      ],
+      tmp_path,
+  )
+  s = read_summary(tmp_path, "grain")
+  assert s["sparsity_schedule"] == "cubic" and s["final_sparsity"] == pytest.approx(0.5, abs=1e-6)
+  assert np.isfinite(s["final_train_loss"]) and s["final_train_loss"] < 10.4  # below log(32000) ~ 10.37
+
+
+def test_one_and_four_devices_end_with_the_same_masks(tmp_path):
+  common = SPARSE + [
+      "vocab_size=1024",
+      "steps=10",
+      "pruning_interval=2",
+      "target_sparsity=0.7",
+      "prune_start_fraction=0.1",
+      "prune_end_fraction=0.5",
+      "enable_checkpointing=true",
+      "async_checkpointing=false",
+      "checkpoint_period=1000",
+  ]
+  run_train(common + ["run_name=one", "per_device_batch_size=4"], tmp_path, devices=1)
+  run_train(
+      common + ["run_name=four", "per_device_batch_size=1", "ici_fsdp_parallelism=2", "ici_tensor_parallelism=2"],
+      tmp_path,
+      devices=4,
+  )
+  m1, p1 = _final_masks(tmp_path, "one")
+  m4, p4 = _final_masks(tmp_path, "four")
+  assert sorted(m1) == sorted(m4) and len(m1) == 8
+  for name in m1:
+    np.testing.assert_array_equal(m1[name], m4[name], err_msg=name)
+    assert not np.any(p1[name][~m1[name]]), f"pruned weights of {name} are not zero"
+  assert read_summary(tmp_path, "one")["final_active_params"] == read_summary(tmp_path, "four")["final_active_params"]
+
+
+def test_dense_run_reproduces_plain_maxtext_step_for_step(tmp_path):
+  common = [
+      "src/maxtext/configs/base.yml",
+      *TINY,
+      "vocab_size=1024",
+      "steps=8",
+      "per_device_batch_size=2",
+      "dataset_type=synthetic",
+      "enable_checkpointing=false",
+      "skip_jax_distributed_system=true",
+      "attention=dot_product",
+  ]
+  run_train(common + ["run_name=ours", "target_sparsity=0", f"metrics_file={tmp_path}/ours.txt"], tmp_path)
+  run_train(
+      common + ["run_name=plain", f"metrics_file={tmp_path}/plain.txt"],
+      tmp_path,
+      module="maxtext.trainers.pre_train.train",
+  )
+  ours, plain = read_metrics(tmp_path / "ours.txt"), read_metrics(tmp_path / "plain.txt")
+  assert len(ours) == len(plain) == 8
+  assert [m["learning/loss"] for m in ours] == [m["learning/loss"] for m in plain]
+  assert all(m["sparsity/density"] == 1.0 for m in ours)
+  s = read_summary(tmp_path, "ours")
+  assert s["final_active_params"] == s["total_params"] and s["effective_flops"] == s["dense_flops"]
+
+
+def _resume_args(run_name):
+  return SPARSE + [
+      f"run_name={run_name}",
+      "vocab_size=1024",
+      "steps=24",
+      "pruning_interval=2",
+      "target_sparsity=0.75",
+      "enable_checkpointing=true",
+      "async_checkpointing=false",
+      "checkpoint_period=4",
+  ]
+
+
+def test_killed_run_resumes_to_the_same_result(tmp_path):
+  run_train(_resume_args("straight"), tmp_path)
+
+  # Start the same run, kill it hard once the checkpoint at step 8 (mid pruning: events 6..18) exists.
+  env = dict(os.environ, JAX_PLATFORMS="cpu", DECOUPLE_GCLOUD="TRUE", PYTHONPATH=ROOT)
+  cmd = [sys.executable, os.path.join(ROOT, "MaxText", "train.py"), *_resume_args("killed"), f"base_output_directory={tmp_path}"]
+  proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+  marker = os.path.join(tmp_path, "killed", "checkpoints", "8", "items")
+  deadline = time.time() + 600
+  while not os.path.isdir(marker) and proc.poll() is None and time.time() < deadline:
+    time.sleep(0.05)
+  os.killpg(proc.pid, signal.SIGKILL)
+  proc.wait()
+  assert os.path.isdir(marker), "the run never reached its step-8 checkpoint"
+  assert not os.path.exists(os.path.join(tmp_path, "killed", "sparsity_summary.json")), "the run finished before the kill"
+
+  run_train(_resume_args("killed"), tmp_path)  # the same command again: resumes from the last checkpoint
+  a, b = read_summary(tmp_path, "straight"), read_summary(tmp_path, "killed")
+  assert a["final_train_loss"] == b["final_train_loss"]
+  for key in ("prune_steps", "final_active_params", "avg_active_params", "effective_flops"):
+    assert a[key] == b[key], key
+  ma, _ = _final_masks(tmp_path, "straight")
+  mb, _ = _final_masks(tmp_path, "killed")
+  for name in ma:
+    np.testing.assert_array_equal(ma[name], mb[name], err_msg=name)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("target_sparsity=1.5", "target_sparsity"),
+        ("sparsity_schedule=exponential", "sparsity_schedule"),
+        ("pruning_interval=0", "pruning_interval"),
+        ("prune_start_fraction=0.9", "prune_start_fraction"),
+        ("prunable_params=nothing_matches_this", "matches no parameter"),
+        ("prunable_params=(unclosed", "not a valid regular expression"),
+        ("sparsity_typo=0.5", "sparsity_typo"),
+    ],
+)
+def test_bad_config_fails_before_compiling_with_a_clear_message(tmp_path, override, message):
+  out = run_train(SPARSE + ["vocab_size=1024", "steps=4", "run_name=bad", override], tmp_path, check=False, timeout=300)
+  text = out.stdout + out.stderr
+  assert out.returncode != 0
+  assert message in text
+  assert "completed step" not in text and "Compiling" not in text
+  if "matches no parameter" in message:
+    assert "decoder/layers/mlp/wi_0/kernel" in text  # the error lists the candidate paths
