@@ -202,8 +202,17 @@ def _plan(p: argparse.ArgumentParser) -> Runner:
   return run
 
 
+# Modules that register more commands with ``@command`` when imported (experiments: sweep/collect/report;
+# model: inspect/export). Kept apart so that each family of commands lives in a file named for it.
+COMMAND_MODULES = ("sparsity.cli_experiments", "sparsity.cli_model")
+
+
 def build_parser() -> argparse.ArgumentParser:
   """The ``python -m sparsity`` parser with one subparser per entry of ``COMMANDS``."""
+  import importlib  # pylint: disable=import-outside-toplevel
+
+  for module in COMMAND_MODULES:
+    importlib.import_module(module)
   parser = argparse.ArgumentParser(prog="python -m sparsity", description="Sparse pre-training tools.")
   sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
   for c in COMMANDS.values():

@@ -42,6 +42,11 @@ class SparsityKeys(pydantic.BaseModel):
       "", description="Regex of parameter paths never pruned, applied after prunable_params; empty: none."
   )
   pruning_seed: int = pydantic.Field(0, description="Seed of the random score (pruning_score=random).")
+  init_mask_from_zeros: bool = pydantic.Field(
+      False,
+      description="Sparse fine-tuning: at the first step, mask every prunable weight that is exactly zero (e.g. "
+      "loaded from a sparse checkpoint with load_parameters_path) and hold that mask fixed.",
+  )
 
   @pydantic.field_validator("prunable_params", "non_prunable_params")
   @classmethod
@@ -51,6 +56,15 @@ class SparsityKeys(pydantic.BaseModel):
     except re.error as e:
       raise ValueError(f"not a valid regular expression ({e}): {v!r}") from e
     return v
+
+  @pydantic.model_validator(mode="after")
+  def _finetune_holds_the_mask(self):
+    if self.init_mask_from_zeros and self.target_sparsity > 0:
+      raise ValueError(
+          "init_mask_from_zeros=true holds the loaded zero pattern fixed; set target_sparsity=0 (got "
+          f"{self.target_sparsity})"
+      )
+    return self
 
   @pydantic.model_validator(mode="after")
   def _ordered_fractions(self):

@@ -104,6 +104,7 @@ def plan_from_config(config) -> pruner.PrunePlan:
       scope=config.pruning_scope,
       score=config.pruning_score,
       seed=config.pruning_seed,
+      mask_zeros=config.init_mask_from_zeros,
   )
 
 
@@ -122,10 +123,14 @@ class _Run:
     self.total = 0
     self.config = None
 
-  def accounting(self) -> accounting.Accounting:
+  def accounting(self, fixed_kept: int | None = None) -> accounting.Accounting:
+    """The run's accounting; with ``fixed_kept``, a mask holding that many prunable weights from step 0."""
     cfg = self.config
+    schedule = self.plan.schedule
+    if fixed_kept is not None:
+      schedule = schedules.Schedule(schedule.steps, (0,), (fixed_kept / max(self.prunable, 1),))
     return accounting.Accounting(
-        schedule=self.plan.schedule,
+        schedule=schedule,
         prunable=self.prunable,
         non_prunable=self.total - self.prunable,
         tokens_per_step=int(cfg.global_batch_size_to_train_on) * int(cfg.max_target_length),
@@ -147,7 +152,8 @@ def _get_optimizer(original, config, learning_rate_schedule, model=None, mesh=No
   inner = original(config, learning_rate_schedule, model, mesh=mesh)
   plan = plan_from_config(config)
   _RUN.plan, _RUN.config = plan, config
-  tx = pruner.pruned(inner, plan, is_leaf=_is_variable)
+  # Dense training (nothing can ever be pruned) keeps MaxText's optimizer untouched: same state, same numbers.
+  tx = pruner.pruned(inner, plan, is_leaf=_is_variable) if plan.masks_needed else inner
 
   def init(params):
     _RUN.prunable, _RUN.total = _count(params, plan)
@@ -160,8 +166,31 @@ def _train_step(original, model, config, *args, **kwargs):
   new_state, metrics = original(model, config, *args, **kwargs)
   if _RUN.plan is not None and _RUN.total:
     step = _optimizer_step(new_state) - 1
-    metrics["scalar"].update(_RUN.accounting().step_metrics(step))
+    if _RUN.plan.mask_zeros:
+      metrics["scalar"].update(_fixed_mask_metrics(new_state, step))
+    else:
+      metrics["scalar"].update(_RUN.accounting().step_metrics(step))
   return new_state, metrics
+
+
+def _fixed_mask_metrics(state, step):
+  """Metrics of a fine-tuning run whose mask is fixed from its first step: counted from the masks."""
+  hi, lo = threshold.count_true(_state_masks(state))
+  kept = hi.astype(jnp.float32) * 65536.0 + lo.astype(jnp.float32)
+  acc = _RUN.accounting()
+  active = kept + acc.non_prunable
+  return {
+      "sparsity/density": kept / max(acc.prunable, 1),
+      "sparsity/active_params": active,
+      "sparsity/avg_active_params": active,
+      "sparsity/effective_flops": 6.0 * acc.tokens_per_step * active * (step + 1).astype(jnp.float32),
+  }
+
+
+def _state_masks(state):
+  """The pruning masks inside a train state (``.../opt_state/masks/<param path>``)."""
+  flat = jax.tree_util.tree_flatten_with_path(state)[0]
+  return [x for p, x in flat if "/masks/" in "/" + pruner.path_str(p) + "/" and x.dtype == jnp.bool_]
 
 
 def _optimizer_step(state):
@@ -171,9 +200,7 @@ def _optimizer_step(state):
 
 
 def _final_kept(state) -> int:
-  flat = jax.tree_util.tree_flatten_with_path(state)[0]
-  masks = [x for p, x in flat if "/masks/" in "/" + pruner.path_str(p) + "/" and x.dtype == jnp.bool_]
-  return threshold.wide_to_python(jax.device_get(jax.jit(threshold.count_true)(masks)))
+  return threshold.wide_to_python(jax.device_get(jax.jit(threshold.count_true)(_state_masks(state))))
 
 
 def _train_loop(original, loop_iteration_original, train_module, config, recorder, state=None):
@@ -196,10 +223,10 @@ def _train_loop(original, loop_iteration_original, train_module, config, recorde
       scalars = seen["logger"].cumulative_eval_metrics.get("scalar", {})
       if scalars.get("eval/total_weights", 0) > 0 and "eval/avg_loss" in scalars:
         eval_loss = float(scalars["eval/avg_loss"])
-    acc = _RUN.accounting()
-    kept = _final_kept(state) if config.target_sparsity > 0 else _RUN.prunable
-    expected = acc.keep_counts()[-1] if acc.keep_counts() else acc.prunable
-    if config.steps > (acc.schedule.prune_steps[-1] if acc.schedule.prune_steps else -1) and kept != expected:
+    kept = _final_kept(state) if _RUN.plan.masks_needed else _RUN.prunable
+    acc = _RUN.accounting(fixed_kept=kept if _RUN.plan.mask_zeros else None)
+    expected = acc.active_at(int(jax.device_get(_optimizer_step(state))) - 1) - acc.non_prunable
+    if kept != expected:
       raise RuntimeError(f"final masks keep {kept} weights, the schedule says {expected}")
     summary = acc.summary(
         run_name=config.run_name,

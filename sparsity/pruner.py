@@ -47,6 +47,8 @@ class PrunePlan:
     scope: 'global' (one threshold) or 'per_tensor'.
     score: 'magnitude' or 'random'.
     seed: seed of the random score.
+    mask_zeros: at the first update, also mask the prunable weights that are exactly zero (sparse
+      fine-tuning from a pruned checkpoint: the zero set is then held fixed).
   """
 
   schedule: schedules.Schedule
@@ -55,6 +57,12 @@ class PrunePlan:
   scope: str = "global"
   score: str = "magnitude"
   seed: int = 0
+  mask_zeros: bool = False
+
+  @property
+  def masks_needed(self) -> bool:
+    """Whether any mask can ever lose an entry (else the transformation is the inner optimizer's)."""
+    return bool(self.schedule.prune_steps) or self.mask_zeros
 
   def is_prunable(self, path: str) -> bool:
     if not re.search(self.prunable, path):
@@ -182,6 +190,11 @@ def pruned(inner: optax.GradientTransformation, plan: PrunePlan, is_leaf=None) -
     masks = [flat_masks[p] for p in names]
     step = state.count
 
+    if plan.mask_zeros:
+      masks = jax.lax.cond(
+          step == 0, lambda m: [mi & (values[p] != 0) for mi, p in zip(m, names)], lambda m: list(m), masks
+      )
+
     if event_steps:
       table = keep_tables(plan, [_size(values[p]) for p in names])
       wide_table = [[threshold.wide_const(int(k)) for k in row] for row in table]
@@ -212,13 +225,13 @@ def pruned(inner: optax.GradientTransformation, plan: PrunePlan, is_leaf=None) -
     masked_grads = jax.tree_util.tree_unflatten(treedef, masked_grads)
     new_updates, inner_state = inner.update(masked_grads, state.inner_state, params)
 
-    if event_steps:
+    if plan.masks_needed:
       full_masks = jax.tree_util.tree_unflatten(treedef, [mask_of.get(p, True) for p, _ in flat_params])
 
       def zero_moments(s):
         return optax.tree_map_params(inner, lambda x, m: jnp.where(m, x, jnp.zeros_like(x)), s, full_masks)
 
-      inner_state = jax.lax.cond(is_event, zero_moments, lambda s: s, inner_state)
+      inner_state = jax.lax.cond(is_event | (plan.mask_zeros & (step == 0)), zero_moments, lambda s: s, inner_state)
 
     flat_new = jax.tree_util.tree_leaves(new_updates)
     final = [

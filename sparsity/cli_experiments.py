@@ -1,0 +1,1 @@
+"""Commands registered with sparsity.cli (being written)."""
