@@ -1,1 +1,86 @@
-"""Commands registered with sparsity.cli (being written)."""
+"""Commands on a trained model: ``inspect``, ``export`` and ``generate`` (registered with ``sparsity.cli``).
+
+  inspect   CHECKPOINT_DIR [--step N] [--json]
+  export    CHECKPOINT_DIR --config CONFIG [key=value ...] --out DIR [--format hf|compressed]
+  generate  CHECKPOINT_DIR --config CONFIG [key=value ...] [--prompt TEXT] [--max-new-tokens N]
+
+CHECKPOINT_DIR is a run directory, its ``checkpoints`` directory, one step's directory or its ``items``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+
+from sparsity.cli import Runner, command
+from sparsity.config import DEFAULT_PRUNABLE
+
+
+@command("inspect", "per-tensor and total sparsity and pruning state of a MaxText checkpoint")
+def _inspect(p: argparse.ArgumentParser) -> Runner:
+  p.add_argument("checkpoint", metavar="CHECKPOINT_DIR", help="run dir, its checkpoints/ dir, a step's dir or items/")
+  p.add_argument("--step", type=int, help="step to read (default: the latest)")
+  p.add_argument("--json", action="store_true", help="print one JSON object")
+  p.add_argument("--prunable", default=DEFAULT_PRUNABLE,
+                 help="regex of prunable parameter paths, for a checkpoint without masks (default: linear kernels)")
+
+  def run(args: argparse.Namespace) -> int:
+    from sparsity import inspect as inspect_mod  # pylint: disable=import-outside-toplevel
+
+    with contextlib.redirect_stdout(sys.stderr):  # Orbax/absl may print; keep stdout for the report
+      r = inspect_mod.report(args.checkpoint, args.step, args.prunable)
+    print(json.dumps(r) if args.json else inspect_mod.format_report(r))
+    return 0
+
+  return run
+
+
+@command("export", "write a Hugging Face LLaMA directory (masks applied; optionally sparse-bitmask compressed)",
+         overrides=True)
+def _export(p: argparse.ArgumentParser) -> Runner:
+  p.add_argument("checkpoint", metavar="CHECKPOINT_DIR", help="run dir, its checkpoints/ dir, a step's dir or items/")
+  p.add_argument("--config", required=True, help="the run's MaxText YAML (then the run's key=value overrides)")
+  p.add_argument("--out", required=True, help="directory to create (must not exist unless --overwrite)")
+  p.add_argument("--format", choices=("hf", "compressed"), default="hf",
+                 help="hf: dense safetensors; compressed: pruned linear weights in compressed-tensors sparse-bitmask")
+  p.add_argument("--step", type=int, help="step to export (default: the latest)")
+  p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32", help="weight dtype written")
+  p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+
+  def run(args: argparse.Namespace) -> int:
+    from sparsity import export  # pylint: disable=import-outside-toplevel
+
+    with contextlib.redirect_stdout(sys.stderr):
+      result = export.export_from_cli(
+          args.checkpoint, [args.config, *args.overrides], args.out, fmt=args.format, step=args.step,
+          dtype=args.dtype, overwrite=args.overwrite,
+      )
+    print(export.format_result(result))
+    return 0
+
+  return run
+
+
+@command("generate", "generate text from a checkpoint with MaxText's own decode engine (prefill + KV cache)",
+         overrides=True)
+def _generate(p: argparse.ArgumentParser) -> Runner:
+  p.add_argument("checkpoint", metavar="CHECKPOINT_DIR", help="run dir, its checkpoints/ dir, a step's dir or items/")
+  p.add_argument("--config", required=True, help="the run's MaxText YAML (then the run's key=value overrides)")
+  p.add_argument("--prompt", default="I love to", help="text to continue")
+  p.add_argument("--max-new-tokens", type=int, default=16, help="tokens generated after the prompt")
+  p.add_argument("--step", type=int, help="step to load (default: the latest)")
+  p.add_argument("--json", action="store_true", help="print prompt, token ids and text as one JSON object")
+
+  def run(args: argparse.Namespace) -> int:
+    from sparsity import generate  # pylint: disable=import-outside-toplevel
+
+    with contextlib.redirect_stdout(sys.stderr):
+      out = generate.generate_from_cli(
+          args.checkpoint, [args.config, *args.overrides], args.prompt, args.max_new_tokens, step=args.step
+      )
+    print(json.dumps(out) if args.json else out["text"])
+    return 0
+
+  return run

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import pydantic
 
-from sparsity import accounting, pruner, schedules, threshold
+from sparsity import accounting, checkpoint, pruner, schedules, threshold
 from sparsity.config import SparsityKeys
 
 MAXTEXT_VERSION = "0.2.5"
@@ -157,9 +157,22 @@ def _get_optimizer(original, config, learning_rate_schedule, model=None, mesh=No
 
   def init(params):
     _RUN.prunable, _RUN.total = _count(params, plan)
+    if config.enable_checkpointing:
+      _check_resume(config, params, plan)
     return tx.init(params)
 
   return type(tx)(init, tx.update)
+
+
+def _check_resume(config, params, plan) -> None:
+  """A clear error, before MaxText restores anything, if the run directory's checkpoint does not fit."""
+  ckpt_dir = os.path.join(config.base_output_directory, config.run_name, "checkpoints")
+  if not os.path.isdir(ckpt_dir):  # not local (e.g. gs://) or no checkpoint yet
+    return
+  flat, _ = pruner._flatten(params, _is_variable)  # pylint: disable=protected-access
+  shapes = {p: pruner._shape(x) for p, x in flat}  # pylint: disable=protected-access
+  masks = pruner.prunable_paths(params, plan, _is_variable) if plan.masks_needed else []
+  checkpoint.check_resumable(ckpt_dir, shapes, masks)
 
 
 def _train_step(original, model, config, *args, **kwargs):

@@ -7,12 +7,13 @@ with it. Every update:
 1. at a pruning event (``count`` in ``plan.prune_steps``) the masks shrink to the exact number of weights the
    schedule keeps, chosen by one global magnitude threshold (``sparsity.threshold``) over the weights as
    they are before this step's update; masks only ever lose entries;
-2. gradients of pruned weights are zeroed before ``inner`` sees them, and at an event ``inner``'s moments
-   of newly pruned weights are zeroed too, so no momentum can revive them;
+2. gradients of pruned weights are zeroed before ``inner`` sees them, and ``inner``'s moments of pruned
+   weights are zeroed, so no momentum can revive them;
 3. the update of a pruned weight is ``-param``, so after ``optax.apply_updates`` it is exactly zero.
 
 All of it is a pure function of (params, masks, step, plan) and runs inside the jitted training step;
-the pruning work is under ``lax.cond``, so ordinary steps pay only two elementwise selects per weight.
+the pruning work is under ``lax.cond``, so ordinary steps pay only elementwise selects that XLA fuses into
+the optimizer's own update.
 """
 
 from __future__ import annotations
@@ -213,8 +214,6 @@ def pruned(inner: optax.GradientTransformation, plan: PrunePlan, is_leaf=None) -
         return compute_masks([values[p] for p in names], masks, keep, plan, step)
 
       masks = jax.lax.cond(is_event, prune, lambda m: list(m), masks)
-    else:
-      is_event = jnp.bool_(False)
 
     mask_of = dict(zip(names, masks))
     flat_updates = jax.tree_util.tree_leaves(updates)
@@ -226,12 +225,13 @@ def pruned(inner: optax.GradientTransformation, plan: PrunePlan, is_leaf=None) -
     new_updates, inner_state = inner.update(masked_grads, state.inner_state, params)
 
     if plan.masks_needed:
+      # Moments of pruned weights are zeroed every step, not only at events: these selects fuse into the
+      # optimizer's own elementwise update (no extra pass over memory), whereas a lax.cond around them would
+      # force copies of the whole optimizer state through the conditional.
       full_masks = jax.tree_util.tree_unflatten(treedef, [mask_of.get(p, True) for p, _ in flat_params])
-
-      def zero_moments(s):
-        return optax.tree_map_params(inner, lambda x, m: jnp.where(m, x, jnp.zeros_like(x)), s, full_masks)
-
-      inner_state = jax.lax.cond(is_event | (plan.mask_zeros & (step == 0)), zero_moments, lambda s: s, inner_state)
+      inner_state = optax.tree_map_params(
+          inner, lambda x, m: jnp.where(m, x, jnp.zeros_like(x)), inner_state, full_masks
+      )
 
     flat_new = jax.tree_util.tree_leaves(new_updates)
     final = [

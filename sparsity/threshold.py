@@ -104,12 +104,11 @@ def _histogram(keys, shift: int, prefix, prefix_shift: int) -> Wide:
   total = (jnp.zeros((NUM_BINS,), jnp.int32),) * 2
   for part in chunks(keys):
     digit = ((part >> shift) & (NUM_BINS - 1)).astype(jnp.int32)
-    if prefix_shift >= 32:
-      weight = jnp.ones(part.shape, jnp.int32)
-    else:
-      weight = ((part >> prefix_shift) == prefix).astype(jnp.int32)
+    if prefix_shift < 32:
+      # Keys off the prefix go to an out-of-range bin that the scatter drops: no weights array is built.
+      digit = jnp.where((part >> prefix_shift) == prefix, digit, NUM_BINS)
     # Indexing with an array of the keys' own shape (no ravel): a sharded array is histogrammed in place.
-    h = jnp.zeros((NUM_BINS,), jnp.int32).at[digit].add(weight)
+    h = jnp.zeros((NUM_BINS,), jnp.int32).at[digit].add(jnp.int32(1), mode="drop")
     total = wide_add(total, wide_from_int32(h))
   return total
 

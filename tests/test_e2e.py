@@ -219,3 +219,16 @@ def test_bad_config_fails_before_compiling_with_a_clear_message(tmp_path, overri
   assert "completed step" not in text and "Compiling" not in text
   if "matches no parameter" in message:
     assert "decoder/layers/mlp/wi_0/kernel" in text  # the error lists the candidate paths
+
+
+def test_checkpoint_that_does_not_match_the_config_is_a_clear_error(tmp_path):
+  args = SPARSE + ["vocab_size=1024", "run_name=mix", "enable_checkpointing=true", "async_checkpointing=false"]
+  run_train(args + ["steps=3", "target_sparsity=0"], tmp_path)  # a dense run leaves a checkpoint
+  out = run_train(args + ["steps=6", "target_sparsity=0.5"], tmp_path, check=False)
+  text = out.stdout + out.stderr
+  assert out.returncode != 0 and "was written by a dense run (no pruning masks)" in text
+  assert "completed step" not in text
+  out = run_train(args + ["steps=6", "target_sparsity=0", "base_emb_dim=32"], tmp_path, check=False)
+  text = out.stdout + out.stderr
+  assert out.returncode != 0 and "does not match the model of this config" in text
+  assert "completed step" not in text

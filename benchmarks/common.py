@@ -1,0 +1,39 @@
+"""Shared benchmark helpers: machine description and result files."""
+
+import json
+import os
+import platform
+import subprocess
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULTS = os.path.join(ROOT, "benchmarks", "results")
+
+
+def machine() -> dict:
+  import jax  # pylint: disable=import-outside-toplevel
+
+  cpu = ""
+  try:
+    cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo", encoding="utf-8") if l.startswith("model name"))
+  except (OSError, StopIteration):
+    pass
+  mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+  commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+  return {
+      "cpu": cpu,
+      "cores": os.cpu_count(),
+      "memory_gib": round(mem, 1),
+      "platform": platform.platform(),
+      "python": platform.python_version(),
+      "jax": jax.__version__,
+      "backend": jax.default_backend(),
+      "commit": commit,
+  }
+
+
+def write(name: str, payload: dict) -> str:
+  os.makedirs(RESULTS, exist_ok=True)
+  path = os.path.join(RESULTS, f"{name}.json")
+  with open(path, "w", encoding="utf-8") as f:
+    json.dump({"machine": machine(), **payload}, f, indent=2)
+  return path

@@ -1,0 +1,173 @@
+"""Collecting a sweep's results: one row per run, from its ``sparsity_summary.json`` and the sweep manifest.
+
+``collect(directory)`` starts from ``sparsity.runs.load_runs`` (the scaling-law columns ``loss``, ``tokens``,
+``params``, ``avg_params``, ``nonzero_params``, ``sparsity``, plus ``run_name`` and ``source``) and adds:
+
+* from each summary: ``SUMMARY_EXTRAS`` (``prune_steps`` as a JSON list string);
+* the schedule keys ``SCHEDULE_KEYS`` and ``learning_rate``: from the summary when it has them, else from
+  the run's entry in a sweep ``manifest.json`` (any found under ``directory``, plus those given), else from
+  the run's config file as the manifest records it (its YAML chain with the run's overrides applied);
+* the manifest's ``columns`` (the sweep's axis, derived and label keys, e.g. ``budget``) when the summary
+  lacks them;
+* ``dense_fraction`` / ``pruning_fraction`` (the paper's Figure 4 tuple: shares of the density-weighted
+  training compute) when no manifest label gives them: measured from the summary's pruning events with
+  ``sparsity.compute_fractions.measured_fractions``, rounded to ``FRACTION_DIGITS`` decimals (sparse runs only).
+
+Rows are sorted by ``run_name``; a run missing from every manifest keeps NaN in the joined columns.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+from typing import Any, Iterable
+
+import pandas as pd
+import yaml
+
+from sparsity import compute_fractions, schedules, yaml_chain
+from sparsity import runs as runs_lib
+from sparsity.sweep import MANIFEST_FILE
+
+SUMMARY_EXTRAS = ("final_train_loss", "final_eval_loss", "target_sparsity", "final_sparsity", "sparsity_schedule",
+                  "steps", "tokens_per_step", "prune_steps", "prunable_params", "non_prunable_params",
+                  "total_params", "final_active_params", "avg_active_params", "effective_flops", "dense_flops")
+SCHEDULE_KEYS = ("prune_start_fraction", "prune_end_fraction", "pruning_interval", "sparsity_schedule",
+                 "target_sparsity")
+JOINED_KEYS = SCHEDULE_KEYS + ("learning_rate",)
+FRACTION_DIGITS = 2
+LEADING = ("run_name", "loss", "tokens", "params", "avg_params", "nonzero_params", "sparsity", "final_train_loss",
+           "final_eval_loss", "target_sparsity", "sparsity_schedule", "prune_start_fraction", "prune_end_fraction",
+           "pruning_interval", "dense_fraction", "pruning_fraction", "learning_rate", "steps", "tokens_per_step")
+
+
+def schedule_from_summary(s: Any) -> schedules.Schedule:
+  """A run's schedule rebuilt from its summary (or a results row): ``steps``, ``prune_steps`` (a list or its
+  JSON), ``target_sparsity`` and ``sparsity_schedule``."""
+  steps = int(s["steps"])
+  prune_steps = s["prune_steps"]
+  if isinstance(prune_steps, str):
+    prune_steps = json.loads(prune_steps)
+  prune_steps = [] if _missing(prune_steps) else [int(x) for x in prune_steps]
+  target = float(s["target_sparsity"])
+  if not prune_steps or target == 0.0:
+    return schedules.Schedule(steps, (), ())
+  dens = schedules.event_densities(len(prune_steps), target, str(s["sparsity_schedule"]))
+  return schedules.Schedule(steps, tuple(prune_steps), dens)
+
+
+def find_manifests(directory: str) -> list[str]:
+  """Every ``manifest.json`` under ``directory`` (sorted walk)."""
+  found = []
+  for root, dirs, files in os.walk(directory):
+    dirs.sort()
+    if MANIFEST_FILE in files:
+      found.append(os.path.join(root, MANIFEST_FILE))
+  return found
+
+
+def manifest_runs(paths: Iterable[str]) -> tuple[dict[str, dict[str, Any]], list[str]]:
+  """``{run_name: manifest entry}`` and the union of the ``columns`` of the given manifests (later files win)."""
+  entries: dict[str, dict[str, Any]] = {}
+  columns: list[str] = []
+  for p in paths:
+    with open(p, encoding="utf-8") as f:
+      m = json.load(f)
+    entries.update({name: dict(entry) for name, entry in m.get("runs", {}).items()})
+    columns += [c for c in m.get("columns", []) if c not in columns]
+  return entries, columns
+
+
+@functools.lru_cache(maxsize=64)
+def _chain(path: str, mtime: float) -> dict[str, Any]:  # pylint: disable=unused-argument
+  return yaml_chain.load(path)
+
+
+def config_values(entry: dict[str, Any]) -> dict[str, Any]:
+  """The run's config keys: its manifest ``base`` file's YAML chain with its ``overrides`` applied ({} if the
+  file is gone)."""
+  base = entry.get("base")
+  if not base or not os.path.isfile(base):
+    return {}
+  values = dict(_chain(base, os.path.getmtime(base)))
+  for word in entry.get("overrides", []):
+    key, _, text = word.partition("=")
+    try:
+      values[key] = yaml.safe_load(text)
+    except yaml.YAMLError:
+      values[key] = text
+  return values
+
+
+def _missing(v: Any) -> bool:
+  return v is None or (isinstance(v, float) and math.isnan(v))
+
+
+def _number(v: Any) -> Any:
+  """Numeric strings (command-line overrides) as numbers; anything else unchanged."""
+  if isinstance(v, str):
+    try:
+      return float(v) if any(c in v for c in ".eE") else int(v)
+    except ValueError:
+      return v
+  return v
+
+
+def collect(directory: str, manifests: Iterable[str] = ()) -> pd.DataFrame:
+  """The results table of the runs under ``directory`` (see the module docstring).
+
+  Raises:
+    FileNotFoundError / ValueError: from ``load_runs`` (no directory, no summaries, invalid JSON).
+  """
+  if os.path.exists(directory) and not os.path.isdir(directory):
+    raise ValueError(f"{directory} is not a directory of runs")
+  base = runs_lib.load_runs(directory)
+  entries, columns = manifest_runs([*find_manifests(directory), *manifests])
+  rows = []
+  for row in base.to_dict("records"):
+    with open(row["source"], encoding="utf-8") as f:
+      summary = json.load(f)
+    for k in SUMMARY_EXTRAS:
+      v = summary.get(k)
+      row[k] = json.dumps(v) if k == "prune_steps" and v is not None else v
+    entry = entries.get(row["run_name"], {})
+    values = entry.get("values", {})
+    config = None
+    for k in list(JOINED_KEYS) + [c for c in columns if c not in row]:
+      if _missing(row.get(k)):
+        v = summary.get(k)
+        v = values.get(k) if _missing(v) else v
+        if _missing(v) and entry and k in JOINED_KEYS:
+          config = config_values(entry) if config is None else config
+          v = config.get(k)
+        if _missing(v):
+          row[k] = float("nan")
+        else:
+          row[k] = json.dumps(v) if isinstance(v, (list, dict)) else _number(v)
+    if (_missing(row.get("dense_fraction")) or _missing(row.get("pruning_fraction"))) and summary.get("prune_steps") \
+        and float(summary.get("target_sparsity") or 0) > 0:
+      measured = compute_fractions.measured_fractions(schedule_from_summary(summary))
+      for k, v in zip(("dense_fraction", "pruning_fraction"), measured):
+        if _missing(row.get(k)):
+          row[k] = round(v, FRACTION_DIGITS)
+    rows.append(row)
+  df = pd.DataFrame(rows)
+  lead = [c for c in LEADING if c in df.columns]
+  df = df[lead + [c for c in df.columns if c not in lead]]
+  return df.sort_values("run_name", kind="stable").reset_index(drop=True)
+
+
+def missing_schedule_keys(df: pd.DataFrame) -> list[str]:
+  """Schedule keys that are missing (NaN) for some sparse run (``target_sparsity > 0``)."""
+  sparse = df[pd.to_numeric(df.get("target_sparsity"), errors="coerce").fillna(0) > 0] if "target_sparsity" in df else df
+  out = []
+  for k in ("prune_start_fraction", "prune_end_fraction", "pruning_interval"):
+    if k not in sparse or sparse[k].isna().any():
+      out.append(k)
+  return out
+
+
+__all__ = ["SUMMARY_EXTRAS", "SCHEDULE_KEYS", "schedule_from_summary", "find_manifests", "manifest_runs", "config_values", "collect",
+           "missing_schedule_keys"]

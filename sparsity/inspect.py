@@ -1,0 +1,149 @@
+"""``python -m sparsity inspect``: sparsity of a MaxText checkpoint, read on the host without building the trainer.
+
+Per tensor: shape, size, whether it is prunable, its zeros and (with masks) its pruned count. Totals: all
+parameters, prunable ones, pruned ones, active ones (all minus pruned, as ``sparsity_summary.json`` counts
+them). Pruning state: the pruner's update count, whether masks are present (a sparse run) or not (a dense
+checkpoint), and, when the run's ``sparsity_summary.json`` is beside it, the schedule's events done.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import numpy as np
+
+from sparsity import model_checkpoint
+from sparsity.config import DEFAULT_PRUNABLE
+
+
+def report(path: str, step: int | None = None, prunable: str = DEFAULT_PRUNABLE) -> dict[str, Any]:
+  """The inspection of one checkpoint step as a JSON-ready dict.
+
+  Args:
+    path: run directory, its checkpoints directory, a step's directory or its items directory.
+    step: the step to read (default: the latest).
+    prunable: regex of prunable parameter paths, used only for a checkpoint without masks.
+  """
+  where = model_checkpoint.locate(path, step)
+  state = model_checkpoint.load(where.items_dir)
+  return build_report(where, state, prunable)
+
+
+def build_report(where: model_checkpoint.Located, state: model_checkpoint.ModelState, prunable: str = DEFAULT_PRUNABLE):
+  has_masks = bool(state.masks)
+  unknown = sorted(set(state.masks) - set(state.params))
+  if unknown:
+    raise ValueError(f"masks without a parameter in {where.items_dir}: {', '.join(unknown)}")
+  tensors = []
+  for name in sorted(state.params):
+    w = state.params[name]
+    is_prunable = name in state.masks if has_masks else bool(re.search(prunable, name))
+    zeros = int(np.count_nonzero(w == 0))
+    row: dict[str, Any] = {
+        "path": name,
+        "shape": list(w.shape),
+        "dtype": str(w.dtype),
+        "size": int(w.size),
+        "prunable": is_prunable,
+        "zeros": zeros,
+        "sparsity": zeros / w.size if w.size else 0.0,
+    }
+    if name in state.masks:
+      m = state.masks[name]
+      if m.shape != w.shape:
+        raise ValueError(f"mask of {name} has shape {m.shape}, the parameter {w.shape}")
+      row["pruned"] = int(np.count_nonzero(~m))
+      row["pruned_nonzero"] = int(np.count_nonzero(w[~m]))  # must be 0: a pruned weight that is not zero
+    else:
+      # No mask (dense checkpoint, or parameters saved without the optimizer state): exact zeros count.
+      row["pruned"] = zeros if is_prunable else 0
+    row["active"] = row["size"] - row["pruned"]
+    row["sparsity"] = row["pruned"] / w.size if w.size else 0.0
+    tensors.append(row)
+
+  total = sum(t["size"] for t in tensors)
+  prun = [t for t in tensors if t["prunable"]]
+  prunable_n = sum(t["size"] for t in prun)
+  pruned = sum(t["pruned"] for t in tensors)
+  zeros_prunable = sum(t["zeros"] for t in prun)
+  summary = model_checkpoint.read_summary(where.run_dir)
+  schedule = _schedule_state(summary, state.pruner_count)
+  return {
+      "items_dir": where.items_dir,
+      "run_dir": where.run_dir,
+      "step": where.step,
+      "state_step": state.state_step,
+      "pruner": {
+          "count": state.pruner_count,
+          "masks": has_masks,
+          "dense_checkpoint": not has_masks,
+          "masked_tensors": len(state.masks),
+          "mask_violations": sum(t.get("pruned_nonzero", 0) for t in tensors),
+      },
+      "schedule": schedule,
+      "totals": {
+          "params": total,
+          "prunable": prunable_n,
+          "non_prunable": total - prunable_n,
+          "pruned": pruned,
+          "prunable_zeros": zeros_prunable,
+          "active": total - pruned,
+          "sparsity": pruned / prunable_n if prunable_n else 0.0,
+          "overall_sparsity": pruned / total if total else 0.0,
+          "zeros": sum(t["zeros"] for t in tensors),
+      },
+      "tensors": tensors,
+  }
+
+
+def _schedule_state(summary: dict | None, count: int | None) -> dict[str, Any] | None:
+  if not summary or "prune_steps" not in summary:
+    return None
+  events = list(summary["prune_steps"])
+  out = {
+      "source": "sparsity_summary.json",
+      "sparsity_schedule": summary.get("sparsity_schedule"),
+      "target_sparsity": summary.get("target_sparsity"),
+      "steps": summary.get("steps"),
+      "prune_steps": events,
+  }
+  if count is not None:
+    out["events_done"] = sum(1 for s in events if s < count)
+    later = [s for s in events if s >= count]
+    out["next_event"] = later[0] if later else None
+  return out
+
+
+def _fmt_shape(shape) -> str:
+  return "x".join(map(str, shape)) or "scalar"
+
+
+def format_report(r: dict[str, Any]) -> str:
+  """The report as a table for people."""
+  p, t = r["pruner"], r["totals"]
+  lines = [f"checkpoint: {r['items_dir']}", f"step: {r['step']} (train state step {r['state_step']})"]
+  if p["masks"]:
+    lines.append(f"pruner: count {p['count']}, masks present for {p['masked_tensors']} tensors"
+                 + (f"; WARNING: {p['mask_violations']} pruned weights are not zero" if p["mask_violations"] else ""))
+  else:
+    lines.append("pruner: no masks (dense checkpoint" + ("" if p["count"] is None else f", count {p['count']}") +
+                 "); prunable = default linear-layer kernels, sparsity = exact zeros")
+  s = r["schedule"]
+  if s:
+    done = f"; {s['events_done']} of {len(s['prune_steps'])} events done" if "events_done" in s else ""
+    nxt = f", next at step {s['next_event']}" if s.get("next_event") is not None else ""
+    steps = ", ".join(map(str, s["prune_steps"])) or "none"
+    lines.append(f"schedule: {s['sparsity_schedule']} to {s['target_sparsity']} over {s['steps']} steps, events at "
+                 f"steps {steps}{done}{nxt}")
+  width = max(len(x["path"]) for x in r["tensors"])
+  lines.append("")
+  lines.append(f"{'tensor':<{width}}  {'shape':>14}  {'params':>11}  prunable  {'pruned':>11}  {'active':>11}  sparsity")
+  for x in r["tensors"]:
+    lines.append(f"{x['path']:<{width}}  {_fmt_shape(x['shape']):>14}  {x['size']:>11,}  {'yes' if x['prunable'] else 'no':>8}  "
+                 f"{x['pruned']:>11,}  {x['active']:>11,}  {x['sparsity']:.4f}")
+  lines.append("")
+  lines.append(f"total params {t['params']:,}  prunable {t['prunable']:,}  non-prunable {t['non_prunable']:,}")
+  lines.append(f"{'pruned' if p['masks'] else 'zero'} {t['pruned']:,}: sparsity {t['sparsity']:.4f} of prunable "
+               f"({t['overall_sparsity']:.4f} of all); active params {t['active']:,}")
+  return "\n".join(lines)

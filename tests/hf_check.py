@@ -1,0 +1,81 @@
+"""Run under .venv-hf (PyTorch, transformers, compressed-tensors): loads exports the way their users would.
+
+Usage: python tests/hf_check.py REQUEST.json RESULT.json, where the request holds
+  dense: an export written with --format hf
+  compressed: the same checkpoint written with --format compressed (optional)
+  tokens: [[int, ...]] token ids for logits
+  prompt, max_new_tokens: greedy generation with the exported tokenizer (optional)
+The result: logits of the dense export (and of the decompressed compressed export), zeros per weight,
+whether decompression gives the dense weights bit for bit, whether the library's own bitmask compressor
+writes the same tensors as the export, tokenizer ids and the generated ids.
+"""
+
+import json
+import sys
+
+import torch
+from compressed_tensors.compressors import ModelCompressor
+from compressed_tensors.compressors.sparse_compressors.sparse_bitmask import BitmaskTensor
+from safetensors.torch import load_file
+from transformers import AutoConfig, AutoTokenizer, LlamaForCausalLM
+
+
+def bits(t):
+  return t.contiguous().view(torch.uint8)
+
+
+def main(request_path, result_path):
+  with open(request_path) as f:
+    req = json.load(f)
+  out = {}
+  dense_dir = req["dense"]
+  model = LlamaForCausalLM.from_pretrained(dense_dir, dtype=torch.float32)
+  model.eval()
+  out["model_class"] = type(model).__name__
+  tokens = torch.tensor(req["tokens"], dtype=torch.long)
+  with torch.no_grad():
+    out["logits"] = model(tokens).logits.float().tolist()
+  dense = load_file(f"{dense_dir}/model.safetensors")
+  out["zeros"] = {k: int((v == 0).sum()) for k, v in dense.items()}
+  out["sizes"] = {k: int(v.numel()) for k, v in dense.items()}
+  state = model.state_dict()
+  out["loaded_equals_file"] = all(torch.equal(bits(state[k]), bits(v)) for k, v in dense.items())
+
+  tok = AutoTokenizer.from_pretrained(dense_dir)
+  out["tokenizer_class"] = type(tok).__name__
+  out["tokenizer_ids"] = tok("The quick brown fox jumps over the lazy dog.")["input_ids"]
+  if req.get("prompt") is not None:
+    ids = tok(req["prompt"], return_tensors="pt")["input_ids"]
+    out["prompt_ids"] = ids[0].tolist()
+    with torch.no_grad():
+      gen = model.generate(ids, max_new_tokens=req["max_new_tokens"], do_sample=False, pad_token_id=0)
+    out["generated_ids"] = gen[0, ids.shape[1]:].tolist()
+
+  comp_dir = req.get("compressed")
+  if comp_dir:
+    compressor = ModelCompressor.from_pretrained(comp_dir)
+    out["sparsity_compressor"] = type(compressor.sparsity_compressor).__name__
+    config = AutoConfig.from_pretrained(comp_dir)
+    out["quantization_config"] = config.quantization_config
+    del config.quantization_config
+    decompressed = LlamaForCausalLM(config)
+    compressor.decompress(comp_dir, decompressed)
+    dstate = decompressed.state_dict()
+    out["decompressed_bitwise_equal"] = sorted(k for k, v in dense.items() if torch.equal(bits(dstate[k]), bits(v)))
+    decompressed.eval()
+    with torch.no_grad():
+      out["decompressed_logits"] = decompressed(tokens).logits.float().tolist()
+    stored = load_file(f"{comp_dir}/model.safetensors")
+    out["compressed_modules"] = sorted(k[: -len(".compressed")] for k in stored if k.endswith(".compressed"))
+    same = []
+    for module in out["compressed_modules"]:
+      ref = BitmaskTensor.from_dense(dense[module + ".weight"]).dict(name_prefix=module)
+      if all(k in stored and stored[k].dtype == v.dtype and torch.equal(bits(stored[k]), bits(v)) for k, v in ref.items()):
+        same.append(module)
+    out["library_compress_equal"] = same
+  with open(result_path, "w") as f:
+    json.dump(out, f)
+
+
+if __name__ == "__main__":
+  main(sys.argv[1], sys.argv[2])

@@ -1,0 +1,21 @@
+"""The pruner on weights sharded over 4 simulated devices: same masks as on one device, nothing gathered."""
+
+import json
+import os
+import subprocess
+import sys
+
+from conftest import ROOT
+
+
+def test_sharded_selection_equals_single_device_and_gathers_nothing():
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=4")
+  out = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "sharded_pruning_script.py")], env=env,
+                       capture_output=True, text=True, timeout=600, check=True)
+  r = json.loads(out.stdout.strip().splitlines()[-1])
+  assert r["equal"] and r["kept"] == r["k"]
+  # No gather or all-to-all at all; the only cross-device traffic is histogram/count reductions,
+  # far smaller than any weight shard.
+  assert not [c for c in r["collectives"] if c["op"] in ("all-gather", "all-to-all", "collective-permute")], r
+  assert r["collectives"], "expected all-reduces of per-shard counts"
+  assert max(c["elements"] for c in r["collectives"]) <= 256 < r["largest_weight_shard"]

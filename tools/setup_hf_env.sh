@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Creates .venv-hf: a small PyTorch venv in which Hugging Face transformers and compressed-tensors load what
+# `python -m sparsity export` writes (the tests use it to check an export against MaxText's own forward pass).
+# The main .venv needs none of it: export writes safetensors and the sparse-bitmask format with NumPy.
+#
+# Python 3.11 by default (PYTHON=/path/to/python to choose): MaxText needs >= 3.12, but PyTorch's CPU-only
+# wheels are not on the package index for every version, and a CPU build of torch==2.13.0 for 3.11 is what
+# the pinned list below was checked with. Idempotent: a second run with the same pins does nothing.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+VENV="${HF_VENV:-.venv-hf}"
+
+PINS=(
+  "torch==2.13.0"
+  "transformers==5.23.0"
+  "safetensors==0.8.0"
+  "compressed-tensors==0.13.0"
+  "sentencepiece==0.2.3"
+  "numpy<3"
+)
+
+find_python() {
+  local c
+  for c in "${PYTHON:-}" python3.11 "$HOME"/.pyenv/versions/3.11*/bin/python3 python3; do
+    [ -n "$c" ] || continue
+    c=$(command -v "$c" 2>/dev/null) || continue
+    "$c" -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else 1)' 2>/dev/null && { echo "$c"; return 0; }
+  done
+  [ -n "${PYTHON:-}" ] && command -v "$PYTHON" && return 0
+  return 1
+}
+
+stamp="$VENV/.setup-stamp"
+want="$(printf '%s\n' "${PINS[@]}")"
+if [ -x "$VENV/bin/python" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+  exit 0
+fi
+if [ ! -x "$VENV/bin/python" ]; then
+  PY=$(find_python) || { echo "setup_hf_env.sh: no python3.11 found; set PYTHON=/path/to/python3 (3.10+)" >&2; exit 1; }
+  echo "setup_hf_env.sh: creating $VENV with $PY"
+  "$PY" -m venv "$VENV"
+fi
+"$VENV/bin/python" -m pip install -q --upgrade pip
+"$VENV/bin/python" -m pip install -q "${PINS[@]}"
+"$VENV/bin/python" -c 'import torch, transformers, compressed_tensors, safetensors, sentencepiece'
+echo "$want" > "$stamp"
+echo "setup_hf_env.sh: $VENV ready"
