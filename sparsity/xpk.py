@@ -8,7 +8,8 @@ without a shell (a list of arguments) and printed with ``shlex.join``. The conta
       base_output_directory=<bucket>/<sweep>
 
 with every word after ``&&`` quoted by ``shlex.quote``, so values with spaces, quotes or ``$(...)`` reach
-MaxText verbatim. The config path is relative to the repository, which the docker image must hold as its
+MaxText verbatim. xpk 1.16 pastes the command into a line of a YAML block scalar (``bash -c |``), so values
+with newlines are refused. The config path is relative to the repository, which the docker image must hold as its
 working directory (xpk runs the command there).
 
 Workload names follow xpk 1.16's ``name_type`` rule (``[a-z]([-a-z0-9]*[a-z0-9])?``, at most 40
@@ -84,7 +85,11 @@ def container_command(run: Run, output_dir: str, root: str = ROOT, setup: str = 
   rel = os.path.relpath(run.base, root)
   if rel.startswith(os.pardir + os.sep) or os.path.isabs(rel):
     raise ValueError(f"config {run.base} is outside the repository {root}: the container cannot see it")
-  return f"{setup} && " + shlex.join([python, train, *run.argv(output_dir, base=rel)])
+  words = [python, train, *run.argv(output_dir, base=rel)]
+  bad = [w for w in words if any(c in w for c in "\n\r\0")]
+  if bad:  # xpk pastes the command into one line of a YAML block scalar (core/docker_container.py)
+    raise ValueError(f"run {run.name}: newlines or NUL characters cannot be passed through xpk: {bad[0]!r}")
+  return f"{setup} && " + shlex.join(words)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,7 +138,7 @@ def workload_args(run: Run, sweep_name: str, opts: XpkOptions, root: str = ROOT)
       f"--cluster={opts.cluster}",
       f"--workload={workload_name(run.name, sweep_name, opts.max_name_length)}",
       f"--tpu-type={opts.tpu_type}",
-      f"--num-slice={int(opts.num_slices)}",
+      f"--num-slices={int(opts.num_slices)}",
       f"--docker-image={opts.docker_image}",
       f"--command={container_command(run, output_directory(opts.output_bucket, sweep_name), root)}",
   ]
@@ -210,6 +215,28 @@ def parse_with_xpk(arg_lists: Sequence[Sequence[str]], python: str) -> list[dict
   return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+_OPTIONS_SCRIPT = r"""
+import argparse, json, sys
+from xpk.parser.core import set_parser
+parser = argparse.ArgumentParser(prog="xpk")
+set_parser(parser)
+for word in json.load(sys.stdin):
+  sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+  parser = sub.choices[word]
+print(json.dumps(sorted(parser._option_string_actions)))
+"""
+
+
+def xpk_option_strings(subcommand: Sequence[str], python: str) -> list[str]:
+  """The option strings (e.g. ``--num-slices``) of an xpk subcommand such as ``["workload", "create"]``, read
+  from xpk's parser in ``python`` (argparse accepts abbreviations, so parsing alone does not prove spelling)."""
+  proc = subprocess.run([python, "-c", _OPTIONS_SCRIPT], input=json.dumps(list(subcommand)), capture_output=True,
+                        text=True, check=False, timeout=300)
+  if proc.returncode != 0:
+    raise RuntimeError(f"xpk's parser could not be loaded with {python}:\n{proc.stderr[-3000:]}")
+  return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def find_xpk_python() -> str | None:
   """An interpreter with xpk installed: ``$XPK_PYTHON``, ``<repo>/.venv-xpk/bin/python``, the interpreter
   of an ``xpk`` executable on PATH, or this one if it can import xpk; ``None`` if there is none."""
@@ -231,4 +258,4 @@ def find_xpk_python() -> str | None:
 
 __all__ = ["XPK_REQUIREMENT", "NAME_PATTERN", "MAX_NAME_LENGTH", "SUPER_SLICING_MAX_NAME_LENGTH", "XpkOptions",
            "valid_name", "workload_name", "output_directory", "container_command", "workload_args", "commands",
-           "submit", "parse_with_xpk", "find_xpk_python"]
+           "submit", "parse_with_xpk", "xpk_option_strings", "find_xpk_python"]

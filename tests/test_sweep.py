@@ -18,7 +18,8 @@ from conftest import C4, ROOT, TINY
 from sparsity import collect, compute_fractions, dense_sweep, planning, report, schedules, sweep, xpk, yaml_chain
 
 SWEEPS = os.path.join(ROOT, "configs", "sweeps")
-WEIRD = "gs://my bucket/\"x\" 'y' $(touch PWNED) `touch PWNED2` ; rm -rf / & \\n *"
+# A value that would create files (and nothing worse) if any shell interpreted it.
+WEIRD = "gs://my bucket/\"x\" 'y' $(touch PWNED) `touch PWNED2` ; touch PWNED3 & \\n * ~ {a,b} > PWNED4"
 
 
 def _spec(tmp_path, **data):
@@ -259,7 +260,7 @@ def test_container_command_reaches_train_verbatim_through_bash(tmp_path):
     got = json.load(f)
   assert got == run.argv(out, base="configs/paper/llama2_162m_10x.yml")
   assert f"dataset_path={WEIRD}" in got
-  assert not (tmp_path / "PWNED").exists() and not (tmp_path / "PWNED2").exists()
+  assert not [p for p in os.listdir(tmp_path) if p.startswith("PWNED")]
   real = xpk.container_command(run, out)
   assert real.startswith("DEVICE=tpu bash setup.sh && .venv/bin/python MaxText/train.py configs/paper/")
 
@@ -273,7 +274,7 @@ def test_printed_xpk_command_is_shell_safe(tmp_path):
   line = shlex.join(cmd)
   out = subprocess.run(["bash", "-c", line], cwd=tmp_path, capture_output=True, text=True, check=True)
   assert json.loads(out.stdout) == cmd[1:]
-  assert not (tmp_path / "PWNED").exists()
+  assert not [p for p in os.listdir(tmp_path) if p.startswith("PWNED")]
 
 
 def test_xpk_options_are_validated(tmp_path):
@@ -284,6 +285,9 @@ def test_xpk_options_are_validated(tmp_path):
   outside = sweep.Run("r", "/tmp/elsewhere.yml", (), {})
   with pytest.raises(ValueError, match="outside the repository"):
     xpk.container_command(outside, "gs://b/s")
+  multiline = sweep.Run("r", run.base, ("dataset_path=a\nb",), {})
+  with pytest.raises(ValueError, match="newlines"):
+    xpk.container_command(multiline, "gs://b/s")
 
 
 @pytest.fixture(scope="module")
@@ -296,19 +300,23 @@ def xpk_python():
 
 def test_xpk_parser_accepts_the_generated_commands(tmp_path, xpk_python):
   runs = sweep.expand(sweep.load_spec(os.path.join(SWEEPS, "paper_schedule_grid.yml"))) + [_weird_run(tmp_path)]
-  opts = _opts(extra_args=("--priority=high",))
+  opts = _opts(extra_args=("--priority=high",), num_slices=2)
   cmds = [c[1:] for c in xpk.commands(runs, "paper_schedule_grid", opts)]
   bad = [["workload", "create", "--cluster=c", "--workload=Bad_Name", "--tpu-type=v5p-128", "--command=x"],
          ["workload", "create", "--cluster=c", "--workload=ok", "--tpu-type=v99-8", "--command=x"]]
   results = xpk.parse_with_xpk(cmds + bad, xpk_python)
   assert [r["ok"] for r in results] == [True] * len(cmds) + [False, False]  # xpk's parser can say no
+  # Every flag is spelled as xpk spells it (argparse would also accept unambiguous abbreviations).
+  options = set(xpk.xpk_option_strings(["workload", "create"], xpk_python))
+  assert {"--cluster", "--workload", "--tpu-type", "--num-slices", "--docker-image", "--command"} <= options
+  assert {a.split("=", 1)[0] for c in cmds for a in c[2:]} <= options
   for run, res in zip(runs, results):
     a = res["args"]
     assert (a["xpk_subcommands"], a["xpk_workload_subcommands"]) == ("workload", "create")
     assert a["workload"] == xpk.workload_name(run.name, "paper_schedule_grid")
     assert a["command"] == xpk.container_command(run, "gs://bucket/sweeps/paper_schedule_grid")
     assert (a["cluster"], a["tpu_type"], a["num_slices"], a["docker_image"]) == (
-        "my-cluster", "v5p-128", 1, "gcr.io/proj/sparse:latest")
+        "my-cluster", "v5p-128", 2, "gcr.io/proj/sparse:latest")
     assert (a["project"], a["zone"], a["priority"]) == ("proj", "us-east5-a", "high")
 
 
