@@ -249,9 +249,26 @@ def _train_loop(original, loop_iteration_original, train_module, config, recorde
         final_train_loss=train_loss,
         final_eval_loss=eval_loss,
     )
+    summary.update(_run_settings(config))
+    if eval_loss is None:
+      summary["final_eval_step"] = None
     path = accounting.write_summary(os.path.join(config.base_output_directory, config.run_name), summary)
     print(f"sparsity summary written to {path}", flush=True)
   return state
+
+
+def _run_settings(config) -> dict:
+  """Settings that later tools (collect, report) group runs by, and the step of the last evaluation."""
+  keys = ("prune_start_fraction", "prune_end_fraction", "pruning_interval", "pruning_scope", "pruning_score",
+          "learning_rate", "per_device_batch_size", "global_batch_size_to_train_on", "max_target_length")
+  out = {k: getattr(config, k) for k in keys}
+  last_eval = None
+  if config.eval_interval > 0:
+    start = max(int(config.eval_start_step), 0)
+    if config.steps - 1 >= start:
+      last_eval = start + (config.steps - 1 - start) // config.eval_interval * config.eval_interval
+  out["final_eval_step"] = last_eval
+  return out
 
 
 def _summary_writer(original, tensorboard_dir, run_name, enable_tensorboard=True):

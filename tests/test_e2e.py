@@ -59,6 +59,7 @@ def test_c4_tfds_sparse_run_summary_matches_logged_metrics(tmp_path, c4_path):
   assert tb["sparsity/density"][15] == pytest.approx(kept / s["prunable_params"], rel=1e-6)
   assert s["final_train_loss"] == pytest.approx(tb["learning/loss"][15], rel=1e-6)
   assert s["final_eval_loss"] is not None and np.isfinite(s["final_eval_loss"])
+  assert s["final_eval_step"] == 8  # evals at steps 0 and 8 (eval_interval=8)
   # Density is 1 before the first event and falls at each event.
   dens = [tb["sparsity/density"][i] for i in range(16)]
   assert dens[:4] == [1.0] * 4 and dens[4] < 1.0 and all(a >= b for a, b in zip(dens, dens[1:]))
