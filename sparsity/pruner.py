@@ -153,7 +153,7 @@ def keep_tables(plan: PrunePlan, sizes: Sequence[int]):
 def compute_masks(values, masks, keep, plan: PrunePlan, step):
   """New masks keeping exactly ``keep`` weights per group (Python ints or wide counts), never reviving."""
   if plan.score == "magnitude":
-    keys = [threshold.magnitude_keys(v, m) for v, m in zip(values, masks)]
+    keys = [threshold.magnitude_key_fn(v, m) for v, m in zip(values, masks)]
   else:
     rng = jax.random.fold_in(jax.random.PRNGKey(plan.seed), step)
     keys = [threshold.random_keys(jax.random.fold_in(rng, i), m.shape, m) for i, m in enumerate(masks)]
@@ -197,20 +197,18 @@ def pruned(inner: optax.GradientTransformation, plan: PrunePlan, is_leaf=None) -
       )
 
     if event_steps:
-      table = keep_tables(plan, [_size(values[p]) for p in names])
-      wide_table = [[threshold.wide_const(int(k)) for k in row] for row in table]
+      table = keep_tables(plan, [_size(values[p]) for p in names])  # [event][group] -> Python int
       steps_arr = jnp.asarray(event_steps, jnp.int32)
       is_event = jnp.any(steps_arr == step)
       event_idx = jnp.argmax(steps_arr == step)
 
       def prune(masks):
-        # Select this event's keep counts with a switch over events: counts stay exact wide integers.
-        keep = [
-            tuple(
-                jax.lax.switch(event_idx, [lambda r=r, g=g: wide_table[r][g] for r in range(len(table))])
-            )
-            for g in range(len(table[0]))
-        ]
+        # This event's keep counts as exact wide integers (two int32 limbs), looked up by event number.
+        keep = []
+        for g in range(len(table[0])):
+          hi = jnp.asarray([row[g] >> 16 for row in table], jnp.int32)[event_idx]
+          lo = jnp.asarray([row[g] & 0xFFFF for row in table], jnp.int32)[event_idx]
+          keep.append((hi, lo))
         return compute_masks([values[p] for p in names], masks, keep, plan, step)
 
       masks = jax.lax.cond(is_event, prune, lambda m: list(m), masks)
@@ -222,16 +220,16 @@ def pruned(inner: optax.GradientTransformation, plan: PrunePlan, is_leaf=None) -
         for (p, _), g in zip(flat_params, flat_updates)
     ]
     masked_grads = jax.tree_util.tree_unflatten(treedef, masked_grads)
-    new_updates, inner_state = inner.update(masked_grads, state.inner_state, params)
-
+    inner_state = state.inner_state
     if plan.masks_needed:
-      # Moments of pruned weights are zeroed every step, not only at events: these selects fuse into the
-      # optimizer's own elementwise update (no extra pass over memory), whereas a lax.cond around them would
-      # force copies of the whole optimizer state through the conditional.
+      # The optimizer's moments of pruned weights are zeroed as they enter its update: with zero gradients they
+      # then leave it zero too. These selects fuse into the optimizer's own elementwise update (no extra pass
+      # over memory); a lax.cond around them would instead copy the whole optimizer state every step.
       full_masks = jax.tree_util.tree_unflatten(treedef, [mask_of.get(p, True) for p, _ in flat_params])
       inner_state = optax.tree_map_params(
           inner, lambda x, m: jnp.where(m, x, jnp.zeros_like(x)), inner_state, full_masks
       )
+    new_updates, inner_state = inner.update(masked_grads, inner_state, params)
 
     flat_new = jax.tree_util.tree_leaves(new_updates)
     final = [

@@ -99,93 +99,139 @@ def chunks(x) -> list:
   return [x[i : i + step] for i in range(0, rows, step)]
 
 
-def _histogram(keys, shift: int, prefix, prefix_shift: int) -> Wide:
-  """Counts of digit ``(key >> shift) & 0xFF`` over keys whose bits above ``prefix_shift`` equal ``prefix``."""
+def _as_key_fn(k):
+  """A key source as a function of a dependency token (arrays are returned as they are)."""
+  return k if callable(k) else (lambda _dep, k=k: k)
+
+
+def _pass_histogram(key_fns, shift, prefix) -> Wide:
+  """Histogram of digit ``(key >> shift) & 0xFF`` over keys whose higher bits equal ``prefix``, all arrays.
+
+  Arrays are visited one after another, each chained to the previous one's histogram, so that XLA keeps the
+  per-array index buffer of only one array alive at a time.
+  """
   total = (jnp.zeros((NUM_BINS,), jnp.int32),) * 2
-  for part in chunks(keys):
-    digit = ((part >> shift) & (NUM_BINS - 1)).astype(jnp.int32)
-    if prefix_shift < 32:
-      # Keys off the prefix go to an out-of-range bin that the scatter drops: no weights array is built.
-      digit = jnp.where((part >> prefix_shift) == prefix, digit, NUM_BINS)
-    # Indexing with an array of the keys' own shape (no ravel): a sharded array is histogrammed in place.
-    h = jnp.zeros((NUM_BINS,), jnp.int32).at[digit].add(jnp.int32(1), mode="drop")
-    total = wide_add(total, wide_from_int32(h))
+  dep = prefix
+  for key_fn in key_fns:
+    keys = key_fn(dep)
+    for part in chunks(keys):
+      # Keys off the prefix (for the first pass every key matches: a shift by 32 gives 0) go to an
+      # out-of-range bin that the scatter drops, so no weights array is built; int16 indices halve the buffer.
+      match = (part >> (shift + DIGIT_BITS)) == prefix
+      digit = jnp.where(match, (part >> shift) & (NUM_BINS - 1), NUM_BINS).astype(jnp.int16)
+      # Indexing with an array of the keys' own shape (no ravel): a sharded array is histogrammed in place.
+      h = jnp.zeros((NUM_BINS,), jnp.int32).at[digit].add(jnp.int32(1), mode="drop")
+      total = wide_add(total, wide_from_int32(h))
+      dep = h
   return total
 
 
-def kth_largest_key(keys: Sequence[jax.Array], k: Wide):
+def kth_largest_key(keys: Sequence, k: Wide):
   """The k-th largest key over all arrays (1-based) and how many keys equal to it are needed.
 
   Args:
-    keys: uint32 arrays; key 0 marks entries that cannot be selected.
+    keys: uint32 arrays, or functions ``dep -> array`` computing them (recomputed in every pass instead of
+      being held in memory; ``dep`` is a token to order the computation after); key 0 marks entries that
+      cannot be selected.
     k: wide count, ``1 <= k <=`` number of non-zero keys (not checked).
 
   Returns:
     ``(t, need)``: uint32 threshold ``t`` and a wide count ``need >= 1``: selecting every key ``> t`` and
     ``need`` of the keys ``== t`` selects exactly ``k`` keys.
   """
-  prefix = jnp.uint32(0)
-  remaining = k
-  for shift in range(32 - DIGIT_BITS, -1, -DIGIT_BITS):
-    prefix_shift = shift + DIGIT_BITS
-    hist = (jnp.zeros((NUM_BINS,), jnp.int32),) * 2
-    for x in keys:
-      hist = wide_add(hist, _histogram(x, shift, prefix, prefix_shift))
-    # Keys equal to 0 (not candidates) only ever fall in bin 0 of a zero prefix; since k does not exceed
-    # the number of non-zero keys, the chosen digit path never ends at key 0 and they are never selected.
+  key_fns = [_as_key_fn(x) for x in keys]
+  passes = 32 // DIGIT_BITS
+
+  def one_pass(i, carry):
+    prefix, rem_hi, rem_lo = carry
+    shift = jnp.uint32(32 - DIGIT_BITS) - jnp.uint32(DIGIT_BITS) * i.astype(jnp.uint32)
+    hist = _pass_histogram(key_fns, shift, prefix)
     suffix = _wide_suffix_sums(hist)  # suffix[d] = number of candidates with digit >= d
-    ok = wide_ge(suffix, (jnp.broadcast_to(remaining[0], (NUM_BINS,)), jnp.broadcast_to(remaining[1], (NUM_BINS,))))
-    d = jnp.sum(ok.astype(jnp.int32)) - 1  # largest digit with suffix[d] >= remaining
-    above = jnp.where(d + 1 < NUM_BINS, jnp.take(suffix[0], jnp.minimum(d + 1, NUM_BINS - 1)), 0), jnp.where(
-        d + 1 < NUM_BINS, jnp.take(suffix[1], jnp.minimum(d + 1, NUM_BINS - 1)), 0
-    )
-    remaining = wide_sub(remaining, above)
-    prefix = (prefix << DIGIT_BITS) | d.astype(jnp.uint32)
-  return prefix, remaining
+    remaining = (rem_hi, rem_lo)
+    ok = wide_ge(suffix, (jnp.broadcast_to(rem_hi, (NUM_BINS,)), jnp.broadcast_to(rem_lo, (NUM_BINS,))))
+    # Largest digit with suffix[d] >= remaining. Keys equal to 0 (not candidates) only ever fall in bin 0 of a
+    # zero prefix; since k does not exceed the number of non-zero keys, the path never ends at key 0.
+    d = jnp.sum(ok.astype(jnp.int32)) - 1
+    nxt = jnp.minimum(d + 1, NUM_BINS - 1)
+    above = (jnp.where(d + 1 < NUM_BINS, suffix[0][nxt], 0), jnp.where(d + 1 < NUM_BINS, suffix[1][nxt], 0))
+    rem_hi, rem_lo = wide_sub(remaining, above)
+    return (prefix << DIGIT_BITS) | d.astype(jnp.uint32), rem_hi, rem_lo
+
+  # A rolled loop: the pass is compiled once, not four times.
+  prefix, rem_hi, rem_lo = jax.lax.fori_loop(0, passes, one_pass, (jnp.uint32(0), k[0], k[1]))
+  return prefix, (rem_hi, rem_lo)
 
 
-def _first_q_ties(tie, q):
-  """Boolean array marking the first ``q`` True entries of ``tie`` in flat (row-major) order, q int32."""
-  size = tie.size
+def _flat_index(shape):
+  """Row-major position of every entry (int32; arrays are chunked below 2**31 entries)."""
+  flat = jnp.zeros(shape, jnp.int32)
   stride = 1
-  flat = jnp.zeros(tie.shape, jnp.int32)
-  for axis in range(tie.ndim - 1, -1, -1):
-    flat = flat + jax.lax.broadcasted_iota(jnp.int32, tie.shape, axis) * stride
-    stride *= tie.shape[axis]
-  # Unique keys, larger for earlier positions; 0 for non-ties.
-  key = jnp.where(tie, (size - flat).astype(jnp.uint32), jnp.uint32(0))
-
-  def select(q):
-    t, _ = kth_largest_key([key], wide_from_int32(q))
-    return key >= t
-
-  def trivial(q):
-    return tie & (q > 0)
-
-  count = jnp.sum(tie.astype(jnp.int32))
-  return jax.lax.cond((q > 0) & (q < count), select, trivial, q)
+  for axis in range(len(shape) - 1, -1, -1):
+    flat = flat + jax.lax.broadcasted_iota(jnp.int32, shape, axis) * stride
+    stride *= shape[axis]
+  return flat
 
 
-def top_k_masks(keys: Sequence[jax.Array], k: Wide) -> list:
+def top_k_masks(keys: Sequence, k: Wide) -> list:
   """Boolean masks selecting exactly the ``k`` largest keys over all arrays (ties: earlier position first).
 
-  ``k`` must not exceed the number of non-zero keys; entries with key 0 are never selected.
+  ``keys`` are uint32 arrays or functions ``dep -> array`` (see ``kth_largest_key``). ``k`` must not exceed
+  the number of non-zero keys; entries with key 0 are never selected.
+
+  Keys above the threshold ``t`` are all kept; of the keys equal to ``t``, arrays are filled in order, so at
+  most one array (the boundary) keeps only some of its ties: the first ones by position, found by a second
+  selection over position keys that only runs when such a partial array exists.
   """
-  t, need = kth_largest_key(keys, k)
-  out = []
-  before = wide_const(0)
-  for x in keys:
-    parts = []
-    for part in chunks(x):
-      tie = part == t
-      c = wide_from_int32(jnp.sum(tie.astype(jnp.int32)))
-      # quota = clamp(need - before, 0, c)
-      left = wide_sub(need, before)
-      quota = jnp.where(wide_ge(before, need), 0, jnp.where(wide_ge(left, c), wide_to_int32(c), wide_to_int32(left)))
-      parts.append((part > t) | _first_q_ties(tie, quota))
-      before = wide_add(before, c)
-    out.append(parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=0))
-  return out
+  key_fns = [_as_key_fn(x) for x in keys]
+  t, need = kth_largest_key(key_fns, k)
+  parts = []  # (array index, chunk index, chunk shape)
+  ties, dep = [], t
+  for j, key_fn in enumerate(key_fns):
+    for i, part in enumerate(chunks(key_fn(dep))):
+      c = jnp.sum((part == t).astype(jnp.int32))
+      parts.append((j, i, part.shape))
+      ties.append(c)
+      dep = c
+  # quota of each chunk: clamp(need - ties before it, 0, its ties)
+  quotas, before = [], wide_const(0)
+  for c in ties:
+    wc = wide_from_int32(c)
+    left = wide_sub(need, before)
+    quotas.append(jnp.where(wide_ge(before, need), 0, jnp.where(wide_ge(left, wc), c, wide_to_int32(left))))
+    before = wide_add(before, wc)
+  partial = [(q > 0) & (q < c) for q, c in zip(quotas, ties)]
+  any_partial = jnp.any(jnp.stack(partial))
+  boundary_quota = jnp.sum(jnp.stack([jnp.where(p, q, 0) for p, q in zip(partial, quotas)]))
+
+  def chunk_keys(n, dep):
+    j, i, _ = parts[n]
+    return chunks(key_fns[j](dep))[i]
+
+  def position_keys(n, dep):
+    """Unique keys, larger for earlier positions, on the ties of the partial chunk; 0 elsewhere."""
+    shape = parts[n][2]
+    size = 1
+    for d in shape:
+      size *= d
+    tie = (chunk_keys(n, dep) == t) & partial[n]
+    return jnp.where(tie, (size - _flat_index(shape)).astype(jnp.uint32), jnp.uint32(0))
+
+  pos_fns = [lambda dep, n=n: position_keys(n, dep) for n in range(len(parts))]
+  t2 = jax.lax.cond(
+      any_partial,
+      lambda q: kth_largest_key(pos_fns, wide_from_int32(q))[0],
+      lambda q: jnp.uint32(0xFFFFFFFF),
+      boundary_quota,
+  )
+  out: dict = {}
+  dep = t2
+  for n, (j, i, _) in enumerate(parts):
+    key = chunk_keys(n, dep)
+    full = quotas[n] == ties[n]
+    sel = (key > t) | ((key == t) & full) | (position_keys(n, dep) >= t2)
+    out.setdefault(j, []).append(sel)
+    dep = jnp.sum(sel.astype(jnp.int32)) if len(parts) > 1 else dep
+  return [v[0] if len(v) == 1 else jnp.concatenate(v, axis=0) for _, v in sorted(out.items())]
 
 
 def count_true(masks: Sequence[jax.Array]) -> Wide:
@@ -201,6 +247,16 @@ def magnitude_keys(x, alive) -> jax.Array:
   """uint32 keys ordered like ``|x|``, 0 where not ``alive``; NaN magnitudes rank above everything."""
   bits = jax.lax.bitcast_convert_type(jnp.abs(x.astype(jnp.float32)), jnp.uint32)
   return jnp.where(alive, bits + jnp.uint32(1), jnp.uint32(0))
+
+
+def magnitude_key_fn(x, alive):
+  """``dep -> magnitude_keys(x, alive)``, recomputed where used (ordered after ``dep``, not held in memory)."""
+
+  def key_fn(dep):
+    x2, alive2, _ = jax.lax.optimization_barrier((x, alive, dep))
+    return magnitude_keys(x2, alive2)
+
+  return key_fn
 
 
 def random_keys(rng, shape, alive) -> jax.Array:
