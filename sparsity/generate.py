@@ -20,23 +20,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from sparsity import model_checkpoint
-
-CPU_OVERRIDES = ("skip_jax_distributed_system=true", "attention=dot_product", "enable_checkpointing=false")
-
-
-def _has_accelerator() -> bool:
-  """As MaxText/train.py: JAX_PLATFORMS if set, else whether TPU/GPU device files exist."""
-  import glob  # pylint: disable=import-outside-toplevel
-
-  platforms = os.environ.get("JAX_PLATFORMS", "")
-  if platforms:
-    return platforms.split(",")[0] not in ("cpu", "")
-  return bool(glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*") or glob.glob("/dev/nvidia[0-9]*"))
-
-
-def _given(argv: Sequence[str]) -> set[str]:
-  return {a.split("=", 1)[0] for a in argv if "=" in a}
+from sparsity import host, model_checkpoint
 
 
 def inference_config(argv: Sequence[str], items_dir: str, extra: dict[str, Any]):
@@ -47,17 +31,11 @@ def inference_config(argv: Sequence[str], items_dir: str, extra: dict[str, Any])
   """
   if not argv or not os.path.isfile(argv[0]):
     raise FileNotFoundError(f"no such config file: {argv[0] if argv else '(none)'}")
-  os.environ.setdefault("DECOUPLE_GCLOUD", "TRUE")
-  if not _has_accelerator():
-    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+  argv = host.cpu_defaults([*argv, f"load_parameters_path={items_dir}"], extra=("enable_checkpointing=false",))
   from sparsity.maxtext_hook import load_config  # pylint: disable=import-outside-toplevel
 
-  given = _given(argv)
-  more = [f"load_parameters_path={items_dir}"]
-  if os.environ.get("JAX_PLATFORMS", "").split(",")[0] == "cpu":
-    more += [o for o in CPU_OVERRIDES if o.split("=", 1)[0] not in given]
-  more += [f"{k}={v}" for k, v in extra.items() if k not in given]
-  return load_config([*argv, *more])
+  given = host.given_keys(argv)
+  return load_config([*argv, *(f"{k}={v}" for k, v in extra.items() if k not in given)])
 
 
 def forward_logits(argv: Sequence[str], checkpoint: str, tokens: np.ndarray, step: int | None = None) -> np.ndarray:

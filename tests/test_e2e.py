@@ -1,6 +1,5 @@
 """End to end through MaxText/train.py: real C4, several simulated devices, dense parity, resume."""
 
-import glob
 import os
 import signal
 import subprocess
