@@ -128,13 +128,33 @@ def _predict(p: argparse.ArgumentParser) -> Runner:
   return run
 
 
-def plan_report(config: Any, law_file: str | None = None, match_dense: bool = False, divisor: int = 128) -> dict[str, Any]:
+def plan_report(config: Any, law_file: str | None = None, match_dense: bool = False, divisor: int = 128,
+                sparse_equivalent: bool = False) -> dict[str, Any]:
   """The ``plan`` command's result for a config object: ``planning.plan`` plus, optionally,
-  ``predicted_loss`` (with a law file) and ``dense_match`` (with ``match_dense``; dense losses too with a law)."""
+  ``predicted_loss`` (with a law file), ``dense_match`` (with ``match_dense``; dense losses too with a law) and
+  ``sparse_equivalent`` (with a law: the config's model as a dense baseline, and the sparse run of the same
+  training compute and no worse predicted loss with the smallest final model; ``planning.find_sparse_equivalent``)."""
   from sparsity import planning
 
-  p = planning.plan(**planning.config_to_plan_inputs(config))
+  inputs = planning.config_to_plan_inputs(config)
+  p = planning.plan(**inputs)
   fit = _load_fit(law_file) if law_file else None
+  if sparse_equivalent:
+    if fit is None:
+      raise ValueError("--sparse-equivalent needs --law-file (a fitted avg_param or chinchilla law)")
+    found = planning.find_sparse_equivalent(
+        fit, inputs["shape"], inputs["steps"], inputs["tokens_per_step"], divisor=divisor,
+        sparsity_schedule=inputs["sparsity_schedule"], prune_start_fraction=inputs["prune_start_fraction"],
+        prune_end_fraction=inputs["prune_end_fraction"], pruning_interval=inputs["pruning_interval"],
+    )
+    best = found["best"]
+    p["sparse_equivalent"] = {
+        "dense_predicted_loss": found["dense"]["predicted_loss"],
+        "best": None if best is None else {k: best[k] for k in ("width", "target_sparsity", "predicted_loss",
+                                                                 "compute_ratio")}
+        | {"final_params": best["plan"]["final_params"], "total_params": best["plan"]["total_params"]},
+        "candidates": len(found["candidates"]),
+    }
   if fit is not None:
     p["predicted_loss"] = planning.predict_loss(fit, p)
     p["law"] = fit.law
@@ -176,6 +196,16 @@ def format_plan(p: dict[str, Any]) -> str:
     if "dense_loss" in d:
       lines.append(f"predicted dense loss {d['dense_loss']:.4f} (lower {d['dense_lower_loss']:.4f}, "
                    f"upper {d['dense_upper_loss']:.4f})")
+  if "sparse_equivalent" in p:
+    e = p["sparse_equivalent"]
+    b = e["best"]
+    lines.append(
+        f"dense baseline predicted loss {e['dense_predicted_loss']:.4f}; "
+        + ("no sparse run of equal compute predicts a loss as low" if b is None else
+           f"sparse equivalent: width {b['width']} at sparsity {b['target_sparsity']:.2f} "
+           f"({b['total_params']:,} -> {b['final_params']:,} params), predicted loss {b['predicted_loss']:.4f}, "
+           f"compute {b['compute_ratio']:.3f}x")
+        + f" ({e['candidates']} candidates)")
   return "\n".join(lines)
 
 
@@ -186,13 +216,15 @@ def _plan(p: argparse.ArgumentParser) -> Runner:
   p.add_argument("--law-file", help="law.json for a predicted loss")
   p.add_argument("--match-dense", action="store_true", help="dense shapes with the same average active params")
   p.add_argument("--divisor", type=int, default=128, help="hidden sizes of dense matches divide by this and the heads")
+  p.add_argument("--sparse-equivalent", action="store_true",
+                 help="with --law-file: the smallest final sparse model of the same compute and predicted loss")
 
   def run(args: argparse.Namespace) -> int:
     from sparsity.maxtext_hook import load_config  # provided by the trainer
 
     with contextlib.redirect_stdout(sys.stderr):  # MaxText prints while loading; keep stdout for the plan
       config = load_config([args.config, *args.overrides])
-    p = plan_report(config, args.law_file, args.match_dense, args.divisor)
+    p = plan_report(config, args.law_file, args.match_dense, args.divisor, args.sparse_equivalent)
     if args.json:
       print(json.dumps(p, default=_json_default))
     else:

@@ -188,3 +188,24 @@ def test_plan_command_with_stand_in_loader(monkeypatch, capsys, tmp_path):
 def test_commands_registered_in_dict():
   assert {"fit", "predict", "plan"} <= set(cli.COMMANDS)
   assert cli.COMMANDS["plan"].overrides and not cli.COMMANDS["fit"].overrides
+
+
+def test_plan_command_sparse_equivalent(monkeypatch, capsys, tmp_path):
+  monkeypatch.setitem(sys.modules, "sparsity.maxtext_hook",
+                      types.SimpleNamespace(load_config=lambda argv: config(target_sparsity=0.0)))
+  (tmp_path / "law.json").write_text(json.dumps(law().to_json()))
+  rc = cli.main(["plan", "cfg.yml", "--json", "--law-file", str(tmp_path / "law.json"), "--sparse-equivalent",
+                 "--divisor", "64"])
+  assert rc == 0
+  out = json.loads(capsys.readouterr().out)["sparse_equivalent"]
+  inp = pl.config_to_plan_inputs(config(target_sparsity=0.0))
+  want = pl.find_sparse_equivalent(law(), inp["shape"], inp["steps"], inp["tokens_per_step"], divisor=64)
+  assert out["dense_predicted_loss"] == pytest.approx(want["dense"]["predicted_loss"])
+  assert out["candidates"] == len(want["candidates"])
+  if want["best"] is None:
+    assert out["best"] is None
+  else:
+    assert out["best"]["width"] == want["best"]["width"]
+    assert out["best"]["final_params"] < want["dense"]["total_params"]
+  assert cli.main(["plan", "cfg.yml", "--sparse-equivalent"]) == 2  # needs a law
+  assert "needs --law-file" in capsys.readouterr().err
