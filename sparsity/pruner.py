@@ -96,7 +96,8 @@ def _flatten(params, is_leaf=None):
   return [(path_str(p), x) for p, x in leaves], treedef
 
 
-def _nest(flat: dict) -> dict:
+def nest_paths(flat: dict) -> dict:
+  """{'a/b/c': x} -> {'a': {'b': {'c': x}}} (the inverse of ``flatten_nested``)."""
   out: dict = {}
   for path, v in flat.items():
     node = out
@@ -107,12 +108,13 @@ def _nest(flat: dict) -> dict:
   return out
 
 
-def _unnest(tree, prefix="") -> dict:
+def flatten_nested(tree, prefix="") -> dict:
+  """{'a': {'b': {'c': x}}} -> {'a/b/c': x} for nested mappings (dicts or flax ``State``)."""
   out = {}
   for k, v in tree.items():
     p = f"{prefix}/{k}" if prefix else str(k)
     if isinstance(v, dict) or hasattr(v, "items") and not hasattr(v, "shape"):
-      out.update(_unnest(v, p))
+      out.update(flatten_nested(v, p))
     else:
       out[p] = v
   return out
@@ -179,13 +181,13 @@ def pruned(inner: optax.GradientTransformation, plan: PrunePlan, is_leaf=None) -
     flat, _ = _flatten(params, is_leaf)
     chosen = set(prunable_paths(params, plan, is_leaf))
     masks = {p: jax.tree.map(lambda a: jnp.ones(_shape(a), jnp.bool_), x) for p, x in flat if p in chosen}
-    return PruningState(jnp.zeros((), jnp.int32), _nest(masks), inner.init(params))
+    return PruningState(jnp.zeros((), jnp.int32), nest_paths(masks), inner.init(params))
 
   def update(updates, state, params=None):
     if params is None:
       raise ValueError("pruned() needs params in update()")
     flat_params, treedef = _flatten(params)
-    flat_masks = _unnest(state.masks)
+    flat_masks = flatten_nested(state.masks)
     names = [p for p, _ in flat_params if p in flat_masks]
     values = {p: x for p, x in flat_params}
     masks = [flat_masks[p] for p in names]
@@ -236,7 +238,7 @@ def pruned(inner: optax.GradientTransformation, plan: PrunePlan, is_leaf=None) -
         jnp.where(mask_of[p], u, -x.astype(u.dtype)) if p in mask_of else u
         for (p, x), u in zip(flat_params, flat_new)
     ]
-    new_masks = _nest(dict(zip(names, masks)))
+    new_masks = nest_paths(dict(zip(names, masks)))
     return jax.tree_util.tree_unflatten(treedef, final), PruningState(step + 1, new_masks, inner_state)
 
   return optax.GradientTransformation(init, update)

@@ -17,6 +17,7 @@ import pytest
 
 from conftest import ROOT, TINY, run_train
 from sparsity import export, inspect as inspect_mod, model_checkpoint, sparse_bitmask
+from sparsity.pruner import nest_paths
 from sparsity.cli import main as cli_main
 
 HF_PYTHON = os.path.join(ROOT, ".venv-hf", "bin", "python")
@@ -43,20 +44,10 @@ def _save_checkpoint(items_dir, params, masks=None, count=None, step=None):
   """A MaxText-layout Orbax checkpoint: params/params/..., opt_state/{count, masks, inner_state}, step."""
   import orbax.checkpoint as ocp
 
-  def nest(flat):
-    out = {}
-    for path, v in flat.items():
-      node = out
-      *head, last = path.split("/")
-      for h in head:
-        node = node.setdefault(h, {})
-      node[last] = v
-    return out
-
-  tree = {"params": {"params": nest(params)}}
+  tree = {"params": {"params": nest_paths(params)}}
   if masks is not None:
-    tree["opt_state"] = {"count": np.int32(count), "masks": nest(masks),
-                         "inner_state": {"0": {"mu": nest({k: np.zeros_like(v) for k, v in params.items()})}}}
+    tree["opt_state"] = {"count": np.int32(count), "masks": nest_paths(masks),
+                         "inner_state": {"0": {"mu": nest_paths({k: np.zeros_like(v) for k, v in params.items()})}}}
   if step is not None:
     tree["step"] = np.int32(step)
   ocp.PyTreeCheckpointer().save(str(items_dir), tree)

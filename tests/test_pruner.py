@@ -47,7 +47,7 @@ def _train(plan, steps, inner=None, seed=0):
 
 
 def _flat_masks(state):
-  return pruner._unnest(state.masks)  # pylint: disable=protected-access
+  return pruner.flatten_nested(state.masks)
 
 
 def test_default_regex_selects_linear_kernels_not_norms_or_embeddings():
