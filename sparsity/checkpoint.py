@@ -12,24 +12,37 @@ import jax
 import numpy as np
 
 
+def steps(checkpoint_dir: str) -> list[int]:
+  """Steps with a finished checkpoint (a ``<step>/items`` directory) under ``checkpoint_dir``, increasing."""
+  return sorted(int(d) for d in os.listdir(checkpoint_dir)
+                if d.isdigit() and os.path.isdir(os.path.join(checkpoint_dir, d, "items")))
+
+
 def latest_step(checkpoint_dir: str) -> int:
   """The largest step with a finished checkpoint under ``checkpoint_dir`` (``.../checkpoints``)."""
   if not os.path.isdir(checkpoint_dir):
     raise FileNotFoundError(f"no checkpoint directory {checkpoint_dir}")
-  steps = [int(d) for d in os.listdir(checkpoint_dir) if d.isdigit() and os.path.isdir(os.path.join(checkpoint_dir, d, "items"))]
-  if not steps:
+  found = steps(checkpoint_dir)
+  if not found:
     raise FileNotFoundError(f"no finished checkpoint in {checkpoint_dir}")
-  return max(steps)
+  return found[-1]
+
+
+def metadata_tree(items_dir: str):
+  """``(checkpointer, tree of array metadata)`` of an ``items`` directory; no array is read."""
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+
+  ckptr = ocp.PyTreeCheckpointer()
+  meta = ckptr.metadata(items_dir)
+  tree = getattr(meta, "item_metadata", None) or getattr(meta, "tree", None) or meta
+  return ckptr, getattr(tree, "tree", tree)
 
 
 def load_tree(items_dir: str) -> dict:
   """The whole checkpointed pytree as NumPy arrays (restored on the host, any number of devices)."""
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
 
-  ckptr = ocp.PyTreeCheckpointer()
-  meta = ckptr.metadata(items_dir)
-  tree = getattr(meta, "item_metadata", None) or getattr(meta, "tree", None) or meta
-  tree = getattr(tree, "tree", tree)
+  ckptr, tree = metadata_tree(items_dir)
   restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
   return ckptr.restore(items_dir, restore_args=restore_args)
 
@@ -55,12 +68,9 @@ def masks_and_params(items_dir: str) -> tuple[dict[str, np.ndarray], dict[str, n
 
 def metadata_shapes(items_dir: str) -> dict[str, tuple]:
   """{path: shape} of every array in a checkpoint, from its metadata only (no array is read)."""
-  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
   from sparsity.pruner import path_str  # pylint: disable=import-outside-toplevel
 
-  meta = ocp.PyTreeCheckpointer().metadata(items_dir)
-  tree = getattr(meta, "item_metadata", None) or getattr(meta, "tree", None) or meta
-  tree = getattr(tree, "tree", tree)
+  _, tree = metadata_tree(items_dir)
   flat = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: hasattr(x, "shape"))[0]
   return {path_str(p): tuple(getattr(x, "shape", ()) or ()) for p, x in flat}
 

@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from sparsity import checkpoint
+
 PARAMS_PREFIX = "params/params/"
 
 
@@ -41,13 +43,6 @@ def _is_items(path: str) -> bool:
   return os.path.isfile(os.path.join(path, "_METADATA")) or os.path.isfile(os.path.join(path, "_CHECKPOINT_METADATA"))
 
 
-def _steps(checkpoints_dir: str) -> list[int]:
-  return sorted(
-      int(d) for d in os.listdir(checkpoints_dir)
-      if d.isdigit() and os.path.isdir(os.path.join(checkpoints_dir, d, "items"))
-  )
-
-
 def locate(path: str, step: int | None = None) -> Located:
   """The ``items`` directory of ``step`` (default: the latest) under ``path`` (see the module docstring)."""
   path = os.path.abspath(os.path.expanduser(path))
@@ -62,7 +57,7 @@ def locate(path: str, step: int | None = None) -> Located:
   checkpoints = path
   if os.path.isdir(os.path.join(path, "checkpoints")):
     checkpoints = os.path.join(path, "checkpoints")
-  steps = _steps(checkpoints)
+  steps = checkpoint.steps(checkpoints)
   if not steps:
     raise FileNotFoundError(
         f"no MaxText checkpoint under {path}: expected a run directory with checkpoints/<step>/items, a "
@@ -86,15 +81,6 @@ def _located_step(step_dir: str, step: int | None, items: str) -> Located:
   return Located(items, number, run_dir)
 
 
-def _metadata_tree(items_dir: str):
-  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
-
-  ckptr = ocp.PyTreeCheckpointer()
-  meta = ckptr.metadata(items_dir)
-  tree = getattr(meta, "item_metadata", None) or getattr(meta, "tree", None) or meta
-  return ckptr, getattr(tree, "tree", tree)
-
-
 def _flat(tree, prefix: str = "") -> dict[str, Any]:
   out = {}
   items = tree.items() if isinstance(tree, dict) else enumerate(tree) if isinstance(tree, (list, tuple)) else None
@@ -111,7 +97,7 @@ def load(items_dir: str) -> ModelState:
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
 
   try:
-    ckptr, tree = _metadata_tree(items_dir)
+    ckptr, tree = checkpoint.metadata_tree(items_dir)
   except Exception as e:  # pylint: disable=broad-except
     raise FileNotFoundError(f"cannot read a MaxText checkpoint at {items_dir}: {e}") from e
   if not isinstance(tree, dict) or "params" not in tree:
