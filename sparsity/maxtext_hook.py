@@ -8,8 +8,10 @@ Extension points used (``check_extension_points`` fails loudly if any moved):
   ``sparsity.pruner.pruned``; masks live in the NNX optimizer state, inherit each parameter's sharding
   annotations and are checkpointed and restored by MaxText's own Orbax checkpointing.
 * ``maxtext.trainers.pre_train.train.train_step``: adds the ``sparsity/*`` scalars to MaxText's metrics.
-* ``maxtext.trainers.pre_train.train.train_loop`` / ``training_loop_iteration``: after the loop, counts the
-  final masks and writes ``<base_output_directory>/<run_name>/sparsity_summary.json``.
+* ``maxtext.trainers.pre_train.train.train_loop`` / ``training_loop_iteration``: before each step that is a
+  pruning event, the new masks are computed by their own jitted program and put in the train state, so the
+  training step itself compiles and runs like the dense one; after the loop, counts the final masks and
+  writes ``<base_output_directory>/<run_name>/sparsity_summary.json``.
 * ``maxtext.utils.max_utils.initialize_summary_writer``: with ``DECOUPLE_GCLOUD=TRUE`` MaxText stubs out
   TensorBoard; this writes real event files to ``tensorboard_dir`` when tensorboardX is installed.
 """
@@ -122,6 +124,8 @@ class _Run:
     self.prunable = 0
     self.total = 0
     self.config = None
+    self.in_train_loop = False
+    self.external_events = False
 
   def accounting(self, fixed_kept: int | None = None) -> accounting.Accounting:
     """The run's accounting; with ``fixed_kept``, a mask holding that many prunable weights from step 0."""
@@ -153,7 +157,11 @@ def _get_optimizer(original, config, learning_rate_schedule, model=None, mesh=No
   plan = plan_from_config(config)
   _RUN.plan, _RUN.config = plan, config
   # Dense training (nothing can ever be pruned) keeps MaxText's optimizer untouched: same state, same numbers.
-  tx = pruner.pruned(inner, plan, is_leaf=_is_variable) if plan.masks_needed else inner
+  # Inside the hooked training loop the mask changes run as their own program between steps (_MaskEvents),
+  # so the training step compiles and runs like the dense one; anywhere else they stay inside the update.
+  external = _RUN.in_train_loop
+  tx = pruner.pruned(inner, plan, is_leaf=_is_variable, events_in_update=not external) if plan.masks_needed else inner
+  _RUN.external_events = external and plan.masks_needed
 
   def init(params):
     _RUN.prunable, _RUN.total = _count(params, plan)
@@ -216,19 +224,87 @@ def _final_kept(state) -> int:
   return threshold.wide_to_python(jax.device_get(jax.jit(threshold.count_true)(_state_masks(state))))
 
 
+_MASKS = "optimizer/opt_state/masks/"
+
+
+class _MaskEvents:
+  """Runs ``pruner.mask_event`` as its own jitted program on MaxText's train state, before the steps that need it.
+
+  The state is an ``nnx.State`` whose parameters are at ``model/<path>`` and whose masks are at
+  ``optimizer/opt_state/masks/<path>``. The program reads the prunable parameters and the masks, and returns the
+  new masks with the masks' own shardings; the masks' old buffers are donated. Each event's kept counts are
+  arguments, so one compiled program serves every event; it is compiled before the first step.
+  """
+
+  def __init__(self, plan: pruner.PrunePlan, state, start_step: int):
+    self.plan = plan
+    flat, self.treedef = jax.tree_util.tree_flatten_with_path(state)
+    paths = [pruner.path_str(p) for p, _ in flat]
+    index = {p: i for i, p in enumerate(paths)}
+    self.mask_idx = [i for i, p in enumerate(paths) if p.startswith(_MASKS)]
+    self.param_idx = [index["model/" + paths[i][len(_MASKS):]] for i in self.mask_idx]
+    self.sizes = [pruner._size(flat[i][1]) for i in self.param_idx]  # pylint: disable=protected-access
+    count = int(jax.device_get(flat[index["optimizer/opt_state/count"]][1]))
+    if count != start_step:
+      raise RuntimeError(f"the pruner's update count {count} is not MaxText's step {start_step}")
+    shardings = [flat[i][1].sharding for i in self.mask_idx]
+
+    def program(values, masks, keep, step, zeros):
+      return pruner.mask_event(values, masks, keep, step, plan, zeros=zeros)
+
+    self._jit = jax.jit(program, donate_argnums=(1,), out_shardings=shardings, static_argnums=(4,))
+    self._compiled = {}
+    if any(s >= start_step for s in plan.schedule.prune_steps):  # compile now, with the other programs
+      self._program([x for _, x in flat], self.plan.schedule.prune_steps[-1], False)
+
+  def _args(self, leaves, step):
+    keep = pruner.event_keep(self.plan, self.sizes, step)
+    wide = None if keep is None else [threshold.wide_const(k) for k in keep]
+    return [leaves[i] for i in self.param_idx], [leaves[i] for i in self.mask_idx], wide, jnp.int32(step)
+
+  def _program(self, leaves, step, zeros):
+    key = (pruner.event_keep(self.plan, self.sizes, step) is not None, zeros)
+    if key not in self._compiled:
+      values, masks, wide, step_arr = self._args(leaves, step)
+      self._compiled[key] = self._jit.lower(values, masks, wide, step_arr, zeros).compile()
+    return self._compiled[key]
+
+  def due(self, step: int) -> bool:
+    return step in self.plan.schedule.prune_steps or (self.plan.mask_zeros and step == 0)
+
+  def __call__(self, state, step: int):
+    """The state with the masks due before update ``step`` (which must be ``due``)."""
+    leaves = jax.tree_util.tree_leaves(state)
+    zeros = self.plan.mask_zeros and step == 0
+    values, masks, wide, step_arr = self._args(leaves, step)
+    new = self._program(leaves, step, zeros)(values, masks, wide, step_arr)
+    for i, m in zip(self.mask_idx, new):
+      leaves[i] = m
+    return jax.tree_util.tree_unflatten(self.treedef, leaves)
+
+
 def _train_loop(original, loop_iteration_original, train_module, config, recorder, state=None):
   seen = {}
+  events = []
 
   def iteration(jax_device_state, python_vars, immutable_data):
+    step = int(python_vars["step"])
+    if _RUN.external_events:
+      if not events:
+        events.append(_MaskEvents(_RUN.plan, jax_device_state["state"], int(immutable_data["start_step"])))
+      if events[0].due(step):
+        jax_device_state["state"] = events[0](jax_device_state["state"], step)
     metrics = loop_iteration_original(jax_device_state, python_vars, immutable_data)
     seen["metrics"], seen["logger"] = metrics, python_vars["metric_logger_instance"]
     return metrics
 
   train_module.training_loop_iteration = iteration
+  _RUN.in_train_loop = True
   try:
     state = original(config, recorder, state)
   finally:
     train_module.training_loop_iteration = loop_iteration_original
+    _RUN.in_train_loop = False
   if jax.process_index() == 0 and _RUN.plan is not None and _RUN.total:
     train_loss = eval_loss = None
     if "metrics" in seen:

@@ -1,12 +1,14 @@
 """The optax pruner: exact counts, monotone masks, pruned weights and their moments stay zero."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
-from sparsity import accounting, pruner, schedules
+from sparsity import accounting, pruner, schedules, threshold
 
 
 def _params(seed=0):
@@ -28,9 +30,10 @@ def _params(seed=0):
 DEFAULT = r"(^|/)(query|key|value|out|wi|wi_0|wi_1|wo|logits_dense)/kernel$"
 
 
-def _train(plan, steps, inner=None, seed=0):
-  params = _params(seed)
-  tx = pruner.pruned(inner or optax.adamw(1e-2, weight_decay=0.1), plan)
+def _train(plan, steps, inner=None, seed=0, params=None, events_in_update=True):
+  """Trains on synthetic gradients; with ``events_in_update=False`` the mask events run between updates."""
+  params = _params(seed) if params is None else params
+  tx = pruner.pruned(inner or optax.adamw(1e-2, weight_decay=0.1), plan, events_in_update=events_in_update)
   state = tx.init(params)
 
   @jax.jit
@@ -39,8 +42,20 @@ def _train(plan, steps, inner=None, seed=0):
     updates, state = tx.update(grads, state, params)
     return optax.apply_updates(params, updates), state
 
+  @functools.partial(jax.jit, static_argnums=(4,))
+  def event(values, masks, keep, i, zeros):
+    return pruner.mask_event(values, masks, keep, i, plan, zeros=zeros)
+
   history = []
   for i in range(steps):
+    zeros = plan.mask_zeros and i == 0
+    if not events_in_update and (i in plan.schedule.prune_steps or zeros):
+      flat_p = {pruner.path_str(p): x for p, x in jax.tree_util.tree_flatten_with_path(params)[0]}
+      names = list(_flat_masks(state))
+      keep = pruner.event_keep(plan, [flat_p[n].size for n in names], i)
+      keep = None if keep is None else [threshold.wide_const(k) for k in keep]
+      new = event([flat_p[n] for n in names], [_flat_masks(state)[n] for n in names], keep, jnp.int32(i), zeros)
+      state = state._replace(masks=pruner.nest_paths(dict(zip(names, new))))
     params, state = step(params, state, jnp.float32(i))
     history.append((jax.device_get(params), jax.device_get(state)))
   return history
@@ -98,6 +113,30 @@ def test_exact_counts_monotone_masks_zero_weights_and_moments(scope, score):
     prev = masks
   # non-prunable leaves are trained and not masked
   assert np.all(np.asarray(hist[-1][0]["token_embedder"]["embedding"]) != 0)
+
+
+@pytest.mark.parametrize("scope,score", [("global", "magnitude"), ("per_tensor", "magnitude"), ("global", "random")])
+def test_events_between_updates_equal_events_inside_the_update(scope, score):
+  """``mask_event`` run as a separate program (how the MaxText hook prunes) gives the same training, bit for bit."""
+  sch = schedules.make_schedule(20, 0.8, "geometric", 0.2, 0.6, 3)
+  plan = pruner.PrunePlan(sch, DEFAULT, scope=scope, score=score)
+  inside, outside = _train(plan, 20), _train(plan, 20, events_in_update=False)
+  assert any(not _flat_masks(inside[-1][1])[n].all() for n in _flat_masks(inside[-1][1]))
+  for (p1, s1), (p2, s2) in zip(inside, outside):
+    for a, b in zip(jax.tree.leaves((p1, s1)), jax.tree.leaves((p2, s2))):
+      np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_zero_masking_between_updates_equals_zero_masking_inside():
+  params = _params()
+  params["decoder"]["layers"]["mlp"]["wo"]["kernel"] = params["decoder"]["layers"]["mlp"]["wo"]["kernel"].at[:8].set(0.0)
+  plan = pruner.PrunePlan(schedules.make_schedule(6, 0.0), DEFAULT, mask_zeros=True)
+  inside = _train(plan, 6, params=params)
+  outside = _train(plan, 6, params=params, events_in_update=False)
+  wo = _flat_masks(outside[-1][1])["decoder/layers/mlp/wo/kernel"]
+  assert not wo[:8].any() and wo[8:].all()
+  for a, b in zip(jax.tree.leaves(inside), jax.tree.leaves(outside)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 def test_global_magnitude_prunes_the_smallest_weights():
