@@ -8,20 +8,7 @@ VENV="${VENV:-.venv}"
 
 case "$DEVICE" in cpu|tpu|gpu) ;; *) echo "setup.sh: DEVICE must be cpu, tpu or gpu (got '$DEVICE')" >&2; exit 2;; esac
 
-find_python() {
-  local c
-  for c in "${PYTHON:-}" python3.13 python3.12 python3; do
-    [ -n "$c" ] || continue
-    c=$(command -v "$c" 2>/dev/null) || continue
-    "$c" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 12) else 1)' 2>/dev/null && { echo "$c"; return 0; }
-  done
-  for c in "$HOME"/.pyenv/versions/3.1[2-9]*/bin/python3 /usr/local/bin/python3.1[2-9] /usr/bin/python3.1[2-9] \
-           /opt/python*/bin/python3 /opt/conda/bin/python3; do
-    [ -x "$c" ] || continue
-    "$c" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 12) else 1)' 2>/dev/null && { echo "$c"; return 0; }
-  done
-  return 1
-}
+source tools/find_python.sh
 
 stamp="$VENV/.setup-stamp"
 want="$(cat requirements.txt; echo "DEVICE=$DEVICE")"
@@ -30,7 +17,9 @@ if [ -x "$VENV/bin/python" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want"
 fi
 
 if [ ! -x "$VENV/bin/python" ]; then
-  PY=$(find_python) || { echo "setup.sh: no Python >= 3.12 found (MaxText needs it). Install python3.12 or set PYTHON=/path/to/python3.12" >&2; exit 1; }
+  PY=$(find_python ">= (3, 12)" "${PYTHON:-}" python3.13 python3.12 python3 \
+        "$HOME"/.pyenv/versions/3.1[2-9]*/bin/python3 /usr/local/bin/python3.1[2-9] /usr/bin/python3.1[2-9] \
+        /opt/python*/bin/python3 /opt/conda/bin/python3) || { echo "setup.sh: no Python >= 3.12 found (MaxText needs it). Install python3.12 or set PYTHON=/path/to/python3.12" >&2; exit 1; }
   echo "setup.sh: creating $VENV with $PY"
   "$PY" -m venv "$VENV"
 fi

@@ -1,7 +1,7 @@
 """Cost of the pruner inside MaxText training: sparse run vs the same run at target_sparsity=0, side by side.
 
 For each model size, runs MaxText/train.py alternately dense, sparse, sparse, dense (so drift cancels) and
-reports, from MaxText's own per-step times (``metrics_file``):
+reports, from MaxText's own per-step times (``metrics_file``), pooled over ``ROUNDS`` rounds:
 
 * step ratio: median step time of the sparse runs over non-pruning steps / the dense runs' median;
 * event cost: extra wall time of a pruning event (the event step and the next, minus two median steps), in
@@ -10,7 +10,7 @@ reports, from MaxText's own per-step times (``metrics_file``):
   of all the process's compiles (the sparse run's include the pruning-event program, compiled before step 0);
 * memory: peak resident memory of the sparse process / the dense one, and sparsity state bytes per weight.
 
-  .venv/bin/python benchmarks/train_overhead.py [--sizes tiny,paper58m] [--steps 40]
+  .venv/bin/python benchmarks/train_overhead.py [--sizes tiny,paper58m] [--steps 40] [--rounds N]
 """
 
 from __future__ import annotations
@@ -35,6 +35,10 @@ SIZES = {
                  "base_mlp_dim=2048", "base_num_decoder_layers=6", "vocab_size=32000", "max_target_length=128",
                  "per_device_batch_size=2"],
 }
+
+# Rounds of (dense, sparse, sparse, dense) per size: the tiny model's 17 ms steps are noisy on a shared
+# 2-core machine, so it gets more runs; one round of the 58M model takes about 7 minutes.
+ROUNDS = {"tiny": 3, "paper58m": 1}
 
 
 def run_once(size: str, sparsity: float, steps: int, interval: int, workdir: str, tag: str) -> dict:
@@ -108,12 +112,14 @@ def main() -> None:
   ap.add_argument("--sizes", default="tiny,paper58m")
   ap.add_argument("--steps", type=int, default=40)
   ap.add_argument("--interval", type=int, default=10)
+  ap.add_argument("--rounds", type=int, default=0, help="rounds of dense, sparse, sparse, dense (0: ROUNDS)")
   args = ap.parse_args()
   results = {}
   with tempfile.TemporaryDirectory() as work:
     for size in args.sizes.split(","):
       runs = {"dense": [], "sparse": []}
-      for i, kind in enumerate(["dense", "sparse", "sparse", "dense"]):
+      rounds = args.rounds or ROUNDS.get(size, 1)
+      for i, kind in enumerate(["dense", "sparse", "sparse", "dense"] * rounds):
         r = run_once(size, 0.8 if kind == "sparse" else 0.0, args.steps, args.interval, work, f"{size}_{kind}_{i}")
         runs[kind].append(r)
         print(f"{size} {kind}: median step {statistics.median(r['step_seconds'].values()):.4f}s, "
@@ -122,6 +128,7 @@ def main() -> None:
       results[size] = analyse(runs["dense"], runs["sparse"], events, args.steps)
       print(json.dumps({size: results[size]}, indent=2), flush=True)
   print("written to", common.write("train_overhead", {"steps": args.steps, "pruning_interval": args.interval,
+                                                      "rounds": {k: args.rounds or ROUNDS.get(k, 1) for k in results},
                                                       "sizes": {k: SIZES[k] for k in results}, "results": results}))
 
 

@@ -19,16 +19,7 @@ PINS=(
   "numpy<3"
 )
 
-find_python() {
-  local c
-  for c in "${PYTHON:-}" python3.11 "$HOME"/.pyenv/versions/3.11*/bin/python3 python3; do
-    [ -n "$c" ] || continue
-    c=$(command -v "$c" 2>/dev/null) || continue
-    "$c" -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else 1)' 2>/dev/null && { echo "$c"; return 0; }
-  done
-  [ -n "${PYTHON:-}" ] && command -v "$PYTHON" && return 0
-  return 1
-}
+source tools/find_python.sh
 
 stamp="$VENV/.setup-stamp"
 want="$(printf '%s\n' "${PINS[@]}")"
@@ -36,7 +27,8 @@ if [ -x "$VENV/bin/python" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want"
   exit 0
 fi
 if [ ! -x "$VENV/bin/python" ]; then
-  PY=$(find_python) || { echo "setup_hf_env.sh: no python3.11 found; set PYTHON=/path/to/python3 (3.10+)" >&2; exit 1; }
+  PY=$(find_python "== (3, 11)" "${PYTHON:-}" python3.11 "$HOME"/.pyenv/versions/3.11*/bin/python3 python3 ||
+       find_python ">= (3, 10)" "${PYTHON:-}") || { echo "setup_hf_env.sh: no python3.11 found; set PYTHON=/path/to/python3 (3.10+)" >&2; exit 1; }
   echo "setup_hf_env.sh: creating $VENV with $PY"
   "$PY" -m venv "$VENV"
 fi

@@ -5,20 +5,18 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 VENV="${XPK_VENV:-.venv-xpk}"
-PIN="xpk==1.16.0"
+# The pin is sparsity/xpk.py's XPK_REQUIREMENT (one place).
+PIN=$(sed -n 's/^XPK_REQUIREMENT = "\(.*\)"$/\1/p' sparsity/xpk.py)
+[ -n "$PIN" ] || { echo "setup_xpk_env.sh: XPK_REQUIREMENT not found in sparsity/xpk.py" >&2; exit 1; }
+source tools/find_python.sh
 
 stamp="$VENV/.setup-stamp"
 if [ -x "$VENV/bin/python" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$PIN" ]; then
   exit 0
 fi
 if [ ! -x "$VENV/bin/python" ]; then
-  PY=""
-  for c in "${PYTHON:-}" .venv/bin/python python3.12 python3.13 python3; do
-    [ -n "$c" ] || continue
-    c=$(command -v "$c" 2>/dev/null) || continue
-    "$c" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else 1)' 2>/dev/null && { PY="$c"; break; }
-  done
-  [ -n "$PY" ] || { echo "setup_xpk_env.sh: no Python >= 3.10 found" >&2; exit 1; }
+  PY=$(find_python ">= (3, 10)" "${PYTHON:-}" .venv/bin/python python3.12 python3.13 python3) ||
+    { echo "setup_xpk_env.sh: no Python >= 3.10 found" >&2; exit 1; }
   "$PY" -m venv "$VENV"
 fi
 "$VENV/bin/python" -m pip install -q --upgrade pip
