@@ -10,7 +10,7 @@ reports, from MaxText's own per-step times (``metrics_file``), pooled over ``ROU
   of all the process's compiles (the sparse run's include the pruning-event program, compiled before step 0);
 * memory: peak resident memory of the sparse process / the dense one, and sparsity state bytes per weight.
 
-  .venv/bin/python benchmarks/train_overhead.py [--sizes tiny,paper58m] [--steps 40] [--rounds N]
+  .venv/bin/python benchmarks/train_overhead.py [--sizes tiny,paper58m] [--steps N] [--rounds N]
 """
 
 from __future__ import annotations
@@ -38,7 +38,10 @@ SIZES = {
 
 # Rounds of (dense, sparse, sparse, dense) per size: the tiny model's 17 ms steps are noisy on a shared
 # 2-core machine, so it gets more runs; one round of the 58M model takes about 7 minutes.
-ROUNDS = {"tiny": 3, "paper58m": 1}
+ROUNDS = {"tiny": 3, "paper58m": 2}
+# Steps per run (pruning every --interval steps from 25% to 75% of them): the tiny model's steps are cheap, so
+# its runs are longer too.
+STEPS = {"tiny": 200, "paper58m": 40}
 
 
 def run_once(size: str, sparsity: float, steps: int, interval: int, workdir: str, tag: str) -> dict:
@@ -110,7 +113,7 @@ def analyse(dense: list[dict], sparse: list[dict], events: list[int], steps: int
 def main() -> None:
   ap = argparse.ArgumentParser()
   ap.add_argument("--sizes", default="tiny,paper58m")
-  ap.add_argument("--steps", type=int, default=40)
+  ap.add_argument("--steps", type=int, default=0, help="steps per run (0: STEPS)")
   ap.add_argument("--interval", type=int, default=10)
   ap.add_argument("--rounds", type=int, default=0, help="rounds of dense, sparse, sparse, dense (0: ROUNDS)")
   args = ap.parse_args()
@@ -119,15 +122,17 @@ def main() -> None:
     for size in args.sizes.split(","):
       runs = {"dense": [], "sparse": []}
       rounds = args.rounds or ROUNDS.get(size, 1)
+      steps = args.steps or STEPS.get(size, 40)
       for i, kind in enumerate(["dense", "sparse", "sparse", "dense"] * rounds):
-        r = run_once(size, 0.8 if kind == "sparse" else 0.0, args.steps, args.interval, work, f"{size}_{kind}_{i}")
+        r = run_once(size, 0.8 if kind == "sparse" else 0.0, steps, args.interval, work, f"{size}_{kind}_{i}")
         runs[kind].append(r)
         print(f"{size} {kind}: median step {statistics.median(r['step_seconds'].values()):.4f}s, "
               f"compile {r['compile_seconds']:.1f}s, peak RSS {r['peak_rss_bytes'] / 2**20:.0f} MiB", flush=True)
       events = runs["sparse"][0]["summary"]["prune_steps"]
-      results[size] = analyse(runs["dense"], runs["sparse"], events, args.steps)
+      results[size] = analyse(runs["dense"], runs["sparse"], events, steps)
       print(json.dumps({size: results[size]}, indent=2), flush=True)
-  print("written to", common.write("train_overhead", {"steps": args.steps, "pruning_interval": args.interval,
+  print("written to", common.write("train_overhead", {"pruning_interval": args.interval,
+                                                      "steps": {k: args.steps or STEPS.get(k, 40) for k in results},
                                                       "rounds": {k: args.rounds or ROUNDS.get(k, 1) for k in results},
                                                       "sizes": {k: SIZES[k] for k in results}, "results": results}))
 
