@@ -1,6 +1,7 @@
 """The optax pruner: exact counts, monotone masks, pruned weights and their moments stay zero."""
 
 import functools
+import re
 
 import jax
 import jax.numpy as jnp
@@ -125,6 +126,19 @@ def test_events_between_updates_equal_events_inside_the_update(scope, score):
   for (p1, s1), (p2, s2) in zip(inside, outside):
     for a, b in zip(jax.tree.leaves((p1, s1)), jax.tree.leaves((p2, s2))):
       np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_events_between_updates_leave_no_conditional_in_the_update():
+  """The update the MaxText hook compiles into its step holds no pruning branch: only elementwise selects."""
+  sch = schedules.make_schedule(20, 0.8, "geometric", 0.2, 0.6, 3)
+  params = _params()
+  grads = jax.tree.map(jnp.ones_like, params)
+  for in_update in (True, False):
+    tx = pruner.pruned(optax.adamw(1e-2), pruner.PrunePlan(sch, DEFAULT), events_in_update=in_update)
+    jaxpr = str(jax.make_jaxpr(tx.update)(grads, tx.init(params), params))
+    primitives = set(re.findall(r"= (\w+)\[", jaxpr))
+    assert ("cond" in primitives) == in_update, primitives
+    assert bool({"scan", "while"} & primitives) == in_update, primitives  # the selection's radix passes
 
 
 def test_zero_masking_between_updates_equals_zero_masking_inside():
