@@ -249,10 +249,10 @@ class _MaskEvents:
       raise RuntimeError(f"the pruner's update count {count} is not MaxText's step {start_step}")
     shardings = [flat[i][1].sharding for i in self.mask_idx]
 
-    def program(values, masks, keep, step, zeros):
+    def sparsity_mask_event(values, masks, keep, step, zeros):  # XLA module: jit_sparsity_mask_event
       return pruner.mask_event(values, masks, keep, step, plan, zeros=zeros)
 
-    self._jit = jax.jit(program, donate_argnums=(1,), out_shardings=shardings, static_argnums=(4,))
+    self._jit = jax.jit(sparsity_mask_event, donate_argnums=(1,), out_shardings=shardings, static_argnums=(4,))
     self._compiled = {}
     if any(s >= start_step for s in plan.schedule.prune_steps):  # compile now, with the other programs
       self._program([x for _, x in flat], self.plan.schedule.prune_steps[-1], False)

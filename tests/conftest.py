@@ -24,12 +24,12 @@ TINY = [
 ]
 
 
-def run_train(args, tmp_path, devices=1, module=None, check=True, timeout=900):
+def run_train(args, tmp_path, devices=1, module=None, check=True, timeout=900, xla_flags=""):
   """Runs ``MaxText/train.py`` (or ``python -m module``) with args; returns the CompletedProcess."""
   env = dict(os.environ)
   env["JAX_PLATFORMS"] = "cpu"
   env["DECOUPLE_GCLOUD"] = "TRUE"
-  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices} {xla_flags}".strip()
   env["PYTHONPATH"] = ROOT
   cmd = [sys.executable, "-m", module] if module else [sys.executable, os.path.join(ROOT, "MaxText", "train.py")]
   out = subprocess.run(

@@ -1,6 +1,8 @@
 """End to end through MaxText/train.py: real C4, several simulated devices, dense parity, resume."""
 
+import glob
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -89,6 +91,15 @@ def test_c4_grain_sparse_run(tmp_path, c4_path):
   assert loss[11] < loss[0]  # it learns from the real tokens
 
 
+def _collectives(hlo_text):
+  """Every cross-device collective of a compiled HLO module: (op, number of result elements)."""
+  out = []
+  for m in re.finditer(r"= \w+\[([\d,]*)\][^=]*? (all-gather|all-to-all|all-reduce|collective-permute)(-start)?\(", hlo_text):
+    dims = [int(d) for d in m.group(1).split(",") if d]
+    out.append((m.group(2), int(np.prod(dims)) if dims else 1))
+  return out
+
+
 def _one_and_four(tmp_path, extra):
   common = SPARSE + [
       "vocab_size=1024",
@@ -103,7 +114,18 @@ def _one_and_four(tmp_path, extra):
       common + ["run_name=four", "per_device_batch_size=1", "ici_fsdp_parallelism=2", "ici_tensor_parallelism=2"],
       tmp_path,
       devices=4,
+      xla_flags=f"--xla_dump_to={tmp_path}/hlo --xla_dump_hlo_as_text --xla_dump_hlo_module_re=sparsity_mask_event",
   )
+  # The pruning event's compiled program on the 4 sharded devices: only all-reduces of histogram-sized counts
+  # cross devices, nothing of the weights' size is gathered.
+  dumps = glob.glob(os.path.join(tmp_path, "hlo", "*jit_sparsity_mask_event*after_optimizations.txt"))
+  assert dumps, os.listdir(os.path.join(tmp_path, "hlo"))
+  for path in dumps:
+    with open(path, encoding="utf-8") as f:
+      text = f.read()
+    found = _collectives(text)
+    assert found and all(op == "all-reduce" and n <= 256 for op, n in found), (path, found)
+    assert not re.search(r"all-gather|all-to-all|collective-permute|reduce-scatter", text), path
   m1, p1 = _final_masks(tmp_path, "one")
   m4, p4 = _final_masks(tmp_path, "four")
   assert sorted(m1) == sorted(m4) and len(m1) == 8
