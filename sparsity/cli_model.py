@@ -18,10 +18,17 @@ from sparsity.cli import Runner, command
 from sparsity.config import DEFAULT_PRUNABLE
 
 
+def _checkpoint_args(p: argparse.ArgumentParser, verb: str, config: bool = True) -> None:
+  """The arguments every model command takes: the checkpoint, its step and (to rebuild the model) its config."""
+  p.add_argument("checkpoint", metavar="CHECKPOINT_DIR", help="run dir, its checkpoints/ dir, a step's dir or items/")
+  p.add_argument("--step", type=int, help=f"step to {verb} (default: the latest)")
+  if config:
+    p.add_argument("--config", required=True, help="the run's MaxText YAML (then the run's key=value overrides)")
+
+
 @command("inspect", "per-tensor and total sparsity and pruning state of a MaxText checkpoint")
 def _inspect(p: argparse.ArgumentParser) -> Runner:
-  p.add_argument("checkpoint", metavar="CHECKPOINT_DIR", help="run dir, its checkpoints/ dir, a step's dir or items/")
-  p.add_argument("--step", type=int, help="step to read (default: the latest)")
+  _checkpoint_args(p, "read", config=False)
   p.add_argument("--json", action="store_true", help="print one JSON object")
   p.add_argument("--prunable", default=DEFAULT_PRUNABLE,
                  help="regex of prunable parameter paths, for a checkpoint without masks (default: linear kernels)")
@@ -40,12 +47,10 @@ def _inspect(p: argparse.ArgumentParser) -> Runner:
 @command("export", "write a Hugging Face LLaMA directory (masks applied; optionally sparse-bitmask compressed)",
          overrides=True)
 def _export(p: argparse.ArgumentParser) -> Runner:
-  p.add_argument("checkpoint", metavar="CHECKPOINT_DIR", help="run dir, its checkpoints/ dir, a step's dir or items/")
-  p.add_argument("--config", required=True, help="the run's MaxText YAML (then the run's key=value overrides)")
+  _checkpoint_args(p, "export")
   p.add_argument("--out", required=True, help="directory to create (must not exist unless --overwrite)")
   p.add_argument("--format", choices=("hf", "compressed"), default="hf",
                  help="hf: dense safetensors; compressed: pruned linear weights in compressed-tensors sparse-bitmask")
-  p.add_argument("--step", type=int, help="step to export (default: the latest)")
   p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32", help="weight dtype written")
   p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
 
@@ -66,11 +71,9 @@ def _export(p: argparse.ArgumentParser) -> Runner:
 @command("generate", "generate text from a checkpoint with MaxText's own decode engine (prefill + KV cache)",
          overrides=True)
 def _generate(p: argparse.ArgumentParser) -> Runner:
-  p.add_argument("checkpoint", metavar="CHECKPOINT_DIR", help="run dir, its checkpoints/ dir, a step's dir or items/")
-  p.add_argument("--config", required=True, help="the run's MaxText YAML (then the run's key=value overrides)")
+  _checkpoint_args(p, "load")
   p.add_argument("--prompt", default="I love to", help="text to continue")
   p.add_argument("--max-new-tokens", type=int, default=16, help="tokens generated after the prompt")
-  p.add_argument("--step", type=int, help="step to load (default: the latest)")
   p.add_argument("--json", action="store_true", help="print prompt, token ids and text as one JSON object")
 
   def run(args: argparse.Namespace) -> int:
