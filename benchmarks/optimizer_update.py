@@ -31,16 +31,17 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
-from benchmarks import common  # noqa: E402
+from benchmarks import common, train_overhead  # noqa: E402
 from sparsity import pruner, schedules  # noqa: E402
 
-# (emb, heads, head_dim, mlp, layers, vocab) of train_overhead.py's two models (LLaMA-2 layout, scanned layers).
-SIZES = {"tiny": (64, 4, 16, 256, 2, 1024), "paper58m": (512, 8, 64, 2048, 6, 32000)}
 PRUNABLE = r"(^|/)(query|key|value|out|wi_0|wi_1|wo|logits_dense)/kernel$"  # configs/sparse_base.yml's default
 
 
-def param_shapes(emb, heads, head_dim, mlp, layers, vocab) -> dict:
-  """MaxText's LLaMA-2 parameter shapes (layers stacked on axis 1) by path."""
+def param_shapes(overrides: list[str]) -> dict:
+  """MaxText's LLaMA-2 parameter shapes (layers stacked on axis 1) by path, for ``train_overhead.SIZES`` overrides."""
+  o = dict(a.split("=", 1) for a in overrides)
+  emb, heads, head_dim, mlp, layers, vocab = (int(o[k]) for k in (
+      "base_emb_dim", "base_num_query_heads", "head_dim", "base_mlp_dim", "base_num_decoder_layers", "vocab_size"))
   attn = {name: (emb, layers, heads, head_dim) for name in ("query", "key", "value")}
   shapes = {f"decoder/layers/self_attention/{n}/kernel": s for n, s in attn.items()}
   shapes["decoder/layers/self_attention/out/kernel"] = (heads, layers, head_dim, emb)
@@ -56,7 +57,7 @@ def param_shapes(emb, heads, head_dim, mlp, layers, vocab) -> dict:
 
 def measure(size: str, iters: int) -> dict:
   rng = np.random.default_rng(0)
-  shapes = param_shapes(*SIZES[size])
+  shapes = param_shapes(train_overhead.SIZES[size])
   params = pruner.nest_paths({p: jnp.asarray(rng.normal(size=s) * 0.02, jnp.float32) for p, s in shapes.items()})
   grads = jax.tree.map(lambda p: p * 0.01, params)
   inner = optax.adamw(1e-3, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1)

@@ -254,31 +254,28 @@ class _MaskEvents:
 
     self._jit = jax.jit(sparsity_mask_event, donate_argnums=(1,), out_shardings=shardings, static_argnums=(4,))
     self._compiled = {}
-    if any(s >= start_step for s in plan.schedule.prune_steps):  # compile now, with the other programs
-      self._program([x for _, x in flat], self.plan.schedule.prune_steps[-1], False)
+    future = [s for s in plan.schedule.prune_steps if s >= start_step]
+    if future:  # compile now, with MaxText's other programs, not in the middle of training
+      self._program([x for _, x in flat], future[0], self.due(future[0]))
 
-  def _args(self, leaves, step):
-    keep = pruner.event_keep(self.plan, self.sizes, step)
-    wide = None if keep is None else [threshold.wide_const(k) for k in keep]
-    return [leaves[i] for i in self.param_idx], [leaves[i] for i in self.mask_idx], wide, jnp.int32(step)
-
-  def _program(self, leaves, step, zeros):
-    key = (pruner.event_keep(self.plan, self.sizes, step) is not None, zeros)
+  def _program(self, leaves, step, inputs):
+    """The compiled program for these inputs (one for pruning events, one for zero masking), and its arguments."""
+    keep, zeros = inputs
+    args = ([leaves[i] for i in self.param_idx], [leaves[i] for i in self.mask_idx], keep, jnp.int32(step))
+    key = (keep is None, zeros)
     if key not in self._compiled:
-      values, masks, wide, step_arr = self._args(leaves, step)
-      self._compiled[key] = self._jit.lower(values, masks, wide, step_arr, zeros).compile()
-    return self._compiled[key]
+      self._compiled[key] = self._jit.lower(*args, zeros).compile()
+    return self._compiled[key], args
 
-  def due(self, step: int) -> bool:
-    return step in self.plan.schedule.prune_steps or (self.plan.mask_zeros and step == 0)
+  def due(self, step: int):
+    """``pruner.event_inputs`` for update ``step``: None when nothing is due."""
+    return pruner.event_inputs(self.plan, self.sizes, step)
 
-  def __call__(self, state, step: int):
-    """The state with the masks due before update ``step`` (which must be ``due``)."""
+  def __call__(self, state, step: int, inputs):
+    """The state with the masks due before update ``step`` (``inputs = self.due(step)``, not None)."""
     leaves = jax.tree_util.tree_leaves(state)
-    zeros = self.plan.mask_zeros and step == 0
-    values, masks, wide, step_arr = self._args(leaves, step)
-    new = self._program(leaves, step, zeros)(values, masks, wide, step_arr)
-    for i, m in zip(self.mask_idx, new):
+    program, args = self._program(leaves, step, inputs)
+    for i, m in zip(self.mask_idx, program(*args)):
       leaves[i] = m
     return jax.tree_util.tree_unflatten(self.treedef, leaves)
 
@@ -292,8 +289,9 @@ def _train_loop(original, loop_iteration_original, train_module, config, recorde
     if _RUN.external_events:
       if not events:
         events.append(_MaskEvents(_RUN.plan, jax_device_state["state"], int(immutable_data["start_step"])))
-      if events[0].due(step):
-        jax_device_state["state"] = events[0](jax_device_state["state"], step)
+      inputs = events[0].due(step)
+      if inputs is not None:
+        jax_device_state["state"] = events[0](jax_device_state["state"], step, inputs)
     metrics = loop_iteration_original(jax_device_state, python_vars, immutable_data)
     seen["metrics"], seen["logger"] = metrics, python_vars["metric_logger_instance"]
     return metrics

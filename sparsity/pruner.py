@@ -168,11 +168,14 @@ def compute_masks(values, masks, keep, plan: PrunePlan, step):
   return [m & n for m, n in zip(masks, new)]
 
 
-def event_keep(plan: PrunePlan, sizes: Sequence[int], step: int) -> list[int] | None:
-  """Weights each group keeps after the pruning event at update ``step`` (None: no event at that step)."""
+def event_inputs(plan: PrunePlan, sizes: Sequence[int], step: int):
+  """What ``mask_event`` needs before update ``step``, decided on the host: ``None`` if nothing is due, else
+  ``(keep, zeros)`` with ``keep`` this event's kept count per group as wide counts (None: no pruning event)."""
+  zeros = plan.mask_zeros and step == 0
   if step not in plan.schedule.prune_steps:
-    return None
-  return keep_tables(plan, sizes)[plan.schedule.prune_steps.index(step)]
+    return (None, True) if zeros else None
+  counts = keep_tables(plan, sizes)[plan.schedule.prune_steps.index(step)]
+  return [threshold.wide_const(k) for k in counts], zeros
 
 
 def mask_event(values, masks, keep, step, plan: PrunePlan, zeros: bool = False) -> list:
@@ -231,13 +234,12 @@ def pruned(
     masks = [flat_masks[p] for p in names]
     step = state.count
 
+    prunable = [values[p] for p in names]
     if plan.mask_zeros and events_in_update:
-      masks = jax.lax.cond(
-          step == 0, lambda m: [mi & (values[p] != 0) for mi, p in zip(m, names)], lambda m: list(m), masks
-      )
+      masks = jax.lax.cond(step == 0, lambda m: mask_event(prunable, m, None, step, plan, zeros=True), list, masks)
 
     if event_steps:
-      table = keep_tables(plan, [_size(values[p]) for p in names])  # [event][group] -> Python int
+      table = keep_tables(plan, [_size(v) for v in prunable])  # [event][group] -> Python int
       steps_arr = jnp.asarray(event_steps, jnp.int32)
       is_event = jnp.any(steps_arr == step)
       event_idx = jnp.argmax(steps_arr == step)
@@ -249,9 +251,9 @@ def pruned(
           hi = jnp.asarray([row[g] >> 16 for row in table], jnp.int32)[event_idx]
           lo = jnp.asarray([row[g] & 0xFFFF for row in table], jnp.int32)[event_idx]
           keep.append((hi, lo))
-        return compute_masks([values[p] for p in names], masks, keep, plan, step)
+        return mask_event(prunable, masks, keep, step, plan)
 
-      masks = jax.lax.cond(is_event, prune, lambda m: list(m), masks)
+      masks = jax.lax.cond(is_event, prune, list, masks)
 
     mask_of = dict(zip(names, masks))
     flat_updates = jax.tree_util.tree_leaves(updates)

@@ -9,7 +9,7 @@ import numpy as np
 import optax
 import pytest
 
-from sparsity import accounting, pruner, schedules, threshold
+from sparsity import accounting, pruner, schedules
 
 
 def _params(seed=0):
@@ -49,12 +49,11 @@ def _train(plan, steps, inner=None, seed=0, params=None, events_in_update=True):
 
   history = []
   for i in range(steps):
-    zeros = plan.mask_zeros and i == 0
-    if not events_in_update and (i in plan.schedule.prune_steps or zeros):
-      flat_p = {pruner.path_str(p): x for p, x in jax.tree_util.tree_flatten_with_path(params)[0]}
-      names = list(_flat_masks(state))
-      keep = pruner.event_keep(plan, [flat_p[n].size for n in names], i)
-      keep = None if keep is None else [threshold.wide_const(k) for k in keep]
+    flat_p = {pruner.path_str(p): x for p, x in jax.tree_util.tree_flatten_with_path(params)[0]}
+    names = list(_flat_masks(state))
+    inputs = pruner.event_inputs(plan, [flat_p[n].size for n in names], i)
+    if not events_in_update and inputs is not None:
+      keep, zeros = inputs
       new = event([flat_p[n] for n in names], [_flat_masks(state)[n] for n in names], keep, jnp.int32(i), zeros)
       state = state._replace(masks=pruner.nest_paths(dict(zip(names, new))))
     params, state = step(params, state, jnp.float32(i))
