@@ -1,7 +1,7 @@
 """Sparse pre-training with MaxText: ``python MaxText/train.py configs/sparse_base.yml target_sparsity=0.8``.
 
 Takes MaxText's own argv (a YAML file, then ``key=value`` overrides), installs the pruner at MaxText's
-extension points (``sparsity/maxtext_hook.py``) and runs MaxText's own pre-training loop.
+extension points (``sparsity/maxtext/hook.py``) and runs MaxText's own pre-training loop.
 
 On a machine without an accelerator it sets the few things MaxText needs to run on the CPU (unless given):
 ``JAX_PLATFORMS=cpu``, ``DECOUPLE_GCLOUD=TRUE``, ``skip_jax_distributed_system=true`` and
@@ -17,13 +17,13 @@ if ROOT not in sys.path:
 
 
 def main() -> None:
-  from sparsity.host import cpu_defaults  # pylint: disable=import-outside-toplevel
+  from sparsity.maxtext.host import cpu_defaults  # pylint: disable=import-outside-toplevel
 
   argv = cpu_defaults(sys.argv)
   from absl import app  # pylint: disable=import-outside-toplevel
-  from sparsity import maxtext_hook  # pylint: disable=import-outside-toplevel
+  from sparsity.maxtext import hook  # pylint: disable=import-outside-toplevel
 
-  app.run(maxtext_hook.main, argv=argv)
+  app.run(hook.main, argv=argv)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@ import os
 import platform
 import subprocess
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from sparsity.repo import ROOT
+
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
 
 

@@ -6,7 +6,8 @@ step, the optimizer update, on the parameter shapes of the same two models, alte
 process:
 
 * dense: ``optax.adamw`` (MaxText's default optimizer; gradients are clipped before it, as MaxText does);
-* pruned, events between steps: ``pruned(adamw, plan, events_in_update=False)``, what the MaxText hook runs;
+* pruned, events between steps: ``pruned(adamw, plan, events_in_update=False)``, what the MaxText hook runs
+  (the masks' selects on the gradients and on the update; the moments are zeroed once per event, elsewhere);
 * pruned, events in the update: ``pruned(adamw, plan)``, the self-contained transformation, whose pruning
   branch sits under ``lax.cond`` in every update (timed at non-event updates).
 
@@ -32,9 +33,9 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 from benchmarks import common, train_overhead  # noqa: E402
-from sparsity import pruner, schedules  # noqa: E402
-
-PRUNABLE = r"(^|/)(query|key|value|out|wi_0|wi_1|wo|logits_dense)/kernel$"  # configs/sparse_base.yml's default
+from sparsity.core import pruner, schedules  # noqa: E402
+from sparsity.core.config import DEFAULT_PRUNABLE  # noqa: E402
+from sparsity.core.paths import nest  # noqa: E402
 
 
 def param_shapes(overrides: list[str]) -> dict:
@@ -58,11 +59,11 @@ def param_shapes(overrides: list[str]) -> dict:
 def measure(size: str, iters: int) -> dict:
   rng = np.random.default_rng(0)
   shapes = param_shapes(train_overhead.SIZES[size])
-  params = pruner.nest_paths({p: jnp.asarray(rng.normal(size=s) * 0.02, jnp.float32) for p, s in shapes.items()})
+  params = nest({p: jnp.asarray(rng.normal(size=s) * 0.02, jnp.float32) for p, s in shapes.items()})
   grads = jax.tree.map(lambda p: p * 0.01, params)
   inner = optax.adamw(1e-3, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1)
   # Events at update 10**6: never reached, so every timed update is an ordinary one.
-  plan = pruner.PrunePlan(schedules.Schedule(2 * 10**6, (10**6,), (0.2,)), PRUNABLE)
+  plan = pruner.PrunePlan(schedules.Schedule(2 * 10**6, (10**6,), (0.2,)), DEFAULT_PRUNABLE)
   variants = {
       "dense": inner,
       "pruned_events_between_steps": pruner.pruned(inner, plan, events_in_update=False),

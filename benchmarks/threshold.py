@@ -1,6 +1,6 @@
 """The exact global threshold (k-th largest |w| over a pytree of many leaves), three ways, side by side.
 
-* ours: ``sparsity.threshold.kth_largest_key`` (radix selection over per-leaf 256-bin histograms);
+* ours: ``sparsity.core.threshold.kth_largest_key`` (radix selection over per-leaf 256-bin histograms);
 * sort: concatenate every leaf and fully sort (the authors' fork);
 * top_k: ``jax.lax.top_k`` over the concatenation (jaxpruner).
 
@@ -33,7 +33,7 @@ def _child(method: str, n: int, dtype: str) -> dict:
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
 
-  from sparsity import threshold as T  # pylint: disable=import-outside-toplevel
+  from sparsity.core import threshold as T  # pylint: disable=import-outside-toplevel
 
   dt = jnp.bfloat16 if dtype == "bfloat16" else jnp.float32
   per = n // LEAVES

@@ -26,6 +26,7 @@ import tempfile
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import common  # noqa: E402
+from sparsity.maxtext import layout  # noqa: E402
 
 SIZES = {
     "tiny": ["base_emb_dim=64", "base_num_query_heads=4", "base_num_kv_heads=4", "head_dim=16", "base_mlp_dim=256",
@@ -65,7 +66,7 @@ def run_once(size: str, sparsity: float, steps: int, interval: int, workdir: str
     rows = [json.loads(l) for l in f if l.strip()]
   with open(compile_log, encoding="utf-8") as f:
     compiles = json.load(f)
-  with open(os.path.join(workdir, tag, "sparsity_summary.json"), encoding="utf-8") as f:
+  with open(layout.summary_path(layout.run_dir(workdir, tag)), encoding="utf-8") as f:
     summary = json.load(f)
   return {
       "step_seconds": {int(r["step"]): r["perf/step_time_seconds"] for r in rows},

@@ -1,4 +1,8 @@
-"""Shared test helpers: run MaxText/train.py (and plain MaxText) in a subprocess on simulated CPU devices."""
+"""Shared test helpers: run MaxText/train.py, plain MaxText or ``python -m sparsity`` in a subprocess on CPU devices.
+
+Markers: ``slow`` marks tests that train through MaxText, start subprocesses with several devices or install
+packages; ``pytest -m "not slow"`` runs the rest offline in a few minutes. CI runs everything.
+"""
 
 import glob
 import json
@@ -12,7 +16,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 C4 = os.path.abspath(os.path.join(ROOT, "..", "shared", "data", "c4_en_minimal"))
 
-# A tiny LLaMA-2 (2 layers, width 64, vocab 1024 for synthetic data) for end-to-end runs.
+from sparsity.maxtext import layout  # noqa: E402  (after the path is set)
+
+# A tiny LLaMA-2 (2 layers, width 64) for end-to-end runs.
 TINY = [
     "base_emb_dim=64",
     "base_num_query_heads=4",
@@ -22,23 +28,34 @@ TINY = [
     "base_num_decoder_layers=2",
     "max_target_length=64",
 ]
+C4_TFDS = ["dataset_type=tfds", f"dataset_path={C4}", "dataset_name=c4/en:3.1.0", "eval_dataset_name=c4/en:3.1.0"]
+
+
+def cpu_env(devices=1, xla_flags=""):
+  """The environment of a CPU subprocess with ``devices`` simulated devices."""
+  env = dict(os.environ)
+  env.update(JAX_PLATFORMS="cpu", DECOUPLE_GCLOUD="TRUE", PYTHONPATH=ROOT, OPENBLAS_NUM_THREADS="1",
+             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} {xla_flags}".strip())
+  return env
 
 
 def run_train(args, tmp_path, devices=1, module=None, check=True, timeout=900, xla_flags=""):
   """Runs ``MaxText/train.py`` (or ``python -m module``) with args; returns the CompletedProcess."""
-  env = dict(os.environ)
-  env["JAX_PLATFORMS"] = "cpu"
-  env["DECOUPLE_GCLOUD"] = "TRUE"
-  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices} {xla_flags}".strip()
-  env["PYTHONPATH"] = ROOT
   cmd = [sys.executable, "-m", module] if module else [sys.executable, os.path.join(ROOT, "MaxText", "train.py")]
   out = subprocess.run(
       cmd + list(args) + [f"base_output_directory={tmp_path}"],
-      cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout, check=False,
+      cwd=ROOT, env=cpu_env(devices, xla_flags), capture_output=True, text=True, timeout=timeout, check=False,
   )
   if check and out.returncode != 0:
     raise AssertionError(f"train failed ({out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-6000:]}")
   return out
+
+
+def run_cli(args, timeout=900, cwd=ROOT):
+  """``python -m sparsity ARGS`` in a subprocess: (returncode, stdout, stderr)."""
+  out = subprocess.run([sys.executable, "-m", "sparsity", *map(str, args)], cwd=cwd, env=cpu_env(),
+                       capture_output=True, text=True, timeout=timeout, check=False)
+  return out.returncode, out.stdout, out.stderr
 
 
 def read_metrics(path):
@@ -60,8 +77,15 @@ def read_tensorboard(run_dir):
 
 
 def read_summary(tmp_path, run_name):
-  with open(os.path.join(tmp_path, run_name, "sparsity_summary.json"), encoding="utf-8") as f:
+  with open(layout.summary_path(layout.run_dir(str(tmp_path), run_name)), encoding="utf-8") as f:
     return json.load(f)
+
+
+def final_state(run_dir):
+  """Parameters and masks of a run's latest checkpoint (``sparsity.maxtext.checkpoint.ModelState``)."""
+  from sparsity.maxtext import checkpoint  # pylint: disable=import-outside-toplevel
+
+  return checkpoint.load(checkpoint.locate(str(run_dir)).items_dir)
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P  # noqa: E402
 
-from sparsity import threshold  # noqa: E402
+from sparsity.core import threshold  # noqa: E402
 
 assert jax.device_count() == 4, jax.device_count()
 rng = np.random.default_rng(0)

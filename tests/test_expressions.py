@@ -4,7 +4,9 @@ import math
 
 import pytest
 
-from sparsity import compute_fractions, expressions, schedules
+from sparsity.science import compute_fractions
+from sparsity.experiments import expressions
+from sparsity.core import schedules
 
 
 def test_arithmetic_comparisons_and_functions():

@@ -15,10 +15,12 @@ import types
 import numpy as np
 import pytest
 
-from conftest import ROOT, TINY, run_train
-from sparsity import export, inspect as inspect_mod, model_checkpoint, sparse_bitmask
-from sparsity.pruner import nest_paths
+from conftest import ROOT, TINY, cpu_env, run_cli, run_train
 from sparsity.cli import main as cli_main
+from sparsity.core.paths import nest
+from sparsity.maxtext import checkpoint as model_checkpoint
+from sparsity.maxtext import layout
+from sparsity.model import export, inspection as inspect_mod, sparse_bitmask
 
 HF_PYTHON = os.path.join(ROOT, ".venv-hf", "bin", "python")
 MODEL = ["configs/sparse_base.yml", *TINY]  # vocab 32000: the LLaMA-2 tokenizer fits the model
@@ -28,28 +30,14 @@ TOKENS = [[1, 450, 4996, 17354, 1701, 29916, 432, 17204, 975, 278, 17366, 11203]
 # ----------------------------------------------------------------------------------------------- helpers
 
 
-def _env():
-  return dict(os.environ, JAX_PLATFORMS="cpu", DECOUPLE_GCLOUD="TRUE", PYTHONPATH=ROOT,
-              XLA_FLAGS="--xla_force_host_platform_device_count=1")
-
-
-def run_cli(args, timeout=600):
-  """``python -m sparsity ARGS``: (returncode, stdout, stderr)."""
-  out = subprocess.run([sys.executable, "-m", "sparsity", *args], cwd=ROOT, env=_env(), capture_output=True,
-                       text=True, timeout=timeout, check=False)
-  return out.returncode, out.stdout, out.stderr
-
-
 def _save_checkpoint(items_dir, params, masks=None, count=None, step=None):
-  """A MaxText-layout Orbax checkpoint: params/params/..., opt_state/{count, masks, inner_state}, step."""
+  """An Orbax checkpoint in MaxText's layout (``sparsity.maxtext.layout.checkpoint_tree``)."""
   import orbax.checkpoint as ocp
 
-  tree = {"params": {"params": nest_paths(params)}}
-  if masks is not None:
-    tree["opt_state"] = {"count": np.int32(count), "masks": nest_paths(masks),
-                         "inner_state": {"0": {"mu": nest_paths({k: np.zeros_like(v) for k, v in params.items()})}}}
-  if step is not None:
-    tree["step"] = np.int32(step)
+  tree = layout.checkpoint_tree(
+      nest(params), None if masks is None else nest(masks), None if count is None else np.int32(count),
+      inner_state={"0": {"mu": nest({k: np.zeros_like(v) for k, v in params.items()})}},
+      step=None if step is None else np.int32(step))
   ocp.PyTreeCheckpointer().save(str(items_dir), tree)
 
 
@@ -57,6 +45,7 @@ def _synthetic_run(tmp_path, violate=False):
   """run/checkpoints/{2,5}/items of a small model: two prunable kernels with masks, one norm scale."""
   rng = np.random.default_rng(0)
   run = tmp_path / "run"
+  ckpts = run / layout.CHECKPOINTS
   out = {}
   for step, keep in ((2, 0.5), (5, 0.25)):
     w1 = rng.standard_normal((4, 2, 8)).astype(np.float32)
@@ -69,9 +58,9 @@ def _synthetic_run(tmp_path, violate=False):
     params = {"decoder/layers/mlp/wi_0/kernel": w1, "decoder/layers/mlp/wo/kernel": w2,
               "decoder/decoder_norm/scale": np.ones(4, np.float32)}
     masks = {"decoder/layers/mlp/wi_0/kernel": m1, "decoder/layers/mlp/wo/kernel": m2}
-    _save_checkpoint(run / "checkpoints" / str(step) / "items", params, masks, count=step + 1, step=step + 1)
+    _save_checkpoint(layout.items_dir(ckpts, step), params, masks, count=step + 1, step=step + 1)
     out[step] = (params, masks)
-  with open(run / "sparsity_summary.json", "w") as f:
+  with open(layout.summary_path(run), "w") as f:
     json.dump({"prune_steps": [0, 2, 4], "sparsity_schedule": "geometric", "target_sparsity": 0.75, "steps": 6}, f)
   return run, out
 
@@ -159,7 +148,7 @@ def test_inspect_cli_table_and_json(tmp_path, capsys):
   assert "pruner: count 3, masks present for 2 tensors" in text
   assert "decoder/layers/mlp/wi_0/kernel" in text and "active params" in text
   assert "2 of 3 events done, next at step 4" in text
-  assert cli_main(["inspect", str(tmp_path / "missing")]) == 2
+  assert cli_main(["inspect", str(tmp_path / "missing")]) == 1
   assert "no such checkpoint directory" in capsys.readouterr().err
 
 
@@ -223,7 +212,7 @@ def test_checkpoint_config_mismatch_names_each_parameter():
 
 _MAPPING_SCRIPT = r"""
 import json, numpy as np
-from sparsity.export import Shape, expected_params, to_hf_tensors
+from sparsity.model.export import Shape, expected_params, to_hf_tensors
 s = Shape(emb=8, layers=2, q_heads=2, kv_heads=1, head_dim=4, mlp=12, vocab=16, scan_layers=True)
 rng = np.random.default_rng(0)
 p = {k: rng.standard_normal(v).astype(np.float32) for k, v in expected_params(s).items()}
@@ -259,7 +248,7 @@ print("RESULT" + json.dumps(checks))
 
 
 def test_maxtext_mapping_to_hugging_face_names_and_layouts():
-  out = subprocess.run([sys.executable, "-c", _MAPPING_SCRIPT], cwd=ROOT, env=_env(), capture_output=True, text=True,
+  out = subprocess.run([sys.executable, "-c", _MAPPING_SCRIPT], cwd=ROOT, env=cpu_env(), capture_output=True, text=True,
                        timeout=300, check=False)
   lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT")]
   assert out.returncode == 0 and lines, out.stderr[-3000:]
@@ -349,7 +338,7 @@ def test_inspect_the_sparse_run(sparse_run):
   code, out, err = run_cli(["inspect", str(sparse_run), "--json"])
   assert code == 0, err[-2000:]
   r = json.loads(out)
-  summary = json.loads((sparse_run / "sparsity_summary.json").read_text())
+  summary = json.loads(open(layout.summary_path(sparse_run)).read())
   t = r["totals"]
   assert r["step"] == 7 and r["state_step"] == 8 and r["pruner"]["count"] == 8 and r["pruner"]["masks"]
   assert r["pruner"]["masked_tensors"] == 8 and r["pruner"]["mask_violations"] == 0
@@ -372,10 +361,10 @@ def test_export_matches_maxtext_and_compresses(sparse_run, exports, hf_results, 
   pruned = sum(int((~m).sum()) for m in state.masks.values())
 
   # MaxText's own forward pass on the same tokens, float32.
-  script = ("import sys, json, numpy as np; from sparsity.generate import forward_logits; "
+  script = ("import sys, json, numpy as np; from sparsity.model.generate import forward_logits; "
             f"l = forward_logits({MODEL!r}, {str(sparse_run)!r}, np.array({TOKENS!r})); "
             f"np.save({str(tmp_path / 'mt.npy')!r}, l)")
-  out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=_env(), capture_output=True, text=True,
+  out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=cpu_env(), capture_output=True, text=True,
                        timeout=600, check=False)
   assert out.returncode == 0, out.stderr[-4000:]
   mt = np.load(tmp_path / "mt.npy")
@@ -429,13 +418,13 @@ def test_export_errors_leave_out_untouched(sparse_run, exports, tmp_path):
   errors = []
   for args, message in cases:
     code, _, err = run_cli(["export", *args, "--out", str(tmp_path / "out")])
-    assert code == 2 and message in err, err[-3000:]
+    assert code == 1 and message in err, err[-3000:]  # bad data: exit code 1
     assert os.listdir(tmp_path) == [], os.listdir(tmp_path)  # no --out, no temporary directory
     errors.append(err)
   assert "decoder/layers/mlp/wi_0/kernel: checkpoint (64, 2, 256), config (128, 2, 256)" in errors[1]
   assert "decoder_block='mistral'" in errors[2] and "logits_via_embedding=true" in errors[2]
   code, _, err = run_cli(["export", str(sparse_run), "--config", *MODEL, "--out", str(base / "hf")])
-  assert code == 2 and "exists" in err
+  assert code == 2 and "exists" in err and "--force" in err  # usage: exit code 2
 
 
 @pytest.mark.slow
@@ -458,8 +447,8 @@ def test_sparse_finetune_holds_the_zero_set(sparse_run, tmp_path, c4_path):
     assert not np.any(w1[~mask]), f"a pruned weight of {name} revived"
     changed += int(np.sum(w1[mask] != w0[mask]))
   assert changed > 0.5 * sum(int(m.sum()) for m in before.masks.values())  # it trained the kept weights
-  s0 = json.loads((sparse_run / "sparsity_summary.json").read_text())
-  s1 = json.loads((tmp_path / "finetune" / "sparsity_summary.json").read_text())
+  s0 = json.loads(open(layout.summary_path(sparse_run)).read())
+  s1 = json.loads(open(layout.summary_path(tmp_path / "finetune")).read())
   assert s1["final_active_params"] == s0["final_active_params"] and np.isfinite(s1["final_train_loss"])
 
 

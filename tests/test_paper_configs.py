@@ -9,8 +9,10 @@ import sys
 
 import pytest
 
-from conftest import ROOT
-from sparsity import compute_fractions, planning, schedules, yaml_chain
+from conftest import ROOT, cpu_env
+from sparsity.science import compute_fractions, planning
+from sparsity.core import schedules
+from sparsity.maxtext import yaml_chain
 
 PAPER = os.path.join(ROOT, "configs", "paper")
 # Table 1: prunable and total parameters, tokens per budget.
@@ -104,8 +106,8 @@ def test_released_1b_settings():
 
 CHECK_SCRIPT = r"""
 import contextlib, glob, io, json, os, sys
-from sparsity.maxtext_hook import load_config
-from sparsity import planning
+from sparsity.maxtext.config import load_config
+from sparsity.science import planning
 out = {}
 for f in sorted(glob.glob(os.path.join(sys.argv[1], "*.yml"))):
   with contextlib.redirect_stdout(io.StringIO()):
@@ -121,8 +123,7 @@ print("RESULT " + json.dumps(out))
 
 @pytest.mark.slow
 def test_all_configs_load_through_maxtext():
-  env = dict(os.environ, JAX_PLATFORMS="cpu", DECOUPLE_GCLOUD="TRUE", PYTHONPATH=ROOT)
-  proc = subprocess.run([sys.executable, "-c", CHECK_SCRIPT, PAPER], cwd=ROOT, env=env, capture_output=True,
+  proc = subprocess.run([sys.executable, "-c", CHECK_SCRIPT, PAPER], cwd=ROOT, env=cpu_env(), capture_output=True,
                         text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-4000:]
   got = json.loads(next(l for l in proc.stdout.splitlines() if l.startswith("RESULT "))[7:])

@@ -1,4 +1,4 @@
-"""Tests for sparsity.planning and the plan command (with a stand-in config loader)."""
+"""Tests for sparsity.science.planning and the plan command (with a stand-in config loader)."""
 
 import dataclasses
 import json
@@ -11,7 +11,9 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # set before numpy
 import numpy as np
 import pytest
 
-from sparsity import cli, planning as pl, scaling_laws as sl, schedules
+from sparsity import cli
+from sparsity.core import schedules
+from sparsity.science import planning as pl, scaling_laws as sl
 
 SMALL = pl.ModelShape(emb=64, num_query_heads=4, num_kv_heads=2, head_dim=16, mlp_dim=256, num_layers=2, vocab=1000)
 CHIN = {"E": 1.7, "A": 400.0, "alpha": 0.34, "B": 410.0, "beta": 0.28}
@@ -158,54 +160,82 @@ def test_config_to_plan_inputs():
     pl.config_to_plan_inputs(bad)
 
 
+def _hand_plan_58m(target, steps, tokens_per_step):
+  """The 58M model's plan computed here by hand: Table 1's counts and the geometric schedule step by step."""
+  prunable, non_prunable = 6 * (4 * 512 * 512 + 3 * 512 * 2048) + 512 * 32000, 32000 * 512 + 13 * 512
+  start, end = int(0.25 * steps + 0.5), int(0.75 * steps + 0.5)
+  events = list(range(start, end + 1, 100))
+  kept, active = prunable, []
+  for t in range(steps):
+    if t in events:
+      kept = int((1 - target) ** ((events.index(t) + 1) / len(events)) * prunable + 0.5)
+    active.append(kept + non_prunable)
+  tokens = steps * tokens_per_step
+  return {"total_params": 57_940_480, "prunable_params": 41_549_824, "final_params": active[-1],
+          "avg_active_params": sum(active) / steps, "training_flops": 6 * sum(active) * tokens_per_step,
+          "dense_training_flops": 6 * 57_940_480 * tokens, "tokens": tokens, "prune_steps": events}
+
+
+def _stand_in(monkeypatch, seen=None, **fixed):
+  """``plan``'s config loader replaced by ``config(...)`` with the overrides applied (no MaxText)."""
+
+  def load(argv):
+    if seen is not None:
+      seen.append(list(argv))
+    kw = dict(a.split("=", 1) for a in argv[1:])
+    return config(**{**fixed, **{k: type(getattr(config(), k))(v) for k, v in kw.items()}})
+
+  monkeypatch.setattr("sparsity.cli.science.load_maxtext_config", load)
+
+
 def test_plan_command_with_stand_in_loader(monkeypatch, capsys, tmp_path):
   seen = []
-
-  def load_config(argv):
-    seen.append(list(argv))
-    kw = dict(a.split("=", 1) for a in argv[1:])
-    return config(**{k: type(getattr(config(), k))(v) for k, v in kw.items()})
-
-  monkeypatch.setitem(sys.modules, "sparsity.maxtext_hook", types.SimpleNamespace(load_config=load_config))
+  _stand_in(monkeypatch, seen)
   (tmp_path / "law.json").write_text(json.dumps(law().to_json()))
   rc = cli.main(["plan", "cfg.yml", "target_sparsity=0.8", "--json", "steps=1000", "--law-file",
                  str(tmp_path / "law.json"), "--match-dense", "--divisor", "64"])
   assert rc == 0 and seen == [["cfg.yml", "target_sparsity=0.8", "steps=1000"]]
   out = json.loads(capsys.readouterr().out)
-  want = pl.plan(**pl.config_to_plan_inputs(config(target_sparsity=0.8, steps=1000)))
-  for k in ("total_params", "prunable_params", "final_params", "avg_active_params", "avg_active_prunable_params",
-            "training_flops", "dense_training_flops", "tokens", "prune_steps"):
-    assert out[k] == want[k], k
-  assert out["predicted_loss"] == pytest.approx(pl.predict_loss(law(), want))
-  assert out["dense_match"]["dense_match"]["lower"]["emb"] % 64 == 0
+  want = _hand_plan_58m(0.8, 1000, 64 * 512)
+  assert out["prune_steps"] == [250, 350, 450, 550, 650, 750] and out["final_params"] == 8_309_965 + 16_390_656
+  for k, v in want.items():
+    assert out[k] == pytest.approx(v, rel=1e-12), k
+  e = CHIN
+  hand_loss = e["E"] + e["A"] / want["avg_active_params"] ** e["alpha"] + e["B"] / want["tokens"] ** e["beta"]
+  assert out["predicted_loss"] == pytest.approx(hand_loss, rel=1e-12)
+  m = out["dense_match"]["dense_match"]
+  assert m["lower"]["emb"] % 64 == 0 and m["upper"]["emb"] - m["lower"]["emb"] == 64
+  assert m["lower_params"] < want["avg_active_params"] < m["upper_params"]
   assert cli.main(["plan", "cfg.yml"]) == 0
   text = capsys.readouterr().out
   assert "prunable 41,549,824" in text and "average active params" in text
-  with pytest.raises(SystemExit):
+  with pytest.raises(SystemExit) as exit_:
     cli.main(["fit", "--law", "avg_param", "--data", "x.csv", "--out", "y.json", "extra=1"])
+  assert exit_.value.code == 2
 
 
 def test_commands_registered_in_dict():
-  assert {"fit", "predict", "plan"} <= set(cli.COMMANDS)
+  assert {"fit", "predict", "plan", "sweep", "collect", "report", "inspect", "export", "generate"} <= set(cli.COMMANDS)
   assert cli.COMMANDS["plan"].overrides and not cli.COMMANDS["fit"].overrides
 
 
 def test_plan_command_sparse_equivalent(monkeypatch, capsys, tmp_path):
-  monkeypatch.setitem(sys.modules, "sparsity.maxtext_hook",
-                      types.SimpleNamespace(load_config=lambda argv: config(target_sparsity=0.0)))
+  _stand_in(monkeypatch, target_sparsity=0.0)
   (tmp_path / "law.json").write_text(json.dumps(law().to_json()))
   rc = cli.main(["plan", "cfg.yml", "--json", "--law-file", str(tmp_path / "law.json"), "--sparse-equivalent",
                  "--divisor", "64"])
   assert rc == 0
-  out = json.loads(capsys.readouterr().out)["sparse_equivalent"]
-  inp = pl.config_to_plan_inputs(config(target_sparsity=0.0))
-  want = pl.find_sparse_equivalent(law(), inp["shape"], inp["steps"], inp["tokens_per_step"], divisor=64)
-  assert out["dense_predicted_loss"] == pytest.approx(want["dense"]["predicted_loss"])
-  assert out["candidates"] == len(want["candidates"])
-  if want["best"] is None:
-    assert out["best"] is None
-  else:
-    assert out["best"]["width"] == want["best"]["width"]
-    assert out["best"]["final_params"] < want["dense"]["total_params"]
-  assert cli.main(["plan", "cfg.yml", "--sparse-equivalent"]) == 2  # needs a law
-  assert "needs --law-file" in capsys.readouterr().err
+  out = json.loads(capsys.readouterr().out)
+  eq = out["sparse_equivalent"]
+  dense = _hand_plan_58m(0.0, 2000, 64 * 512)
+  e = CHIN
+  dense_loss = e["E"] + e["A"] / dense["total_params"] ** e["alpha"] + e["B"] / dense["tokens"] ** e["beta"]
+  assert eq["dense_predicted_loss"] == pytest.approx(dense_loss, rel=1e-12)
+  best = eq["best"]
+  assert best is not None, eq  # this law rewards parameters: a wider sparse model of the same compute wins
+  assert best["width"] > 512 and best["target_sparsity"] > 0 and best["predicted_loss"] <= dense_loss
+  assert abs(best["compute_ratio"] - 1) <= 0.02 and best["final_params"] < dense["total_params"]
+  assert eq["candidates"] == 4 * len(range(512, 4 * 512 + 1, 64))  # 4 sparsities x widths 512..2048
+  with pytest.raises(SystemExit) as exit_:  # needs a law: bad usage, exit code 2
+    cli.main(["plan", "cfg.yml", "--sparse-equivalent"])
+  assert exit_.value.code == 2 and "needs --law-file" in capsys.readouterr().err

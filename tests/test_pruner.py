@@ -1,6 +1,5 @@
-"""The optax pruner: exact counts, monotone masks, pruned weights and their moments stay zero."""
+"""The optax pruner through the public API: exact counts, monotone masks, pruned weights and their state stay zero."""
 
-import functools
 import re
 
 import jax
@@ -9,7 +8,10 @@ import numpy as np
 import optax
 import pytest
 
-from sparsity import accounting, pruner, schedules
+import sparsity
+from sparsity.core import accounting, pruner, schedules
+from sparsity.core.config import DEFAULT_PRUNABLE
+from sparsity.core.paths import flatten, unnest
 
 
 def _params(seed=0):
@@ -28,13 +30,13 @@ def _params(seed=0):
   }
 
 
-DEFAULT = r"(^|/)(query|key|value|out|wi|wi_0|wi_1|wo|logits_dense)/kernel$"
+SCHEDULE = schedules.make_schedule(20, 0.8, "geometric", 0.2, 0.6, 3)
 
 
-def _train(plan, steps, inner=None, seed=0, params=None, events_in_update=True):
-  """Trains on synthetic gradients; with ``events_in_update=False`` the mask events run between updates."""
-  params = _params(seed) if params is None else params
-  tx = pruner.pruned(inner or optax.adamw(1e-2, weight_decay=0.1), plan, events_in_update=events_in_update)
+def _train(plan, steps, inner=None, params=None, events_in_update=True):
+  """Trains on synthetic gradients; with ``events_in_update=False`` the events run between updates."""
+  params = _params() if params is None else params
+  tx = sparsity.pruned(inner or optax.adamw(1e-2, weight_decay=0.1), plan, events_in_update=events_in_update)
   state = tx.init(params)
 
   @jax.jit
@@ -43,31 +45,23 @@ def _train(plan, steps, inner=None, seed=0, params=None, events_in_update=True):
     updates, state = tx.update(grads, state, params)
     return optax.apply_updates(params, updates), state
 
-  @functools.partial(jax.jit, static_argnums=(4,))
-  def event(values, masks, keep, i, zeros):
-    return pruner.mask_event(values, masks, keep, i, plan, zeros=zeros)
-
   history = []
   for i in range(steps):
-    flat_p = {pruner.path_str(p): x for p, x in jax.tree_util.tree_flatten_with_path(params)[0]}
-    names = list(_flat_masks(state))
-    inputs = pruner.event_inputs(plan, [flat_p[n].size for n in names], i)
-    if not events_in_update and inputs is not None:
-      keep, zeros = inputs
-      new = event([flat_p[n] for n in names], [_flat_masks(state)[n] for n in names], keep, jnp.int32(i), zeros)
-      state = state._replace(masks=pruner.nest_paths(dict(zip(names, new))))
+    if not events_in_update:
+      state = sparsity.apply_due_event(state, params, plan)
     params, state = step(params, state, jnp.float32(i))
     history.append((jax.device_get(params), jax.device_get(state)))
   return history
 
 
-def _flat_masks(state):
-  return pruner.flatten_nested(state.masks)
+def _flat(tree):
+  return dict(flatten(tree)[0])
 
 
 def test_default_regex_selects_linear_kernels_not_norms_or_embeddings():
-  plan = pruner.PrunePlan(schedules.make_schedule(10, 0.5), DEFAULT)
-  assert sorted(pruner.prunable_paths(_params(), plan)) == [
+  plan = sparsity.PrunePlan(schedules.make_schedule(10, 0.5))
+  assert plan.prunable_params == DEFAULT_PRUNABLE
+  assert sorted(sparsity.prunable_paths(_params(), plan)) == [
       "decoder/layers/mlp/wi_0/kernel",
       "decoder/layers/mlp/wo/kernel",
       "decoder/layers/self_attention/value/kernel",
@@ -76,52 +70,78 @@ def test_default_regex_selects_linear_kernels_not_norms_or_embeddings():
 
 
 def test_regex_matching_nothing_is_a_clear_error():
-  plan = pruner.PrunePlan(schedules.make_schedule(10, 0.5), r"attention/nothing")
+  plan = sparsity.PrunePlan(schedules.make_schedule(10, 0.5), r"attention/nothing")
   with pytest.raises(ValueError, match="(?s)matches no parameter.*token_embedder/embedding"):
-    pruner.pruned(optax.sgd(0.1), plan).init(_params())
-  plan = pruner.PrunePlan(schedules.make_schedule(10, 0.5), DEFAULT, non_prunable=r"kernel")
+    sparsity.pruned(optax.sgd(0.1), plan).init(_params())
+  plan = sparsity.PrunePlan(schedules.make_schedule(10, 0.5), non_prunable_params=r"kernel")
   with pytest.raises(ValueError, match="matches no parameter"):
-    pruner.prunable_paths(_params(), plan)
+    sparsity.prunable_paths(_params(), plan)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("pruning_score", "Magnitude", "pruning_score must be one of"),
+    ("pruning_scope", "globl", "pruning_scope must be one of"),
+    ("prunable_params", "(unclosed", "prunable_params is not a valid regular expression"),
+    ("non_prunable_params", "[", "non_prunable_params is not a valid regular expression"),
+    ("schedule", (10, 0.5), "schedule must be a sparsity Schedule"),
+])
+def test_plan_validates_itself(field, value, message):
+  kwargs = {"schedule": SCHEDULE, field: value}
+  with pytest.raises(ValueError, match=re.escape(message)):
+    sparsity.PrunePlan(**kwargs)
+
+
+def test_plan_from_config_keys_uses_the_same_names():
+  class Config(sparsity.SparsityKeys):  # what MaxText's config adds: steps
+    steps: int = 40
+
+  keys = Config(target_sparsity=0.6, pruning_scope="per_tensor", pruning_score="random", pruning_seed=3,
+                pruning_interval=5, non_prunable_params="query")
+  plan = sparsity.PrunePlan.from_config(keys)
+  assert (plan.pruning_scope, plan.pruning_score, plan.pruning_seed, plan.non_prunable_params) == (
+      "per_tensor", "random", 3, "query")
+  assert plan.schedule == schedules.make_schedule(40, 0.6, interval=5)
 
 
 @pytest.mark.parametrize("scope", ["global", "per_tensor"])
 @pytest.mark.parametrize("score", ["magnitude", "random"])
 def test_exact_counts_monotone_masks_zero_weights_and_moments(scope, score):
-  sch = schedules.make_schedule(20, 0.8, "geometric", 0.2, 0.6, 3)
-  plan = pruner.PrunePlan(sch, DEFAULT, scope=scope, score=score)
+  plan = sparsity.PrunePlan(SCHEDULE, pruning_scope=scope, pruning_score=score)
   hist = _train(plan, 20)
-  names = sorted(_flat_masks(hist[0][1]))
-  sizes = {n: int(np.prod(_flat_masks(hist[0][1])[n].shape)) for n in names}
-  total = sum(sizes.values())
+  names = sorted(unnest(hist[0][1].masks))
+  sizes = {n: unnest(hist[0][1].masks)[n].size for n in names}
+  kept_table = pruner.kept_after_events(plan, [sizes[n] for n in names])
   prev = None
   for step, (params, state) in enumerate(hist):
-    masks = _flat_masks(state)
-    flat_p = {pruner.path_str(p): x for p, x in jax.tree_util.tree_flatten_with_path(params)[0]}
+    masks = unnest(state.masks)
+    flat_p = _flat(params)
     kept = sum(int(masks[n].sum()) for n in names)
+    events_done = sum(s <= step for s in SCHEDULE.prune_steps)
+    assert kept == (kept_table[events_done - 1] if events_done else sum(sizes.values())), step
     if scope == "global":
-      assert kept == sch.active_at(step, total), step
+      assert kept == SCHEDULE.active_at(step, sum(sizes.values())), step
     else:
-      assert all(int(masks[n].sum()) == sch.active_at(step, sizes[n]) for n in names), step
+      assert all(int(masks[n].sum()) == SCHEDULE.active_at(step, sizes[n]) for n in names), step
     for n in names:
       assert not np.any(flat_p[n][~masks[n]]), f"pruned weight not zero at step {step}: {n}"
       if prev is not None:
         assert not np.any(masks[n] & ~prev[n]), "a mask regained an entry"
-    mu = {pruner.path_str(p): x for p, x in jax.tree_util.tree_flatten_with_path(state.inner_state[0].mu)[0]}
-    nu = {pruner.path_str(p): x for p, x in jax.tree_util.tree_flatten_with_path(state.inner_state[0].nu)[0]}
+    mu, nu = _flat(state.inner_state[0].mu), _flat(state.inner_state[0].nu)
     for n in names:
       assert not np.any(mu[n][~masks[n]]) and not np.any(nu[n][~masks[n]]), "optimizer moments of pruned weights"
     prev = masks
+  assert kept_table[-1] < sum(sizes.values()) * 0.21
   # non-prunable leaves are trained and not masked
   assert np.all(np.asarray(hist[-1][0]["token_embedder"]["embedding"]) != 0)
 
 
 @pytest.mark.parametrize("scope,score", [("global", "magnitude"), ("per_tensor", "magnitude"), ("global", "random")])
 def test_events_between_updates_equal_events_inside_the_update(scope, score):
-  """``mask_event`` run as a separate program (how the MaxText hook prunes) gives the same training, bit for bit."""
-  sch = schedules.make_schedule(20, 0.8, "geometric", 0.2, 0.6, 3)
-  plan = pruner.PrunePlan(sch, DEFAULT, scope=scope, score=score)
+  """``apply_due_event`` between updates (how the MaxText hook prunes) gives the same training, bit for bit, though
+  it zeroes the optimizer's moments once per event where the self-contained update zeroes them every step."""
+  plan = sparsity.PrunePlan(SCHEDULE, pruning_scope=scope, pruning_score=score)
   inside, outside = _train(plan, 20), _train(plan, 20, events_in_update=False)
-  assert any(not _flat_masks(inside[-1][1])[n].all() for n in _flat_masks(inside[-1][1]))
+  assert any(not m.all() for m in unnest(inside[-1][1].masks).values())
   for (p1, s1), (p2, s2) in zip(inside, outside):
     for a, b in zip(jax.tree.leaves((p1, s1)), jax.tree.leaves((p2, s2))):
       np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
@@ -129,11 +149,10 @@ def test_events_between_updates_equal_events_inside_the_update(scope, score):
 
 def test_events_between_updates_leave_no_conditional_in_the_update():
   """The update the MaxText hook compiles into its step holds no pruning branch: only elementwise selects."""
-  sch = schedules.make_schedule(20, 0.8, "geometric", 0.2, 0.6, 3)
   params = _params()
   grads = jax.tree.map(jnp.ones_like, params)
   for in_update in (True, False):
-    tx = pruner.pruned(optax.adamw(1e-2), pruner.PrunePlan(sch, DEFAULT), events_in_update=in_update)
+    tx = sparsity.pruned(optax.adamw(1e-2), sparsity.PrunePlan(SCHEDULE), events_in_update=in_update)
     jaxpr = str(jax.make_jaxpr(tx.update)(grads, tx.init(params), params))
     primitives = set(re.findall(r"= (\w+)\[", jaxpr))
     assert ("cond" in primitives) == in_update, primitives
@@ -143,25 +162,73 @@ def test_events_between_updates_leave_no_conditional_in_the_update():
 def test_zero_masking_between_updates_equals_zero_masking_inside():
   params = _params()
   params["decoder"]["layers"]["mlp"]["wo"]["kernel"] = params["decoder"]["layers"]["mlp"]["wo"]["kernel"].at[:8].set(0.0)
-  plan = pruner.PrunePlan(schedules.make_schedule(6, 0.0), DEFAULT, mask_zeros=True)
+  plan = sparsity.PrunePlan(schedules.make_schedule(6, 0.0), init_mask_from_zeros=True)
   inside = _train(plan, 6, params=params)
   outside = _train(plan, 6, params=params, events_in_update=False)
-  wo = _flat_masks(outside[-1][1])["decoder/layers/mlp/wo/kernel"]
+  wo = unnest(outside[-1][1].masks)["decoder/layers/mlp/wo/kernel"]
   assert not wo[:8].any() and wo[8:].all()
   for a, b in zip(jax.tree.leaves(inside), jax.tree.leaves(outside)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
-def test_global_magnitude_prunes_the_smallest_weights():
-  sch = schedules.make_schedule(4, 0.5, "one_shot", 0.25, 0.25, 1)
-  plan = pruner.PrunePlan(sch, DEFAULT)
+def test_event_hides_the_count_representation_and_is_due_only_at_events():
+  plan = sparsity.PrunePlan(SCHEDULE)
+  sizes = [100, 50]
+  assert sparsity.due_event(plan, sizes, SCHEDULE.prune_steps[0] - 1) is None
+  ev = sparsity.due_event(plan, sizes, SCHEDULE.prune_steps[-1])
+  assert ev.prune and not ev.mask_zeros
+  values = [jnp.arange(100.0), jnp.arange(50.0)]
+  masks = jax.jit(lambda v, m, e: sparsity.mask_event(v, m, e, plan))(values, [jnp.ones(100, bool), jnp.ones(50, bool)], ev)
+  assert sum(int(m.sum()) for m in masks) == schedules.round_half_up(0.2 * 150)
+
+
+def test_extra_arguments_reach_the_inner_optimizer():
+  seen = {}
+
+  def inner_update(updates, state, params=None, *, value=None):
+    seen["value"] = value
+    return updates, state
+
+  inner = optax.GradientTransformationExtraArgs(lambda p: optax.EmptyState(), inner_update)
+  tx = sparsity.pruned(inner, sparsity.PrunePlan(SCHEDULE))
   params = _params()
-  tx = pruner.pruned(optax.sgd(0.0), plan)
+  tx.update(params, tx.init(params), params, value=7.0)
+  assert seen["value"] == 7.0
+  # a plain optax optimizer ignores extra arguments it does not take (optax.with_extra_args_support)
+  tx = sparsity.pruned(optax.sgd(0.1), sparsity.PrunePlan(SCHEDULE))
+  tx.update(params, tx.init(params), params, value=7.0)
+
+
+def test_muon_state_is_zeroed_by_path_and_training_works():
+  """Muon partitions its state between Muon and Adam; the per-weight leaves are found by path and shape."""
+  plan = sparsity.PrunePlan(SCHEDULE)
+  params = {"decoder": {"mlp": {"wo": {"kernel": jnp.asarray(np.random.default_rng(0).normal(size=(16, 8)),
+                                                              jnp.float32)}},
+                        "decoder_norm": {"scale": jnp.ones((16,), jnp.float32)}}}
+  hist = _train(plan, 20, inner=optax.contrib.muon(1e-2), params=params, events_in_update=False)
+  params, state = hist[-1]
+  mask = unnest(state.masks)["decoder/mlp/wo/kernel"]
+  assert mask.sum() == schedules.round_half_up(0.2 * 128)
+  leaves = [(p, x) for p, x in flatten(state.inner_state)[0] if p.endswith("decoder/mlp/wo/kernel")]
+  assert leaves and all(not np.any(np.asarray(x)[~mask]) for _, x in leaves), [p for p, _ in leaves]
+  assert not np.any(params["decoder"]["mlp"]["wo"]["kernel"][~mask])
+
+
+def test_per_param_leaves_takes_the_longest_matching_path_of_the_same_shape():
+  leaves = [("0/mu/a/kernel", (2, 3)), ("0/mu/b/a/kernel", (2, 3)), ("0/nu/a/kernel", (3,)), ("count", ())]
+  assert sparsity.core.pruner.per_param_leaves(leaves, {"a/kernel": (2, 3), "b/a/kernel": (2, 3)}) == {
+      0: "a/kernel", 1: "b/a/kernel"}
+
+
+def test_global_magnitude_prunes_the_smallest_weights():
+  plan = sparsity.PrunePlan(schedules.make_schedule(4, 0.5, "one_shot", 0.25, 0.25, 1))
+  params = _params()
+  tx = sparsity.pruned(optax.sgd(0.0), plan)
   state = tx.init(params)
   for _ in range(2):  # the event is at step 1: pruning uses the weights before that step's update
-    upd, state = tx.update(jax.tree.map(jnp.zeros_like, params), state, params)
-  masks = _flat_masks(state)
-  flat_p = {pruner.path_str(p): np.asarray(x) for p, x in jax.tree_util.tree_flatten_with_path(params)[0]}
+    _, state = tx.update(jax.tree.map(jnp.zeros_like, params), state, params)
+  masks = unnest(state.masks)
+  flat_p = {p: np.asarray(x) for p, x in _flat(params).items()}
   kept = np.concatenate([np.abs(flat_p[n])[masks[n]] for n in masks])
   dropped = np.concatenate([np.abs(flat_p[n])[~masks[n]] for n in masks])
   assert kept.min() >= dropped.max()
@@ -170,17 +237,13 @@ def test_global_magnitude_prunes_the_smallest_weights():
   assert masks["decoder/layers/mlp/wo/kernel"].mean() < 0.2
 
 
-def test_dense_plan_is_the_inner_optimizer():
-  sch = schedules.make_schedule(6, 0.0)
-  plan = pruner.PrunePlan(sch, DEFAULT)
-  dense = _train(plan, 6)
-  r = np.random.default_rng(0)
-  del r
+def test_dense_plan_trains_like_the_inner_optimizer():
+  dense = _train(sparsity.PrunePlan(schedules.make_schedule(6, 0.0)), 6)
   params = _params()
   tx = optax.adamw(1e-2, weight_decay=0.1)
   st = tx.init(params)
   for i in range(6):
-    grads = jax.tree.map(lambda p: jnp.sin(p * (i + 1.0)) + 0.05, params)
+    grads = jax.tree.map(lambda p, i=i: jnp.sin(p * (i + 1.0)) + 0.05, params)
     u, st = tx.update(grads, st, params)
     params = optax.apply_updates(params, u)
   for a, b in zip(jax.tree.leaves(dense[-1][0]), jax.tree.leaves(params)):
@@ -189,8 +252,8 @@ def test_dense_plan_is_the_inner_optimizer():
 
 def test_accounting_step_metrics_against_hand_computation():
   sch = schedules.make_schedule(8, 0.75, schedule="linear", start_fraction=0.25, end_fraction=0.5, interval=2)
-  acc = accounting.Accounting(sch, prunable=100, non_prunable=10, tokens_per_step=1000)
-  # active per step: 110 110 73 73 35 35 35 35
+  acc = accounting.from_schedule(sch, prunable=100, non_prunable=10, tokens_per_step=1000)
+  assert acc.kept == (63, 25)  # round(0.625 * 100) after the first event, round(0.25 * 100) after the second
   want_active = [110, 110, 73, 73, 35, 35, 35, 35]
   for s in range(8):
     m = jax.jit(acc.step_metrics)(jnp.int32(s))
@@ -198,7 +261,24 @@ def test_accounting_step_metrics_against_hand_computation():
     assert float(m["sparsity/avg_active_params"]) == pytest.approx(np.mean(want_active[: s + 1]))
     assert float(m["sparsity/effective_flops"]) == pytest.approx(6 * 1000 * sum(want_active[: s + 1]))
     assert float(m["sparsity/density"]) == pytest.approx((want_active[s] - 10) / 100)
-  summ = acc.summary("r", 0.75, "linear")
+  summ = acc.summary()
   assert summ["avg_active_params"] == 506 / 8 and summ["avg_active_prunable_params"] == 506 / 8 - 10
   assert summ["effective_flops"] == 6 * 1000 * 506 and summ["dense_flops"] == 6 * 1000 * 8 * 110
   assert summ["final_active_params"] == 35 and summ["final_sparsity"] == 0.75 and summ["tokens"] == 8000
+  # a run that stopped after 3 steps: counts over the steps it trained
+  short = acc.summary(steps_trained=3)
+  assert short["steps_trained"] == 3 and short["tokens"] == 3000 and short["steps"] == 8
+  assert short["avg_active_params"] == (110 + 110 + 73) / 3 and short["final_active_params"] == 73
+
+
+@pytest.mark.parametrize("target", [0.63, 0.8, 0.95])
+def test_per_tensor_accounting_uses_the_counts_the_scope_keeps(target):
+  """Per-tensor rounding keeps a total that can differ from the global count; the accounting follows the scope."""
+  sch = schedules.make_schedule(30, target, interval=5)
+  sizes = [4096, 4096, 16384, 16384, 16384, 65536, 1000, 7]
+  plan = sparsity.PrunePlan(sch, pruning_scope="per_tensor")
+  kept = pruner.kept_after_events(plan, sizes)
+  assert kept == tuple(sum(sch.keep_counts(n)[i] for n in sizes) for i in range(len(sch.prune_steps)))
+  acc = accounting.from_schedule(sch, sum(sizes), 10, 64, kept=kept)
+  assert acc.active_at(29) - 10 == kept[-1]
+  assert acc.summary()["final_active_params"] == kept[-1] + 10

@@ -1,17 +1,18 @@
-"""collect and report on synthetic runs (summaries written by sparsity.accounting, losses from a known law)."""
+"""collect and report on synthetic runs (summaries written by sparsity.core.accounting, losses from a known law)."""
 
 import json
 import os
-import subprocess
-import sys
 
 import matplotlib.image
 import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import ROOT
-from sparsity import accounting, collect, compute_fractions, planning, report, schedules, sweep
+from conftest import ROOT, run_cli
+from sparsity.core import accounting, schedules
+from sparsity.experiments import collect, report, sweep
+from sparsity.maxtext import layout, loop
+from sparsity.science import compute_fractions, planning
 
 TRUTH = {"E": 1.8, "A": 400.0, "alpha": 0.34, "B": 900.0, "beta": 0.28}
 SPLITS = [(0.25, 0.5), (0.0, 1.0), (0.5, 0.25)]
@@ -36,11 +37,13 @@ def runs_dir(tmp_path_factory):
         i += 1
         start, end = compute_fractions.step_fractions(s, td, ts)
         sched = schedules.make_schedule(steps, s, "geometric", start, end, 100)
-        acc = accounting.Accounting(sched, counts["prunable"], counts["non_prunable"], TOKENS_PER_STEP)
+        acc = accounting.from_schedule(sched, counts["prunable"], counts["non_prunable"], TOKENS_PER_STEP)
         name = f"w{width}-s{s}-n{steps}"
         loss = _law(acc.cumulative_active(steps - 1) / steps, steps * TOKENS_PER_STEP)
-        accounting.write_summary(str(out / name), acc.summary(name, s, "geometric", final_train_loss=loss + 0.02,
-                                                              final_eval_loss=loss))
+        # what the trainer writes at the end of a run (sparsity.maxtext.loop.finish)
+        loop.write_summary(str(out / name), {"run_name": name, "target_sparsity": s, "sparsity_schedule": "geometric",
+                                             **acc.summary(), "final_train_loss": loss + 0.02,
+                                             "final_eval_loss": loss, "final_eval_step": steps - 1})
   return out
 
 
@@ -48,7 +51,7 @@ def test_collect_rows_match_summaries(runs_dir):
   df = collect.collect(str(runs_dir))
   assert len(df) == 18 and list(df["run_name"]) == sorted(df["run_name"])
   for _, row in df.iterrows():
-    with open(runs_dir / row["run_name"] / "sparsity_summary.json") as f:
+    with open(layout.summary_path(runs_dir / row["run_name"])) as f:
       s = json.load(f)
     assert row["loss"] == s["final_eval_loss"] and row["final_train_loss"] == s["final_train_loss"]
     assert (row["tokens"], row["params"], row["nonzero_params"]) == (s["tokens"], s["total_params"],
@@ -125,23 +128,26 @@ def test_active_curves_reproduce_n_avg_and_pair_with_dense_runs(runs_dir):
 
 
 def test_cli_collect_and_report(runs_dir, tmp_path):
-  env = dict(os.environ, PYTHONPATH=ROOT)
   csv = tmp_path / "r.csv"
-  out = subprocess.run([sys.executable, "-m", "sparsity", "collect", str(runs_dir), "--out", str(csv)], cwd=ROOT,
-                       env=env, capture_output=True, text=True, check=True)
-  assert "18 runs" in out.stdout and "prune_start_fraction" in out.stderr  # warned: schedule keys unknown
+  code, out, err = run_cli(["collect", runs_dir, "--out", csv])
+  assert code == 0 and "18 runs" in out and "prune_start_fraction" in err  # warned: schedule keys unknown
   df = pd.read_csv(csv)
   for col in ("loss", "tokens", "params", "avg_params", "nonzero_params", "sparsity", "run_name", "final_train_loss",
               "final_eval_loss", "target_sparsity", "sparsity_schedule", "prune_start_fraction", "prune_end_fraction",
               "pruning_interval", "dense_fraction", "pruning_fraction"):
     assert col in df.columns
-  rep = subprocess.run([sys.executable, "-m", "sparsity", "report", str(csv), "--out", str(tmp_path / "rep")], cwd=ROOT,
-                       env=env, capture_output=True, text=True, check=True)
-  assert "predicted_vs_actual: " + str(tmp_path / "rep") in rep.stdout and os.path.isfile(tmp_path / "rep" / "report.md")
+  code, out, err = run_cli(["report", "--data", csv, "--out", tmp_path / "rep"])
+  assert code == 0, err
+  assert "predicted_vs_actual: " + str(tmp_path / "rep") in out and os.path.isfile(tmp_path / "rep" / "report.md")
   with open(tmp_path / "rep" / "law.json") as f:  # no --law-file: fitted on the 18 runs
     law = json.load(f)
   assert law["law"] == "avg_param" and law["run_names"] == list(df["run_name"])
   assert law["params"]["alpha"] == pytest.approx(TRUTH["alpha"], abs=0.02) and law["mae"] < 2e-3
-  bad = subprocess.run([sys.executable, "-m", "sparsity", "collect", str(tmp_path / "nothing"), "--out", str(csv)],
-                       cwd=ROOT, env=env, capture_output=True, text=True)
-  assert bad.returncode == 2
+  code, _, err = run_cli(["collect", tmp_path / "nothing", "--out", tmp_path / "new.csv"])
+  assert code == 1 and "nothing" in err  # no such directory: bad data
+  code, _, err = run_cli(["collect", runs_dir, "--out", csv])
+  assert code == 2 and "--force" in err  # the CSV exists: bad usage
+  code, out, _ = run_cli(["collect", runs_dir, "--out", "-"])
+  assert code == 0 and pd.read_csv(__import__("io").StringIO(out)).shape[0] == 18
+  code, out, _ = run_cli(["report", csv, "--out", tmp_path / "rep", "--force", "--json"])
+  assert code == 0 and set(json.loads(out)["figures"]) == set(report.FIGURES)

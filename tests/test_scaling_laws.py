@@ -1,9 +1,8 @@
-"""Tests for sparsity.scaling_laws, sparsity.runs and the fit/predict CLI."""
+"""Tests for sparsity.science.scaling_laws, sparsity.experiments.results and the fit/predict CLI."""
 
 import json
+import math
 import os
-import subprocess
-import sys
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # tiny optimisations: BLAS threads only spin (set before numpy)
 
@@ -11,9 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sparsity import runs, scaling_laws as sl
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import run_cli
+from sparsity.experiments import results as runs
+from sparsity.maxtext import layout
+from sparsity.science import scaling_laws as sl
 CHIN = {"E": 1.7, "A": 400.0, "alpha": 0.34, "B": 410.0, "beta": 0.28}
 FRANTAR = {"a_S": 60.0, "b_S": 1.0, "c_S": 20.0, "b_N": 0.3, "a_D": 3e7, "b_D": 0.3, "c": 1.6}
 
@@ -68,6 +68,20 @@ def test_recovers_chinchilla_law_and_uses_params_column():
   res = sl.fit("chinchilla", df, loo=False)
   for k, v in CHIN.items():
     assert res.params[k] == pytest.approx(v, rel=0.05), k
+
+
+def test_law_forms_against_hand_computed_values():
+  row = {"params": [2e8], "avg_params": [1e8], "nonzero_params": [5e7], "tokens": [4e9], "sparsity": [0.6]}
+  chin = 1.7 + 400.0 / 2e8 ** 0.34 + 410.0 / 4e9 ** 0.28
+  assert sl.predict("chinchilla", CHIN, row)[0] == pytest.approx(chin, rel=1e-12)
+  assert sl.predict("avg_param", CHIN, row)[0] == pytest.approx(1.7 + 400.0 / 1e8 ** 0.34 + 410.0 / 4e9 ** 0.28,
+                                                                rel=1e-12)
+  f = FRANTAR
+  frantar = (f["a_S"] * 0.4 ** f["b_S"] + f["c_S"]) * (1 / 5e7) ** f["b_N"] + (f["a_D"] / 4e9) ** f["b_D"] + f["c"]
+  assert sl.predict("frantar", FRANTAR, row)[0] == pytest.approx(frantar, rel=1e-12)
+  # by hand: 60 * 0.4 + 20 = 44; 44 * (5e7)^-0.3 = 0.215656; (3e7 / 4e9)^0.3 = 0.230419; + 1.6
+  assert frantar == pytest.approx(0.215656 + 0.230419 + 1.6, abs=1e-5)
+  assert math.isclose(44 * 5e7 ** -0.3, 0.215656, rel_tol=1e-5)
 
 
 def test_recovers_frantar_law_loosely():
@@ -159,10 +173,9 @@ def test_unknown_law():
     sl.get_law("kaplan")
 
 
-def _cli(*args, cwd=REPO):
-  env = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
-  return subprocess.run([sys.executable, "-m", "sparsity", *args], cwd=cwd, env=env, capture_output=True, text=True,
-                        timeout=120)
+def _cli(*args):
+  code, out, err = run_cli(args)
+  return type("R", (), {"returncode": code, "stdout": out, "stderr": err})
 
 
 def test_cli_fit_predict_round_trip(tmp_path):
@@ -184,8 +197,14 @@ def test_cli_fit_predict_round_trip(tmp_path):
 
   out = pd.read_csv(StringIO(r.stdout))
   np.testing.assert_allclose(out["predicted_loss"], df["loss"].iloc[10:], rtol=2e-3)
-  r = _cli("fit", "--law", "frantar", "--data", str(tmp_path / "points.csv"), "--out", str(law))
-  assert r.returncode == 2 and "missing column 'loss'" in r.stderr
+  r = _cli("fit", "--law", "frantar", "--data", str(tmp_path / "points.csv"), "--out", str(tmp_path / "l2.json"))
+  assert r.returncode == 1 and "missing column 'loss'" in r.stderr  # bad data: 1
+  r = _cli("fit", "--law", "avg_param", "--data", str(data), "--out", str(law))
+  assert r.returncode == 2 and "exists" in r.stderr  # an existing --out without --force is bad usage: 2
+  r = _cli("fit", "--law", "avg_param", "--data", str(data), "--out", "-", "--no-loo")
+  assert r.returncode == 0 and json.loads(r.stdout)["law"] == "avg_param"  # '-': the law as JSON on stdout
+  r = _cli("predict", "--law-file", str(law), "--data", str(tmp_path / "points.csv"), "--json")
+  assert r.returncode == 0 and len(json.loads(r.stdout)) == len(points)
 
 
 def _write_summary(d, name, n, d_tok, s, loss, key="final_eval_loss"):
@@ -193,7 +212,7 @@ def _write_summary(d, name, n, d_tok, s, loss, key="final_eval_loss"):
   run.mkdir(parents=True)
   summary = {"run_name": name, key: loss, "tokens": d_tok, "total_params": n, "avg_active_params": n * (1 - 0.45 * s),
              "final_active_params": n * (1 - 0.9 * s), "final_sparsity": s, "other": [1, 2]}
-  (run / runs.SUMMARY_FILE).write_text(json.dumps(summary))
+  (run / layout.SUMMARY_FILE).write_text(json.dumps(summary))
 
 
 def test_load_runs_and_fit_from_directory(tmp_path):
@@ -213,8 +232,24 @@ def test_load_runs_and_fit_from_directory(tmp_path):
   assert json.loads((tmp_path / "law.json").read_text())["run_names"][0] == "run00"
 
 
+def test_an_eval_loss_from_before_the_end_is_refused(tmp_path):
+  _write_summary(tmp_path, "early", 1e8, 1e10, 0.0, 8.13)
+  path = tmp_path / "runs" / "early" / layout.SUMMARY_FILE
+  summary = json.loads(path.read_text())
+  summary.update(steps=1200, steps_trained=1200, final_eval_step=0, final_train_loss=5.58)
+  path.write_text(json.dumps(summary))
+  with pytest.raises(ValueError, match=r"final_eval_loss comes from step 0, before the end of training \(last step 1199\)"):
+    runs.load_runs(str(tmp_path))
+  summary["final_eval_step"] = 1199
+  path.write_text(json.dumps(summary))
+  assert runs.load_runs(str(tmp_path))["loss"].tolist() == [8.13]
+  summary.update(steps_trained=120, final_eval_step=119)  # stopped early (data ran out): its last step counts
+  path.write_text(json.dumps(summary))
+  assert runs.load_runs(str(tmp_path))["loss"].tolist() == [8.13]
+
+
 def test_load_runs_errors(tmp_path):
-  with pytest.raises(ValueError, match="no sparsity_summary.json"):
+  with pytest.raises(ValueError, match=f"no {layout.SUMMARY_FILE}"):
     runs.load_runs(str(tmp_path))
   with pytest.raises(FileNotFoundError):
     runs.load_runs(str(tmp_path / "nope.csv"))

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from sparsity import schedules as S
+from sparsity.core import schedules as S
 
 
 def test_paper_default_events_every_100_steps_from_25_to_75_percent():

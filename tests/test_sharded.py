@@ -5,11 +5,14 @@ import os
 import subprocess
 import sys
 
-from conftest import ROOT
+import pytest
+
+from conftest import ROOT, cpu_env
 
 
+@pytest.mark.slow  # a subprocess with 4 simulated devices
 def test_sharded_selection_equals_single_device_and_gathers_nothing():
-  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=4")
+  env = cpu_env(devices=4)
   out = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "sharded_pruning_script.py")], env=env,
                        capture_output=True, text=True, timeout=600, check=True)
   r = json.loads(out.stdout.strip().splitlines()[-1])

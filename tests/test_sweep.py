@@ -14,8 +14,12 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import C4, ROOT, TINY
-from sparsity import collect, compute_fractions, dense_sweep, planning, report, schedules, sweep, xpk, yaml_chain
+from conftest import C4, ROOT, TINY, run_cli
+from sparsity import repo
+from sparsity.experiments import collect, dense_sweep, report, sweep, xpk
+from sparsity.science import compute_fractions, planning
+from sparsity.core import schedules
+from sparsity.maxtext import layout, yaml_chain
 
 SWEEPS = os.path.join(ROOT, "configs", "sweeps")
 # A value that would create files (and nothing worse) if any shell interpreted it.
@@ -166,7 +170,7 @@ def test_format_value():
 
 # --- Local launcher (with a stand-in for MaxText/train.py) --------------------------------------------------
 
-FAKE_TRAIN = r"""
+FAKE_TRAIN = f"SUMMARY_FILE = {layout.SUMMARY_FILE!r}" + r"""
 import json, os, sys
 args = dict(a.split("=", 1) for a in sys.argv[2:])
 out = os.path.join(args["base_output_directory"], args["run_name"])
@@ -176,7 +180,7 @@ if args.get("fail") == "1":
   sys.exit(3)
 if args.get("nosummary") != "1":
   os.makedirs(out, exist_ok=True)
-  json.dump({"run_name": args["run_name"]}, open(os.path.join(out, "sparsity_summary.json"), "w"))
+  json.dump({"run_name": args["run_name"]}, open(os.path.join(out, SUMMARY_FILE), "w"))
 """
 
 
@@ -301,6 +305,7 @@ def xpk_python():
   return python
 
 
+@pytest.mark.slow  # installs xpk with pip
 def test_xpk_parser_accepts_the_generated_commands(tmp_path, xpk_python):
   runs = sweep.expand(sweep.load_spec(os.path.join(SWEEPS, "paper_schedule_grid.yml"))) + [_weird_run(tmp_path)]
   opts = _opts(extra_args=("--priority=high",), num_slices=2)
@@ -324,25 +329,25 @@ def test_xpk_parser_accepts_the_generated_commands(tmp_path, xpk_python):
 
 
 def test_cli_dry_runs_print_every_run(tmp_path):
-  env = dict(os.environ, PYTHONPATH=ROOT)
   spec = os.path.join(SWEEPS, "paper_schedule_grid.yml")
-  local = subprocess.run([sys.executable, "-m", "sparsity", "sweep", spec, "--dry-run", "--output-dir", str(tmp_path),
-                          "dataset_path=gs://b/c4"], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
-  lines = [l for l in local.stdout.splitlines() if not l.startswith("#")]
+  code, out, err = run_cli(["sweep", spec, "--dry-run", "--output-dir", tmp_path, "dataset_path=gs://b/c4"])
+  assert code == 0, err
+  lines = [l for l in out.splitlines() if not l.startswith("#")]
   assert len(lines) == 80
   words = shlex.split(lines[0])
-  assert words[1] == sweep.TRAIN_SCRIPT and "dataset_path=gs://b/c4" in words
+  assert words[1] == repo.TRAIN_SCRIPT and "dataset_path=gs://b/c4" in words
   assert f"base_output_directory={tmp_path}" in words
-  remote = subprocess.run([sys.executable, "-m", "sparsity", "sweep", spec, "--dry-run", "--launcher", "xpk",
-                           "--limit", "3", "--cluster", "c1", "--tpu-type", "v5p-128", "--docker-image", "img",
-                           "--output-bucket", "gs://b/o", "--xpk-bin", "xpk"],
-                          cwd=ROOT, env=env, capture_output=True, text=True, check=True)
-  cmds = [shlex.split(l) for l in remote.stdout.splitlines() if not l.startswith("#")]
+  code, out, _ = run_cli(["sweep", spec, "--dry-run", "--out", tmp_path, "--json", "--limit", "2"])  # --out: same
+  assert code == 0 and [r["command"][1] for r in json.loads(out)] == [repo.TRAIN_SCRIPT] * 2
+  code, out, err = run_cli(["sweep", spec, "--dry-run", "--launcher", "xpk", "--limit", "3", "--cluster", "c1",
+                            "--tpu-type", "v5p-128", "--docker-image", "img", "--output-bucket", "gs://b/o",
+                            "--xpk-bin", "xpk"])
+  assert code == 0, err
+  cmds = [shlex.split(l) for l in out.splitlines() if not l.startswith("#")]
   assert len(cmds) == 3 and all(c[:3] == ["xpk", "workload", "create"] for c in cmds)
   assert not os.listdir(tmp_path)  # a dry run writes nothing
-  missing = subprocess.run([sys.executable, "-m", "sparsity", "sweep", spec, "--dry-run", "--launcher", "xpk"],
-                           cwd=ROOT, env=env, capture_output=True, text=True)
-  assert missing.returncode == 2 and "cluster" in missing.stderr
+  code, _, err = run_cli(["sweep", spec, "--dry-run", "--launcher", "xpk"])
+  assert code == 2 and "--cluster" in err  # missing options: bad usage
 
 
 # --- A real sweep: 2 x 2 tiny runs on the C4 slice ----------------------------------------------------------
@@ -366,9 +371,8 @@ def _tiny_spec(tmp_path, sparsities):
 
 
 def _cli(*args):
-  env = dict(os.environ, PYTHONPATH=ROOT)
-  return subprocess.run([sys.executable, "-m", "sparsity", *args], cwd=ROOT, env=env, capture_output=True, text=True,
-                        timeout=1200)
+  code, out, err = run_cli(args, timeout=1200)
+  return type("R", (), {"returncode": code, "stdout": out, "stderr": err})
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sparsity import threshold as T
+from sparsity.core import threshold as T
 
 
 def _reference(keys, k):

@@ -5,9 +5,9 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 VENV="${XPK_VENV:-.venv-xpk}"
-# The pin is sparsity/xpk.py's XPK_REQUIREMENT (one place).
-PIN=$(sed -n 's/^XPK_REQUIREMENT = "\(.*\)"$/\1/p' sparsity/xpk.py)
-[ -n "$PIN" ] || { echo "setup_xpk_env.sh: XPK_REQUIREMENT not found in sparsity/xpk.py" >&2; exit 1; }
+# The pin is sparsity/experiments/xpk.py's XPK_REQUIREMENT (one place).
+PIN=$(sed -n 's/^XPK_REQUIREMENT = "\(.*\)"$/\1/p' sparsity/experiments/xpk.py)
+[ -n "$PIN" ] || { echo "setup_xpk_env.sh: XPK_REQUIREMENT not found in sparsity/experiments/xpk.py" >&2; exit 1; }
 source tools/find_python.sh
 
 stamp="$VENV/.setup-stamp"

@@ -35,7 +35,8 @@ import subprocess
 import sys
 from typing import Any, Sequence
 
-from sparsity.sweep import ROOT, Outcome, Run
+from sparsity.experiments.sweep import Outcome, Run
+from sparsity.repo import ROOT
 
 XPK_REQUIREMENT = "xpk==1.16.0"
 NAME_PATTERN = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")  # xpk/parser/validators.py: name_type

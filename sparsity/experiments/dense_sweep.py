@@ -1,8 +1,8 @@
 """Generating ``configs/sweeps/dense_matched.yml``: dense runs whose size brackets each sparse run's N_avg.
 
 For every paper model and budget (``PAPER_CONFIGS``) and every target sparsity, the sparse run's average
-active parameter count comes from ``sparsity.planning.plan`` with the config's steps and the paper's compute
-split (``sparsity.compute_fractions``), and ``sparsity.planning.match_dense`` gives the two dense widths
+active parameter count comes from ``sparsity.science.planning.plan`` with the config's steps and the paper's compute
+split (``sparsity.science.compute_fractions``), and ``sparsity.science.planning.match_dense`` gives the two dense widths
 whose total parameter counts bracket it (same depth, heads and MLP ratio; hidden sizes multiples of
 ``width_step``). Each distinct (model, budget, width) becomes one dense run; the bracketing and the
 interpolation weight of every sparse run are kept in the spec's ``meta.matches`` (the dense loss at N_avg is
@@ -19,7 +19,9 @@ from typing import Any, Sequence
 
 import yaml
 
-from sparsity import compute_fractions, planning, yaml_chain
+from sparsity.science import compute_fractions, planning
+from sparsity import repo
+from sparsity.maxtext import yaml_chain
 
 # (model, budget) -> config file, relative to configs/sweeps/.
 PAPER_CONFIGS = {
@@ -31,12 +33,12 @@ PAPER_CONFIGS = {
     ("468M", "20x"): "../paper/llama2_468m_20x.yml",
 }
 SPARSITIES = (0.2, 0.4, 0.6, 0.8)
-DIVISOR = 64  # hidden sizes: multiples of lcm(heads, 64), brackets ~15% apart in parameters
-SWEEPS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "sweeps")
+DIVISOR = planning.WIDTH_DIVISOR
+SWEEPS_DIR = repo.SWEEPS
 HEADER = """\
 # Dense runs matched to the paper's sparse runs by average active parameter count (N_avg): for each model and
-# budget of Table 1 and target sparsity {sparsities}, the sparse run's N_avg (sparsity.planning.plan, the
-# paper's 25% dense / 50% pruning compute split) is bracketed by two dense widths (sparsity.planning.match_dense,
+# budget of Table 1 and target sparsity {sparsities}, the sparse run's N_avg (sparsity.science.planning.plan, the
+# paper's 25% dense / 50% pruning compute split) is bracketed by two dense widths (sparsity.science.planning.match_dense,
 # hidden sizes multiples of lcm(heads, {divisor})); each distinct width is one dense run. meta.matches gives,
 # per sparse run, the two dense runs and the weight w: dense loss at N_avg = (1 - w) loss(lower) + w loss(upper).
 #

@@ -20,7 +20,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from sparsity import host, model_checkpoint
+from sparsity.maxtext import checkpoint as ckpt
+from sparsity.maxtext import host
 
 
 def inference_config(argv: Sequence[str], items_dir: str, extra: dict[str, Any]):
@@ -31,8 +32,8 @@ def inference_config(argv: Sequence[str], items_dir: str, extra: dict[str, Any])
   """
   if not argv or not os.path.isfile(argv[0]):
     raise FileNotFoundError(f"no such config file: {argv[0] if argv else '(none)'}")
-  argv = host.cpu_defaults([*argv, f"load_parameters_path={items_dir}"], extra=("enable_checkpointing=false",))
-  from sparsity.maxtext_hook import load_config  # pylint: disable=import-outside-toplevel
+  argv = host.single_process([*argv, f"load_parameters_path={items_dir}"], extra=("enable_checkpointing=false",))
+  from sparsity.maxtext.config import load_config  # pylint: disable=import-outside-toplevel
 
   given = host.given_keys(argv)
   return load_config([*argv, *(f"{k}={v}" for k, v in extra.items() if k not in given)])
@@ -44,7 +45,7 @@ def forward_logits(argv: Sequence[str], checkpoint: str, tokens: np.ndarray, ste
   from maxtext.utils import maxtext_utils, model_creation_utils  # pylint: disable=import-outside-toplevel
 
   tokens = np.asarray(tokens, np.int32)
-  where = model_checkpoint.locate(checkpoint, step)
+  where = ckpt.locate(checkpoint, step)
   config = inference_config(
       argv, where.items_dir,
       {"dtype": "float32", "per_device_batch_size": 1, "max_target_length": max(tokens.shape[1], 2)},
@@ -127,7 +128,7 @@ def generate_from_cli(checkpoint: str, argv: Sequence[str], prompt: str, max_new
   """``generate`` for ``python -m sparsity generate``: the run's argv plus the checkpoint to load."""
   if max_new_tokens < 1:
     raise ValueError("--max-new-tokens must be at least 1")
-  where = model_checkpoint.locate(checkpoint, step)
+  where = ckpt.locate(checkpoint, step)
   prefill = 64
   for a in argv:
     if a.startswith("max_prefill_predict_length="):

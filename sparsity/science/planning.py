@@ -31,7 +31,11 @@ import dataclasses
 import math
 from typing import Any, Iterable, Mapping, Sequence
 
-from sparsity import schedules
+from sparsity.core import schedules
+
+# Hidden sizes of matched dense shapes are multiples of lcm(heads, WIDTH_DIVISOR): brackets about 15% apart in
+# parameters at the paper's sizes. One default for every command (plan --match-dense, dense-sweep).
+WIDTH_DIVISOR = 64
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,7 +107,7 @@ def plan(
     steps: training steps.
     tokens_per_step: global batch size x sequence length.
     target_sparsity, sparsity_schedule, prune_start_fraction, prune_end_fraction, pruning_interval: the
-      trainer's sparsity keys (see ``sparsity.schedules.make_schedule``).
+      trainer's sparsity keys (see ``sparsity.core.schedules.make_schedule``).
 
   Returns:
     A JSON-serialisable dict: ``total_params``, ``prunable_params``, ``non_prunable_params``,
@@ -181,14 +185,14 @@ def scale_shape(shape: ModelShape, emb: int) -> ModelShape:
   return dataclasses.replace(shape, emb=emb, head_dim=emb // shape.num_query_heads, mlp_dim=mlp)
 
 
-def width_step(shape: ModelShape, divisor: int = 128) -> int:
+def width_step(shape: ModelShape, divisor: int = WIDTH_DIVISOR) -> int:
   """Hidden-size step: the least common multiple of the number of heads and ``divisor``."""
   if divisor <= 0:
     raise ValueError(f"divisor must be positive, got {divisor}")
   return math.lcm(shape.num_query_heads, int(divisor))
 
 
-def match_dense(target_params: float, shape: ModelShape, divisor: int = 128) -> dict[str, Any]:
+def match_dense(target_params: float, shape: ModelShape, divisor: int = WIDTH_DIVISOR) -> dict[str, Any]:
   """Dense shapes whose total parameter count matches ``target_params`` (the paper's Figure 1 footnote).
 
   Hidden sizes are multiples of ``width_step(shape, divisor)``; depth, heads and the MLP ratio come from
@@ -232,7 +236,7 @@ def match_dense(target_params: float, shape: ModelShape, divisor: int = 128) -> 
           "weight": (target - lp) / (up - lp)}
 
 
-def compare_with_dense(fit: Any, sparse_plan: Mapping[str, Any], divisor: int = 128) -> dict[str, Any]:
+def compare_with_dense(fit: Any, sparse_plan: Mapping[str, Any], divisor: int = WIDTH_DIVISOR) -> dict[str, Any]:
   """Predicted loss of a sparse run and of its dense counterpart with the same ``N_avg`` and tokens.
 
   Args:
@@ -266,7 +270,7 @@ def find_sparse_equivalent(
     *,
     sparsities: Sequence[float] = (0.2, 0.4, 0.6, 0.8),
     widths: Iterable[int] | None = None,
-    divisor: int = 128,
+    divisor: int = WIDTH_DIVISOR,
     sparsity_schedule: str = "geometric",
     prune_start_fraction: float = 0.25,
     prune_end_fraction: float = 0.75,
@@ -340,5 +344,5 @@ def config_to_plan_inputs(config: Any) -> dict[str, Any]:
           "pruning_interval": int(c.pruning_interval)}
 
 
-__all__ = ["ModelShape", "PAPER_MODELS", "param_counts", "plan", "law_inputs", "predict_loss", "scale_shape",
+__all__ = ["WIDTH_DIVISOR", "ModelShape", "PAPER_MODELS", "param_counts", "plan", "law_inputs", "predict_loss", "scale_shape",
            "width_step", "match_dense", "compare_with_dense", "find_sparse_equivalent", "config_to_plan_inputs"]

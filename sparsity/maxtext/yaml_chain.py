@@ -3,7 +3,7 @@
 Same rules as MaxText 0.2.5's ``pyconfig._load_config``: a relative ``base_config`` is looked up next to
 the file that names it, then in MaxText's own ``configs`` directory; the child's keys override its base's
 (``OmegaConf.merge``). Command-line overrides and MaxText's derived keys (e.g. ``global_batch_size_to_train_on``)
-are not applied: use ``sparsity.maxtext_hook.load_config`` for the validated config.
+are not applied: use ``sparsity.maxtext.config.load_config`` for the validated config.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Collecting a sweep's results: one row per run, from its ``sparsity_summary.json`` and the sweep manifest.
 
-``collect(directory)`` starts from ``sparsity.runs.load_runs`` (the scaling-law columns ``loss``, ``tokens``,
+``collect(directory)`` starts from ``sparsity.experiments.results.load_runs`` (the scaling-law columns ``loss``, ``tokens``,
 ``params``, ``avg_params``, ``nonzero_params``, ``sparsity``, plus ``run_name`` and ``source``) and adds:
 
 * from each summary: ``SUMMARY_EXTRAS`` (``prune_steps`` as a JSON list string);
@@ -11,7 +11,7 @@
   lacks them;
 * ``dense_fraction`` / ``pruning_fraction`` (the paper's Figure 4 tuple: shares of the density-weighted
   training compute) when no manifest label gives them: measured from the summary's pruning events with
-  ``sparsity.compute_fractions.measured_fractions``, rounded to ``FRACTION_DIGITS`` decimals (sparse runs only).
+  ``sparsity.science.compute_fractions.measured_fractions``, rounded to ``FRACTION_DIGITS`` decimals (sparse runs only).
 
 Rows are sorted by ``run_name``; a run missing from every manifest keeps NaN in the joined columns.
 """
@@ -27,12 +27,14 @@ from typing import Any, Iterable
 import pandas as pd
 import yaml
 
-from sparsity import compute_fractions, schedules, yaml_chain
-from sparsity import runs as runs_lib
-from sparsity.sweep import MANIFEST_FILE
+from sparsity.science import compute_fractions
+from sparsity.core import schedules
+from sparsity.maxtext import yaml_chain
+from sparsity.experiments import results
+from sparsity.experiments.sweep import MANIFEST_FILE
 
-SUMMARY_EXTRAS = ("final_train_loss", "final_eval_loss", "target_sparsity", "final_sparsity", "sparsity_schedule",
-                  "steps", "tokens_per_step", "prune_steps", "prunable_params", "non_prunable_params",
+SUMMARY_EXTRAS = ("final_train_loss", "final_eval_loss", "final_eval_step", "target_sparsity", "final_sparsity",
+                  "sparsity_schedule", "steps", "steps_trained", "stopped_early", "tokens_per_step", "prune_steps", "prunable_params", "non_prunable_params",
                   "total_params", "final_active_params", "avg_active_params", "effective_flops", "dense_flops")
 SCHEDULE_KEYS = ("prune_start_fraction", "prune_end_fraction", "pruning_interval", "sparsity_schedule",
                  "target_sparsity")
@@ -123,12 +125,11 @@ def collect(directory: str, manifests: Iterable[str] = ()) -> pd.DataFrame:
   """
   if os.path.exists(directory) and not os.path.isdir(directory):
     raise ValueError(f"{directory} is not a directory of runs")
-  base = runs_lib.load_runs(directory)
+  base = results.load_runs(directory)
   entries, columns = manifest_runs([*find_manifests(directory), *manifests])
   rows = []
   for row in base.to_dict("records"):
-    with open(row["source"], encoding="utf-8") as f:
-      summary = json.load(f)
+    summary = results.read_json(row["source"])
     for k in SUMMARY_EXTRAS:
       v = summary.get(k)
       row[k] = json.dumps(v) if k == "prune_steps" and v is not None else v

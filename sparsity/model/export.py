@@ -5,7 +5,7 @@ What is written (``--format hf``): ``config.json`` (transformers' own ``LlamaCon
 SentencePiece model of the run), ``tokenizer.json`` + ``tokenizer_config.json`` (transformers' conversion of
 it, so ``AutoTokenizer`` needs neither sentencepiece nor protobuf) and ``sparsity_export.json`` (what was
 exported: step, counts, sizes). ``--format compressed``: the same, but each pruned linear weight is stored in
-the compressed-tensors ``sparse-bitmask`` format (``sparsity.sparse_bitmask``) and ``config.json`` carries the
+the compressed-tensors ``sparse-bitmask`` format (``sparsity.model.sparse_bitmask``) and ``config.json`` carries the
 ``quantization_config`` that compressed-tensors, llm-compressor, vLLM and transformers read.
 
 The parameter mapping is MaxText's own (``maxtext.checkpoint_conversion``: its LLaMA names, scanned-layer
@@ -30,7 +30,9 @@ from typing import Any
 
 import numpy as np
 
-from sparsity import model_checkpoint, sparse_bitmask
+from sparsity.maxtext import checkpoint as ckpt
+from sparsity.maxtext import host, layout
+from sparsity.model import sparse_bitmask
 
 SAFETENSORS = "model.safetensors"
 EXPORT_INFO = "sparsity_export.json"
@@ -115,7 +117,7 @@ def expected_params(s: Shape) -> dict[str, tuple[int, ...]]:
   return out
 
 
-def check_checkpoint(state: model_checkpoint.ModelState, s: Shape, where: str) -> None:
+def check_checkpoint(state: ckpt.ModelState, s: Shape, where: str) -> None:
   """A ValueError listing every parameter the config and the checkpoint disagree on."""
   want = expected_params(s)
   problems = []
@@ -138,7 +140,7 @@ def check_checkpoint(state: model_checkpoint.ModelState, s: Shape, where: str) -
     )
 
 
-def masked_params(state: model_checkpoint.ModelState) -> dict[str, np.ndarray]:
+def masked_params(state: ckpt.ModelState) -> dict[str, np.ndarray]:
   """Parameters with the masks applied; zeros of prunable weights normalised to +0.0 (bit-exact round trips)."""
   out = {}
   for p, w in state.params.items():
@@ -172,7 +174,7 @@ def to_hf_tensors(params: dict[str, np.ndarray], s: Shape, dtype: str = "float32
   mt_config = SimpleNamespace(scan_layers=s.scan_layers, param_scan_axis=1, weight_dtype=dtype)
   out: dict[str, np.ndarray] = {}
   for path, w in params.items():
-    key = "params-" + path.replace("/", "-")
+    key = layout.conversion_key(path)
     if key not in names:
       raise ValueError(f"no Hugging Face name for MaxText parameter {path}")
     for hf_name, arr in process_maxtext_param(key, w, names, hooks, shapes, mt_config):
@@ -189,7 +191,7 @@ def hf_module_of(path: str, s: Shape) -> list[str]:
   from maxtext.checkpoint_conversion.utils import param_mapping
 
   names = param_mapping.PARAM_MAPPING[MT_MODEL_KEY](_hf_model_dict(s), None, s.scan_layers)
-  v = names["params-" + path.replace("/", "-")]
+  v = names[layout.conversion_key(path)]
   return v if isinstance(v, list) else [v]
 
 
@@ -280,10 +282,10 @@ def export(
     raise ValueError(f"unknown dtype {dtype!r}")
   out = os.path.abspath(out)
   if os.path.exists(out) and not overwrite:
-    raise ValueError(f"--out {out} exists; choose a new directory or pass --overwrite")
+    raise ValueError(f"--out {out} exists; choose a new directory or pass --force")
   s = check_supported(config)
-  where = model_checkpoint.locate(checkpoint, step)
-  state = model_checkpoint.load(where.items_dir)
+  where = ckpt.locate(checkpoint, step)
+  state = ckpt.load(where.items_dir)
   check_checkpoint(state, s, where.items_dir)
 
   params = masked_params(state)
@@ -378,15 +380,12 @@ def export_from_cli(checkpoint: str, argv: list[str], out: str, **kw) -> ExportR
   """``export`` with the config loaded from MaxText argv (``[yaml, key=value, ...]``)."""
   if not argv or not os.path.isfile(argv[0]):
     raise FileNotFoundError(f"no such config file: {argv[0] if argv else '(none)'}")
-  model_checkpoint.locate(checkpoint, kw.get("step"))  # a missing checkpoint fails before MaxText loads
+  ckpt.locate(checkpoint, kw.get("step"))  # a missing checkpoint fails before MaxText loads
   if os.path.exists(out) and not kw.get("overwrite"):
-    raise ValueError(f"--out {os.path.abspath(out)} exists; choose a new directory or pass --overwrite")
-  from sparsity.maxtext_hook import load_config  # pylint: disable=import-outside-toplevel
+    raise ValueError(f"--out {os.path.abspath(out)} exists; choose a new directory or pass --force")
+  from sparsity.maxtext.config import load_config  # pylint: disable=import-outside-toplevel
 
-  os.environ.setdefault("JAX_PLATFORMS", "cpu")
-  os.environ.setdefault("DECOUPLE_GCLOUD", "TRUE")
-  extra = [] if any(a.startswith("skip_jax_distributed_system=") for a in argv) else ["skip_jax_distributed_system=true"]
-  config = load_config([*argv, *extra])
+  config = load_config(host.single_process(list(argv), extra=("enable_checkpointing=false",)))
   return export(checkpoint, config, out, **kw)
 
 

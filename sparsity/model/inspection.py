@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from sparsity import model_checkpoint
-from sparsity.config import DEFAULT_PRUNABLE
+from sparsity.maxtext import checkpoint as ckpt
+from sparsity.core.config import DEFAULT_PRUNABLE
 
 
 def report(path: str, step: int | None = None, prunable: str = DEFAULT_PRUNABLE) -> dict[str, Any]:
@@ -25,12 +25,12 @@ def report(path: str, step: int | None = None, prunable: str = DEFAULT_PRUNABLE)
     step: the step to read (default: the latest).
     prunable: regex of prunable parameter paths, used only for a checkpoint without masks.
   """
-  where = model_checkpoint.locate(path, step)
-  state = model_checkpoint.load(where.items_dir)
+  where = ckpt.locate(path, step)
+  state = ckpt.load(where.items_dir)
   return build_report(where, state, prunable)
 
 
-def build_report(where: model_checkpoint.Located, state: model_checkpoint.ModelState, prunable: str = DEFAULT_PRUNABLE):
+def build_report(where: ckpt.Located, state: ckpt.ModelState, prunable: str = DEFAULT_PRUNABLE):
   has_masks = bool(state.masks)
   unknown = sorted(set(state.masks) - set(state.params))
   if unknown:
@@ -67,7 +67,7 @@ def build_report(where: model_checkpoint.Located, state: model_checkpoint.ModelS
   prunable_n = sum(t["size"] for t in prun)
   pruned = sum(t["pruned"] for t in tensors)
   zeros_prunable = sum(t["zeros"] for t in prun)
-  summary = model_checkpoint.read_summary(where.run_dir)
+  summary = ckpt.read_summary(where.run_dir)
   schedule = _schedule_state(summary, state.pruner_count)
   return {
       "items_dir": where.items_dir,

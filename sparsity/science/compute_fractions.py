@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 
-from sparsity import schedules
+from sparsity.core import schedules
 
 DIGITS = 6  # step fractions are rounded to this many decimals (plenty for any run length used here)
 

@@ -1,6 +1,8 @@
-"""The sparsity keys, as a pydantic model that extends MaxText's own config (see ``maxtext_hook``).
+"""The sparsity keys: one pydantic model, validated wherever they are given.
 
-Every key is flat, so it is set in YAML or as ``key=value`` on the command line like any MaxText key.
+Every key is flat, so in MaxText it is set in YAML or as ``key=value`` on the command line like any MaxText
+key (``sparsity.maxtext.config`` joins this model to MaxText's own). ``sparsity.core.pruner.PrunePlan`` takes
+the same names, so a plan can be built from these keys or from any MaxText config that holds them.
 """
 
 from __future__ import annotations
@@ -10,11 +12,13 @@ from typing import Literal
 
 import pydantic
 
-from sparsity.schedules import SCHEDULES
+from sparsity.core.schedules import SCHEDULES
 
 # Linear-layer kernels of MaxText's decoders: attention q/k/v/out, MLP wi/wo, and the untied output
 # projection. Embeddings and norm scales are not matched (paper, section 4).
 DEFAULT_PRUNABLE = r"(^|/)(query|key|value|out|wi|wi_0|wi_1|wo|logits_dense)/kernel$"
+SCOPES = ("global", "per_tensor")
+SCORES = ("magnitude", "random")
 
 
 class SparsityKeys(pydantic.BaseModel):
@@ -29,10 +33,10 @@ class SparsityKeys(pydantic.BaseModel):
   prune_start_fraction: float = pydantic.Field(0.25, ge=0.0, le=1.0, description="First event at this fraction of steps.")
   prune_end_fraction: float = pydantic.Field(0.75, ge=0.0, le=1.0, description="Last event at this fraction of steps.")
   pruning_interval: int = pydantic.Field(100, gt=0, description="Steps between pruning events (the paper's P).")
-  pruning_scope: Literal["global", "per_tensor"] = pydantic.Field(
+  pruning_scope: Literal[SCOPES] = pydantic.Field(  # type: ignore[valid-type]
       "global", description="One magnitude threshold over all prunable weights, or one per tensor."
   )
-  pruning_score: Literal["magnitude", "random"] = pydantic.Field(
+  pruning_score: Literal[SCORES] = pydantic.Field(  # type: ignore[valid-type]
       "magnitude", description="Weight importance: |w| (paper) or uniform random (baseline)."
   )
   prunable_params: str = pydantic.Field(

@@ -24,14 +24,28 @@ def given_keys(argv: Sequence[str]) -> set[str]:
 
 
 def cpu_defaults(argv: list[str], extra: Sequence[str] = ()) -> list[str]:
-  """``argv`` plus the CPU settings (and ``extra``) the user did not give; sets the environment MaxText needs.
+  """``argv`` plus ``extra`` and the CPU settings that the user did not give; sets the environment MaxText needs.
 
-  ``DECOUPLE_GCLOUD=TRUE`` (MaxText's switch that stubs Google Cloud clients) is the default everywhere; on a
-  host without an accelerator also ``JAX_PLATFORMS=cpu`` and ``CPU_OVERRIDES``. On TPU/GPU nothing is forced.
+  ``DECOUPLE_GCLOUD=TRUE`` (MaxText's switch that stubs Google Cloud clients) is the default everywhere, and so
+  are ``extra``; on a host without an accelerator also ``JAX_PLATFORMS=cpu`` and ``CPU_OVERRIDES``. On TPU/GPU
+  nothing else is forced.
   """
   os.environ.setdefault("DECOUPLE_GCLOUD", "TRUE")
-  if has_accelerator():
-    return list(argv)
-  os.environ.setdefault("JAX_PLATFORMS", "cpu")
+  wanted = list(extra)
+  if not has_accelerator():
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    wanted += CPU_OVERRIDES
   given = given_keys(argv)
-  return list(argv) + [o for o in (*CPU_OVERRIDES, *extra) if o.split("=", 1)[0] not in given]
+  out = list(argv)
+  for o in wanted:
+    key = o.split("=", 1)[0]
+    if key not in given:
+      out.append(o)
+      given.add(key)
+  return out
+
+
+def single_process(argv: list[str], extra: Sequence[str] = ()) -> list[str]:
+  """``cpu_defaults`` for a tool that loads a model in this one process (export, generate): also
+  ``skip_jax_distributed_system=true`` on any host, unless given (there is no job of several processes)."""
+  return cpu_defaults(argv, extra=tuple(extra) + ("skip_jax_distributed_system=true",))

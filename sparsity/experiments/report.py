@@ -1,11 +1,11 @@
-"""A sweep's report from its results table (``sparsity.collect``): the paper's figures and a markdown table.
+"""A sweep's report from its results table (``sparsity.experiments.collect``): the paper's figures and a markdown table.
 
 Figures (PNG, matplotlib Agg), written to the output directory:
 
 * ``active_params.png`` (paper Fig. 1 left): active parameters over training tokens for each sparse run
   (solid) and its dense partner (dashed, same colour: the dense run with the same tokens whose parameter
   count is closest to the sparse run's N_avg), N_avg as a dotted line. Curves are rebuilt from each
-  summary's ``prune_steps`` and counts with ``sparsity.schedules`` (exact: their mean equals the summary's
+  summary's ``prune_steps`` and counts with ``sparsity.core.schedules`` (exact: their mean equals the summary's
   ``avg_active_params``).
 * ``loss_vs_avg_params.png`` (Fig. 1 right): final loss against N_avg, sparse and dense runs.
 * ``schedule_sweep.png`` (Fig. 4): loss per (dense fraction, pruning fraction) tuple, in percent of
@@ -33,7 +33,9 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from sparsity import collect, plots, scaling_laws, schedules
+from sparsity.experiments import collect
+from sparsity.science import plots, scaling_laws
+from sparsity.core import schedules
 
 FIGURES = {"active_params": "active_params.png", "loss_vs_avg_params": "loss_vs_avg_params.png",
            "schedule_sweep": "schedule_sweep.png", "predicted_vs_actual": "predicted_vs_actual.png"}
@@ -83,7 +85,7 @@ def _missing(v: Any) -> bool:
 
 
 def schedule_of(row: Any) -> schedules.Schedule:
-  """The run's schedule rebuilt from its row (``sparsity.collect.schedule_from_summary``)."""
+  """The run's schedule rebuilt from its row (``sparsity.experiments.collect.schedule_from_summary``)."""
   return collect.schedule_from_summary(row)
 
 

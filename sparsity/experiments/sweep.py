@@ -27,9 +27,9 @@ Rules:
   is never passed as an override.
 * A key may be set by only one of ``fixed``, the axes and ``derived``; extra ``key=value`` overrides
   given on the command line replace ``fixed`` values and may not name an axis or derived key.
-* Expressions (``derived``, ``constraints``) are evaluated by ``sparsity.expressions`` (no builtins); besides
+* Expressions (``derived``, ``constraints``) are evaluated by ``sparsity.experiments.expressions`` (no builtins); besides
   its functions they may call ``prune_start_for(S, t_d, t_s, schedule)`` and ``prune_end_for(...)``
-  (``sparsity.compute_fractions``: the step fractions of the paper's compute split).
+  (``sparsity.science.compute_fractions``: the step fractions of the paper's compute split).
 * Run names must match ``RUN_NAME_PATTERN`` (they become directory names) and be unique; two runs with
   the same config and overrides are an error too.
 * Override values are written as MaxText reads them: booleans ``true``/``false``, floats with ``repr``,
@@ -64,11 +64,11 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import yaml
 
-from sparsity import compute_fractions, expressions
+from sparsity.science import compute_fractions
+from sparsity.experiments import expressions
+from sparsity.maxtext import layout
+from sparsity.repo import ROOT, TRAIN_SCRIPT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TRAIN_SCRIPT = os.path.join(ROOT, "MaxText", "train.py")
-SUMMARY_FILE = "sparsity_summary.json"
 MANIFEST_FILE = "manifest.json"
 LOG_FILE = "sweep_log.jsonl"
 FAILURES_FILE = "failures.json"
@@ -371,7 +371,7 @@ class Outcome:
 
 
 def summary_path(output_dir: str, run_name: str) -> str:
-  return os.path.join(output_dir, run_name, SUMMARY_FILE)
+  return layout.summary_path(layout.run_dir(output_dir, run_name))
 
 
 def append_log(output_dir: str, event: Mapping[str, Any]) -> None:
@@ -454,7 +454,7 @@ def run_local(
         rc, reason = -9, f"timed out after {timeout} s"
     seconds = round(time.monotonic() - start, 2)
     if rc == 0 and not os.path.isfile(summary_path(output_dir, run.name)):
-      reason = f"exited 0 without writing {SUMMARY_FILE}"
+      reason = f"exited 0 without writing {layout.SUMMARY_FILE}"
       rc = 0
     if reason:
       failure = {"run_name": run.name, "returncode": rc, "reason": reason, "seconds": seconds, "log": log_path,
@@ -479,4 +479,4 @@ def local_commands(runs: Iterable[Run], output_dir: str, python: str = sys.execu
 
 __all__ = ["Axis", "SweepSpec", "Run", "Outcome", "format_value", "parse_override", "parse_spec", "load_spec",
            "render_name", "expand", "manifest", "write_manifest", "run_local", "local_commands", "read_log",
-           "summary_path", "tail", "ROOT", "TRAIN_SCRIPT", "MANIFEST_FILE", "LOG_FILE", "FAILURES_FILE"]
+           "summary_path", "tail", "MANIFEST_FILE", "LOG_FILE", "FAILURES_FILE"]

@@ -1,8 +1,8 @@
-"""Commands on a trained model: ``inspect``, ``export`` and ``generate`` (registered with ``sparsity.cli``).
+"""Commands on a trained model: ``inspect``, ``export`` and ``generate`` (see ``sparsity.cli`` for the style).
 
-  inspect   CHECKPOINT_DIR [--step N] [--json]
-  export    CHECKPOINT_DIR --config CONFIG [key=value ...] --out DIR [--format hf|compressed]
-  generate  CHECKPOINT_DIR --config CONFIG [key=value ...] [--prompt TEXT] [--max-new-tokens N]
+  inspect   CHECKPOINT_DIR [--step N] [--json] [--prunable REGEX]
+  export    CHECKPOINT_DIR --config CONFIG [key=value ...] --out DIR [--format hf|compressed] [--dtype D] [--json]
+  generate  CHECKPOINT_DIR --config CONFIG [key=value ...] [--prompt TEXT] [--max-new-tokens N] [--json]
 
 CHECKPOINT_DIR is a run directory, its ``checkpoints`` directory, one step's directory or its ``items``.
 """
@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import sys
 
-from sparsity.cli import Runner, command
-from sparsity.config import DEFAULT_PRUNABLE
+from sparsity.cli import Runner, add_json, add_out, check_out, command, emit
+from sparsity.core.config import DEFAULT_PRUNABLE
 
 
 def _checkpoint_args(p: argparse.ArgumentParser, verb: str, config: bool = True) -> None:
@@ -24,21 +23,21 @@ def _checkpoint_args(p: argparse.ArgumentParser, verb: str, config: bool = True)
   p.add_argument("--step", type=int, help=f"step to {verb} (default: the latest)")
   if config:
     p.add_argument("--config", required=True, help="the run's MaxText YAML (then the run's key=value overrides)")
+  add_json(p)
 
 
 @command("inspect", "per-tensor and total sparsity and pruning state of a MaxText checkpoint")
 def _inspect(p: argparse.ArgumentParser) -> Runner:
   _checkpoint_args(p, "read", config=False)
-  p.add_argument("--json", action="store_true", help="print one JSON object")
   p.add_argument("--prunable", default=DEFAULT_PRUNABLE,
                  help="regex of prunable parameter paths, for a checkpoint without masks (default: linear kernels)")
 
   def run(args: argparse.Namespace) -> int:
-    from sparsity import inspect as inspect_mod  # pylint: disable=import-outside-toplevel
+    from sparsity.model import inspection  # pylint: disable=import-outside-toplevel
 
     with contextlib.redirect_stdout(sys.stderr):  # Orbax/absl may print; keep stdout for the report
-      r = inspect_mod.report(args.checkpoint, args.step, args.prunable)
-    print(json.dumps(r) if args.json else inspect_mod.format_report(r))
+      r = inspection.report(args.checkpoint, args.step, args.prunable)
+    emit(args, r, lambda: inspection.format_report(r))
     return 0
 
   return run
@@ -48,21 +47,21 @@ def _inspect(p: argparse.ArgumentParser) -> Runner:
          overrides=True)
 def _export(p: argparse.ArgumentParser) -> Runner:
   _checkpoint_args(p, "export")
-  p.add_argument("--out", required=True, help="directory to create (must not exist unless --overwrite)")
+  add_out(p, "directory to create")
   p.add_argument("--format", choices=("hf", "compressed"), default="hf",
                  help="hf: dense safetensors; compressed: pruned linear weights in compressed-tensors sparse-bitmask")
   p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32", help="weight dtype written")
-  p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
 
   def run(args: argparse.Namespace) -> int:
-    from sparsity import export  # pylint: disable=import-outside-toplevel
+    from sparsity.model import export  # pylint: disable=import-outside-toplevel
 
+    check_out(args.out, args.force)
     with contextlib.redirect_stdout(sys.stderr):
       result = export.export_from_cli(
           args.checkpoint, [args.config, *args.overrides], args.out, fmt=args.format, step=args.step,
-          dtype=args.dtype, overwrite=args.overwrite,
+          dtype=args.dtype, overwrite=args.force,
       )
-    print(export.format_result(result))
+    emit(args, {"out": result.out, **result.info}, lambda: export.format_result(result))
     return 0
 
   return run
@@ -74,16 +73,15 @@ def _generate(p: argparse.ArgumentParser) -> Runner:
   _checkpoint_args(p, "load")
   p.add_argument("--prompt", default="I love to", help="text to continue")
   p.add_argument("--max-new-tokens", type=int, default=16, help="tokens generated after the prompt")
-  p.add_argument("--json", action="store_true", help="print prompt, token ids and text as one JSON object")
 
   def run(args: argparse.Namespace) -> int:
-    from sparsity import generate  # pylint: disable=import-outside-toplevel
+    from sparsity.model import generate  # pylint: disable=import-outside-toplevel
 
     with contextlib.redirect_stdout(sys.stderr):
       out = generate.generate_from_cli(
           args.checkpoint, [args.config, *args.overrides], args.prompt, args.max_new_tokens, step=args.step
       )
-    print(json.dumps(out) if args.json else out["text"])
+    emit(args, out, out["text"])
     return 0
 
   return run

@@ -1,0 +1,191 @@
+"""Experiment commands of ``python -m sparsity`` (see ``sparsity.cli`` for the common style).
+
+  sweep               SPEC [key=value ...] [--dry-run] [--launcher local|xpk] [--out DIR] [--json] [xpk options]
+  collect             DIR --out CSV|- [--manifest FILE ...] [--json]
+  report              CSV --out DIR [--law-file law.json] [--json]
+  dense-sweep         --out YAML|- [--divisor N] [--sparsities S ...]
+  schedule-fractions  --target-sparsity S [--dense F] [--pruning F] [--schedule NAME] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import shutil
+import sys
+
+from sparsity.cli import (Runner, UsageError, add_data, add_json, add_out, check_out, command, data_path, emit,
+                          json_text, write_text)
+
+
+def _default_xpk_bin() -> str:
+  from sparsity.repo import ROOT  # pylint: disable=import-outside-toplevel
+
+  local = os.path.join(ROOT, ".venv-xpk", "bin", "xpk")
+  return shutil.which("xpk") or (local if os.path.isfile(local) else "xpk")
+
+
+@command("sweep", "run (or print) every run of a sweep file", overrides=True)
+def _sweep(p: argparse.ArgumentParser) -> Runner:
+  p.add_argument("spec", help="sweep YAML (configs/sweeps/*.yml); key=value words override every run")
+  p.add_argument("--dry-run", action="store_true", help="print each run's command instead of running it")
+  p.add_argument("--launcher", choices=("local", "xpk"), default="local")
+  p.add_argument("--out", "--output-dir", dest="out",
+                 help="local: base_output_directory of the runs and the sweep's bookkeeping, resumable (default "
+                 "outputs/sweeps/<name>); xpk: where to write the manifest (optional)")
+  p.add_argument("--limit", type=int, help="only the first N runs")
+  p.add_argument("--timeout", type=float, help="local: seconds per run before it is killed and counted failed")
+  add_json(p)
+  x = p.add_argument_group("xpk launcher")
+  x.add_argument("--cluster")
+  x.add_argument("--tpu-type", help="e.g. v5p-128")
+  x.add_argument("--num-slices", type=int, default=1)
+  x.add_argument("--docker-image", help="image with the repository (and setup.sh) as working directory")
+  x.add_argument("--output-bucket", help="gs://bucket/path; runs write to <bucket>/<sweep name>/<run name>")
+  x.add_argument("--project")
+  x.add_argument("--zone")
+  x.add_argument("--xpk-bin", default=None, help="xpk executable (default: xpk on PATH, else .venv-xpk/bin/xpk)")
+  x.add_argument("--xpk-arg", action="append", default=[], help="extra xpk argument, e.g. --xpk-arg=--priority=high")
+  x.add_argument("--max-workload-name", type=int, default=40, help="workload name length limit (28 for super-slicing)")
+
+  def run(args: argparse.Namespace) -> int:
+    from sparsity.experiments import sweep, xpk  # pylint: disable=import-outside-toplevel
+
+    if args.limit is not None and args.limit < 0:
+      raise UsageError("--limit must be >= 0")
+    spec = sweep.load_spec(args.spec)
+    runs = sweep.expand(spec, args.overrides)
+    if args.limit is not None:
+      runs = runs[: args.limit]
+    if args.launcher == "local":
+      out = os.path.abspath(args.out or os.path.join("outputs", "sweeps", spec.name))
+      if args.dry_run:
+        cmds = sweep.local_commands(runs, out)
+        emit(args, [{"run_name": r.name, "command": c} for r, c in zip(runs, cmds)],
+             lambda: "\n".join(f"# {r.name}\n{shlex.join(c)}" for r, c in zip(runs, cmds)))
+        print(f"# {len(runs)} runs", file=sys.stderr)
+        return 0
+      sweep.write_manifest(out, sweep.manifest(spec, runs, {"launcher": "local", "output_dir": out}))
+      outcome = sweep.run_local(runs, out, timeout=args.timeout)
+      emit(args, {"sweep": spec.name, "output_dir": out, "ok": outcome.ok, "skipped": outcome.skipped,
+                  "failed": outcome.failed}, f"sweep {spec.name}: {outcome.describe()}; outputs in {out}")
+      return outcome.exit_code
+    missing = [f"--{k.replace('_', '-')}" for k in ("cluster", "tpu_type", "docker_image", "output_bucket")
+               if not getattr(args, k)]
+    if missing:
+      raise UsageError(f"--launcher xpk needs {', '.join(missing)}")
+    opts = xpk.XpkOptions(cluster=args.cluster or "", tpu_type=args.tpu_type or "", docker_image=args.docker_image or "",
+                          output_bucket=args.output_bucket or "", num_slices=args.num_slices, project=args.project,
+                          zone=args.zone, extra_args=tuple(args.xpk_arg), max_name_length=args.max_workload_name,
+                          xpk_bin=args.xpk_bin or _default_xpk_bin())
+    cmds = xpk.commands(runs, spec.name, opts)
+    names = {r.name: xpk.workload_name(r.name, spec.name, opts.max_name_length) for r in runs}
+    if args.dry_run:
+      emit(args, [{"run_name": r.name, "workload": names[r.name], "command": c} for r, c in zip(runs, cmds)],
+           lambda: "\n".join(f"# {r.name} -> workload {names[r.name]}\n{shlex.join(c)}" for r, c in zip(runs, cmds)))
+      print(f"# {len(runs)} workloads", file=sys.stderr)
+      return 0
+    if args.out:
+      extra = {"launcher": "xpk", "output_dir": xpk.output_directory(opts.output_bucket, spec.name), "workloads": names}
+      sweep.write_manifest(args.out, sweep.manifest(spec, runs, extra))
+    outcome = xpk.submit(runs, cmds)
+    for f in outcome.failed:
+      print(f"xpk failed for {f['run_name']} (rc {f['returncode']}):\n{f['tail']}", file=sys.stderr)
+    emit(args, {"sweep": spec.name, "created": outcome.ok, "failed": outcome.failed},
+         f"sweep {spec.name}: {len(outcome.ok)} workloads created, {len(outcome.failed)} failed")
+    return outcome.exit_code
+
+  return run
+
+
+@command("collect", "one CSV row per run from the run summaries under a directory")
+def _collect(p: argparse.ArgumentParser) -> Runner:
+  add_data(p, "a sweep's output directory (searched recursively)", positional=True)
+  add_out(p, "CSV to write", stdout=True)
+  p.add_argument("--manifest", action="append", default=[], help="more manifest.json files to join")
+  add_json(p)
+
+  def run(args: argparse.Namespace) -> int:
+    from sparsity.experiments import collect  # pylint: disable=import-outside-toplevel
+
+    check_out(args.out, args.force)
+    df = collect.collect(data_path(args), args.manifest)
+    if args.out != "-":
+      write_text(df.to_csv(index=False), args.out)
+    missing = collect.missing_schedule_keys(df)
+    if missing:
+      print(f"warning: {missing} unknown for some sparse runs (not in their summaries nor a manifest)", file=sys.stderr)
+    if args.json:
+      print(json_text(df.to_dict(orient="records")))
+    elif args.out == "-":
+      write_text(df.to_csv(index=False), "-")
+    else:
+      print(f"{len(df)} runs -> {args.out}")
+    return 0
+
+  return run
+
+
+@command("report", "figures and a markdown table from collect's CSV")
+def _report(p: argparse.ArgumentParser) -> Runner:
+  add_data(p, "CSV written by collect", positional=True)
+  add_out(p, "directory for the PNGs and report.md")
+  p.add_argument("--law-file", help="law.json (python -m sparsity fit) for predicted losses; default: fit avg_param")
+  add_json(p)
+
+  def run(args: argparse.Namespace) -> int:
+    import pandas as pd  # pylint: disable=import-outside-toplevel
+
+    from sparsity.experiments import report  # pylint: disable=import-outside-toplevel
+
+    check_out(args.out, args.force, is_dir=True)
+    rep = report.write_report(pd.read_csv(data_path(args)), args.out, args.law_file)
+    result = {"figures": rep.figures, "shown": rep.shown, "skipped": rep.skipped, "table": rep.table}
+    lines = [f"{key}: {path} ({len(rep.shown.get(key, []))} runs)" for key, path in rep.figures.items()]
+    lines += [f"{key}: skipped: {why}" for key, why in rep.skipped.items()] + [f"table: {rep.table}"]
+    emit(args, result, "\n".join(lines))
+    return 0
+
+  return run
+
+
+@command("dense-sweep", "write the sweep of dense runs matched to the paper's sparse runs by N_avg")
+def _dense_sweep(p: argparse.ArgumentParser) -> Runner:
+  add_out(p, "YAML to write (configs/sweeps/dense_matched.yml)", stdout=True)
+  p.add_argument("--divisor", type=int, default=None,
+                 help="hidden sizes are multiples of lcm(heads, divisor) (default: 64, as plan --match-dense)")
+  p.add_argument("--sparsities", type=float, nargs="+", default=None)
+
+  def run(args: argparse.Namespace) -> int:
+    from sparsity.experiments import dense_sweep  # pylint: disable=import-outside-toplevel
+
+    check_out(args.out, args.force)
+    spec = dense_sweep.dense_matched_spec(args.sparsities or dense_sweep.SPARSITIES,
+                                          args.divisor or dense_sweep.DIVISOR)
+    write_text(dense_sweep.render(spec), args.out)
+    if args.out != "-":
+      print(f"{len(spec['axes']['dense'])} dense runs -> {args.out}")
+    return 0
+
+  return run
+
+
+@command("schedule-fractions", "prune_start/end_fraction (steps) of the paper's compute split for a sparsity")
+def _schedule_fractions(p: argparse.ArgumentParser) -> Runner:
+  p.add_argument("--target-sparsity", type=float, required=True)
+  p.add_argument("--dense", type=float, default=0.25, help="fraction of compute trained dense (paper: 0.25)")
+  p.add_argument("--pruning", type=float, default=0.5, help="fraction of compute spent pruning (paper: 0.5)")
+  p.add_argument("--schedule", default="geometric")
+  add_json(p)
+
+  def run(args: argparse.Namespace) -> int:
+    from sparsity.science import compute_fractions  # pylint: disable=import-outside-toplevel
+
+    start, end = compute_fractions.step_fractions(args.target_sparsity, args.dense, args.pruning, args.schedule)
+    result = {"target_sparsity": args.target_sparsity, "sparsity_schedule": args.schedule,
+              "prune_start_fraction": start, "prune_end_fraction": end}
+    emit(args, result, " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items()))
+    return 0
+
+  return run

@@ -1,0 +1,38 @@
+"""MaxText's pydantic config joined with the sparsity keys, and loading it from MaxText argv without training."""
+
+from __future__ import annotations
+
+import functools
+
+import pydantic
+
+from sparsity.core import schedules
+from sparsity.core.config import SparsityKeys
+from sparsity.maxtext import modules
+
+
+@functools.cache
+def config_class():
+  """MaxText's ``types.MaxTextConfig`` extended with ``sparsity.core.config.SparsityKeys``."""
+
+  class SparseMaxTextConfig(modules.types().MaxTextConfig, SparsityKeys):
+    """MaxText config + sparse pre-training keys."""
+
+    @pydantic.model_validator(mode="after")
+    def _schedule_fits_run(self):
+      if self.target_sparsity > 0:
+        try:
+          schedules.schedule_from_config(self)
+        except ValueError as e:
+          raise ValueError(f"sparsity schedule: {e}") from e
+      return self
+
+  return SparseMaxTextConfig
+
+
+def load_config(argv):
+  """MaxText's config from ``[yaml, key=value, ...]`` with the sparsity keys validated (no training)."""
+  return modules.pyconfig().initialize(["", *argv], config_class=config_class())
+
+
+__all__ = ["config_class", "load_config"]

@@ -1,0 +1,113 @@
+"""Pruning events as their own jitted program on MaxText's train state (``layout`` says where things are).
+
+Before a step that is an event, ``StateEvents`` runs ``sparsity.core.pruner.mask_event`` on the prunable
+parameters and their masks, and ``zero_pruned``'s rule on the optimizer's per-weight state (Adam's moments,
+momentum, Muon's ``mu``: the leaves of ``inner_state`` named and shaped like a masked parameter), and puts the
+results back in the state. The masks' and that state's old buffers are donated and their shardings kept; each
+event's kept counts are arguments, so one compiled program serves every event. It is compiled before step 0,
+with MaxText's other programs. The training step itself then only applies the masks and compiles and runs
+like the dense one.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sparsity.core import pruner, threshold
+from sparsity.core.paths import path_str, shape_of, size_of
+from sparsity.maxtext import layout
+
+
+def host_value(x) -> np.ndarray:
+  """A replicated (global) array as NumPy on this host; works with any number of processes."""
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    return np.asarray(x.addressable_data(0))
+  return np.asarray(jax.device_get(x))
+
+
+def mask_leaves(state) -> list:
+  """The pruning masks inside a train state, in leaf order."""
+  flat = jax.tree_util.tree_flatten_with_path(state)[0]
+  return [x for p, x in flat if layout.state_mask_path(path_str(p)) is not None]
+
+
+def count_kept(state) -> int:
+  """True entries over every mask of a train state: a collective, so every process must call it."""
+  return threshold.wide_to_python(tuple(host_value(v) for v in jax.jit(threshold.count_true)(mask_leaves(state))))
+
+
+def optimizer_step(state) -> int:
+  """MaxText's update count of a train state."""
+  leaf = state
+  for k in layout.STATE_STEP:
+    leaf = leaf[k]
+  return int(host_value(getattr(leaf, "value", leaf)))
+
+
+class StateEvents:
+  """The events of ``plan`` on MaxText's train state (see the module docstring)."""
+
+  def __init__(self, plan: pruner.PrunePlan, state, start_step: int):
+    self.plan = plan
+    flat, self.treedef = jax.tree_util.tree_flatten_with_path(state)
+    paths = [path_str(p) for p, _ in flat]
+    index = {p: i for i, p in enumerate(paths)}
+    self.mask_idx = [i for i, p in enumerate(paths) if layout.state_mask_path(p) is not None]
+    self.names = [layout.state_mask_path(paths[i]) for i in self.mask_idx]
+    self.param_idx = [index[layout.STATE_PARAMS + n] for n in self.names]
+    self.sizes = [size_of(flat[i][1]) for i in self.param_idx]
+    inner = [(i, p[len(layout.STATE_INNER):]) for i, p in enumerate(paths) if p.startswith(layout.STATE_INNER)]
+    owners = pruner.per_param_leaves([(p, shape_of(flat[i][1])) for i, p in inner],
+                                     {n: shape_of(flat[i][1]) for n, i in zip(self.names, self.param_idx)})
+    self.moment_idx = [inner[j][0] for j in sorted(owners)]
+    self.moment_owner = [self.names.index(owners[j]) for j in sorted(owners)]
+    count = int(host_value(flat[index[layout.STATE_COUNT]][1]))
+    if count != start_step:
+      raise RuntimeError(f"the pruner's update count {count} is not MaxText's step {start_step}")
+    shardings = ([flat[i][1].sharding for i in self.mask_idx], [flat[i][1].sharding for i in self.moment_idx])
+    owner = self.moment_owner
+
+    def sparsity_mask_event(values, masks, moments, event):  # XLA module: jit_sparsity_mask_event
+      new = pruner.mask_event(values, masks, event, plan)
+      return new, [jnp.where(new[o], m, jnp.zeros_like(m)) for o, m in zip(owner, moments)]
+
+    self._jit = jax.jit(sparsity_mask_event, donate_argnums=(1, 2), out_shardings=shardings)
+    self._compiled = {}
+    future = [s for s in plan.schedule.prune_steps if s >= start_step]
+    if future:  # compile now, with MaxText's other programs, not in the middle of training
+      self._program([x for _, x in flat], self.due(future[0]))
+
+  def _args(self, leaves, event):
+    pick = lambda idx: [leaves[i] for i in idx]  # noqa: E731
+    return pick(self.param_idx), pick(self.mask_idx), pick(self.moment_idx), event
+
+  def _program(self, leaves, event):
+    """The compiled program for this kind of event (pruning, zero masking), and its arguments."""
+    args = self._args(leaves, event)
+    key = (event.prune, event.mask_zeros)
+    if key not in self._compiled:
+      self._compiled[key] = self._jit.lower(*args).compile()
+    return self._compiled[key], args
+
+  def due(self, step: int) -> pruner.Event | None:
+    """The event due before update ``step``, or None."""
+    return pruner.due_event(self.plan, self.sizes, step)
+
+  def __call__(self, state, step: int):
+    """The state with the event due before update ``step`` applied (the state itself if none is due)."""
+    event = self.due(step)
+    if event is None:
+      return state
+    leaves = jax.tree_util.tree_leaves(state)
+    program, args = self._program(leaves, event)
+    masks, moments = program(*args)
+    for i, m in zip(self.mask_idx, masks):
+      leaves[i] = m
+    for i, m in zip(self.moment_idx, moments):
+      leaves[i] = m
+    return jax.tree_util.tree_unflatten(self.treedef, leaves)
+
+
+__all__ = ["StateEvents", "host_value", "mask_leaves", "count_kept", "optimizer_step"]

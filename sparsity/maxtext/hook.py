@@ -1,0 +1,236 @@
+"""Installs the pruner at MaxText 0.2.5's extension points (with ``layout``, the only code that knows MaxText).
+
+Extension points (``check_extension_points`` checks names and signatures before anything runs; a sparse run in
+which one of them is not reached stops with an error naming it):
+
+* ``maxtext.configs.pyconfig.initialize(argv, config_class=...)``: the sparsity keys join MaxText's pydantic
+  config (``sparsity.maxtext.config``), so YAML, ``key=value`` overrides and validation work as for any key.
+* ``maxtext.optimizers.optimizers.get_optimizer`` (called by ``train_utils.create_training_optimizer``): the
+  optimizer MaxText builds is wrapped in ``sparsity.core.pruner.pruned``; masks live in the NNX optimizer state,
+  inherit each parameter's sharding annotations and are checkpointed and restored by MaxText's Orbax.
+* ``maxtext.trainers.pre_train.train.train_step``: adds the ``sparsity/*`` scalars to MaxText's metrics.
+* ``train.train_loop`` / ``train.training_loop_iteration``: the loop of ``sparsity.maxtext.loop`` (pruning
+  events between steps, the end of the run: final evaluation, final count, summary).
+* ``maxtext.utils.max_utils.initialize_summary_writer``: with ``DECOUPLE_GCLOUD=TRUE`` MaxText stubs out
+  TensorBoard; this writes real event files (process 0 only) when tensorboardX is installed.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import os
+
+import jax
+import jax.numpy as jnp
+
+from sparsity.core import accounting, pruner, threshold
+from sparsity.core.paths import flatten, shape_of, size_of
+from sparsity.maxtext import checkpoint, layout, modules
+from sparsity.maxtext.config import config_class
+from sparsity.maxtext.events import mask_leaves
+
+# name -> (module getter, attribute, leading parameter names it must accept)
+EXTENSION_POINTS = {
+    "pyconfig.initialize": (modules.pyconfig, "initialize", ("argv", "config_class")),
+    "optimizers.get_optimizer": (modules.optimizers, "get_optimizer", ("config", "learning_rate_schedule", "model", "mesh")),
+    "train.train_step": (modules.train, "train_step", ("model", "config", "state_mesh_shardings", "params_shardings",
+                                                       "state", "data")),
+    "train.train_loop": (modules.train, "train_loop", ("config", "recorder", "state")),
+    "train.training_loop_iteration": (modules.train, "training_loop_iteration",
+                                      ("jax_device_state", "python_vars", "immutable_data")),
+    "train.main": (modules.train, "main", ("argv",)),
+    "max_utils.initialize_summary_writer": (modules.max_utils, "initialize_summary_writer",
+                                            ("tensorboard_dir", "run_name", "enable_tensorboard")),
+}
+# Calls that must go through a module attribute (so that replacing the attribute reaches them).
+CALLED_THROUGH = {"train_utils.create_training_optimizer": (modules.train_utils, "create_training_optimizer",
+                                                            "optimizers.get_optimizer(")}
+
+
+def check_extension_points() -> None:
+  """Raises if the installed MaxText is not the pinned one, or an extension point moved or changed signature."""
+  version = modules.version()
+  if version != modules.MAXTEXT_VERSION:
+    raise RuntimeError(f"sparsity needs maxtext=={modules.MAXTEXT_VERSION}, found {version}: run setup.sh")
+  for name, (module, attr, params) in EXTENSION_POINTS.items():
+    fn = getattr(module(), attr, None)
+    if fn is None:
+      raise RuntimeError(f"MaxText extension point {name} is missing: the pinned maxtext=={modules.MAXTEXT_VERSION} changed")
+    if name in INSTALLED:  # already replaced by our hook (whose original was checked before)
+      continue
+    got = tuple(inspect.signature(fn).parameters)
+    if got[: len(params)] != params:
+      raise RuntimeError(f"MaxText extension point {name} takes {got}, expected {params} first: the pinned "
+                         f"maxtext=={modules.MAXTEXT_VERSION} changed")
+  for name, (module, attr, call) in CALLED_THROUGH.items():
+    if call not in inspect.getsource(getattr(module(), attr)):
+      raise RuntimeError(f"MaxText's {name} no longer calls {call.rstrip('(')}: the pruner would not be installed")
+
+
+class Run:
+  """What the hooks share within one process: the plan, the parameter counts seen at init, what was reached."""
+
+  def __init__(self):
+    self.plan: pruner.PrunePlan | None = None
+    self.config = None
+    self.prunable_sizes: list[int] = []
+    self.total = 0
+    self.in_train_loop = False
+    self.reached: set[str] = set()
+
+  @property
+  def prunable(self) -> int:
+    return sum(self.prunable_sizes)
+
+  @property
+  def sparse(self) -> bool:
+    """Whether this run prunes (from the plan, or from the config before the optimizer is built)."""
+    if self.plan is not None:
+      return self.plan.masks_needed
+    cfg = self.config
+    return cfg is not None and (cfg.target_sparsity > 0 or bool(cfg.init_mask_from_zeros))
+
+  def accounting(self, fixed_kept: int | None = None) -> accounting.Accounting:
+    """The run's accounting (the counts its scope keeps); ``fixed_kept``: a mask fixed from step 0."""
+    cfg = self.config
+    sched = self.plan.schedule
+    steps, kept = sched.prune_steps, pruner.kept_after_events(self.plan, self.prunable_sizes)
+    if fixed_kept is not None:
+      steps, kept = (0,), (fixed_kept,)
+    return accounting.Accounting(
+        steps=sched.steps, prune_steps=tuple(steps), kept=tuple(kept), prunable=self.prunable,
+        non_prunable=self.total - self.prunable,
+        tokens_per_step=int(cfg.global_batch_size_to_train_on) * int(cfg.max_target_length),
+    )
+
+  def require(self, *names: str) -> None:
+    """Raises naming the extension points of a sparse run that were not reached."""
+    missing = [n for n in names if n not in self.reached]
+    if self.sparse and missing:
+      raise RuntimeError(
+          f"sparse run (target_sparsity={self.config.target_sparsity}) but MaxText never reached the extension "
+          f"point(s) {', '.join(missing)}: it would train dense; the installed MaxText does not call what "
+          "sparsity.maxtext.hook patches"
+      )
+
+
+RUN = Run()
+
+
+def _is_variable(x) -> bool:
+  from flax import nnx  # pylint: disable=import-outside-toplevel
+
+  return isinstance(x, nnx.Variable)
+
+
+def _initialize(original, argv, *args, **kwargs):
+  config = original(argv, *args, **kwargs)
+  RUN.config = config
+  return config
+
+
+def _get_optimizer(original, config, learning_rate_schedule, model=None, mesh=None):
+  inner = original(config, learning_rate_schedule, model, mesh=mesh)
+  plan = pruner.PrunePlan.from_config(config)
+  RUN.plan, RUN.config = plan, config
+  RUN.reached.add("optimizers.get_optimizer")
+  if plan.masks_needed and not RUN.in_train_loop:
+    raise RuntimeError("the optimizer of a sparse run was built outside MaxText's train.train_loop (the extension "
+                       "point sparsity.maxtext.loop wraps): the pruning events would never run")
+  # Dense training keeps MaxText's optimizer untouched (same state, same numbers); sparse training runs the mask
+  # changes as their own program between steps (sparsity.maxtext.events), so the training step compiles and runs
+  # like the dense one.
+  tx = pruner.pruned(inner, plan, is_leaf=_is_variable, events_in_update=False) if plan.masks_needed else inner
+
+  def init(params):
+    flat, _ = flatten(params, _is_variable)
+    chosen = pruner.prunable_paths(params, plan, _is_variable)
+    by_path = dict(flat)
+    RUN.prunable_sizes = [size_of(by_path[p]) for p in chosen]
+    RUN.total = sum(size_of(x) for _, x in flat)
+    if config.enable_checkpointing:
+      _check_resume(config, {p: shape_of(x) for p, x in flat}, chosen if plan.masks_needed else [])
+    return tx.init(params)
+
+  return type(tx)(init, tx.update)
+
+
+def _check_resume(config, shapes: dict[str, tuple], masks: list[str]) -> None:
+  """A clear error, before MaxText restores anything, if the run directory's checkpoint does not fit."""
+  ckpt_dir = layout.checkpoints_dir(layout.run_dir(config.base_output_directory, config.run_name))
+  if os.path.isdir(ckpt_dir):  # not local (e.g. gs://), or no checkpoint yet: nothing to check here
+    checkpoint.check_resumable(ckpt_dir, shapes, masks)
+
+
+def _train_step(original, model, config, *args, **kwargs):
+  new_state, metrics = original(model, config, *args, **kwargs)
+  RUN.reached.add("train.train_step")
+  if RUN.plan is not None and RUN.total:
+    step = new_state["optimizer"]["step"]
+    step = jnp.asarray(getattr(step, "value", step)).astype(jnp.int32) - 1
+    if RUN.plan.init_mask_from_zeros:
+      metrics["scalar"].update(_fixed_mask_metrics(new_state, step))
+    else:
+      metrics["scalar"].update(RUN.accounting().step_metrics(step))
+  return new_state, metrics
+
+
+def _fixed_mask_metrics(state, step):
+  """Metrics of a fine-tuning run whose mask is fixed from its first step: counted from the masks."""
+  hi, lo = threshold.count_true(mask_leaves(state))
+  kept = hi.astype(jnp.float32) * 65536.0 + lo.astype(jnp.float32)
+  acc = RUN.accounting()
+  active = kept + acc.non_prunable
+  return {
+      "sparsity/density": kept / max(acc.prunable, 1),
+      "sparsity/active_params": active,
+      "sparsity/avg_active_params": active,
+      "sparsity/effective_flops": 6.0 * acc.tokens_per_step * active * (step + 1).astype(jnp.float32),
+  }
+
+
+def _summary_writer(original, tensorboard_dir, run_name, enable_tensorboard=True):
+  try:
+    from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    return original(tensorboard_dir, run_name, enable_tensorboard)
+  if jax.process_index() != 0 or not enable_tensorboard or not tensorboard_dir:
+    return original(tensorboard_dir, run_name, enable_tensorboard)
+  return SummaryWriter(os.path.join(tensorboard_dir, run_name) if run_name else tensorboard_dir)
+
+
+INSTALLED: dict[str, object] = {}
+
+
+def install() -> None:
+  """Installs the hooks into the imported MaxText modules (idempotent)."""
+  from sparsity.maxtext import loop  # pylint: disable=import-outside-toplevel
+
+  if INSTALLED:
+    return
+  check_extension_points()
+  pyconfig, optimizers, train, max_utils = modules.pyconfig(), modules.optimizers(), modules.train(), modules.max_utils()
+  patches = {
+      "pyconfig.initialize": (pyconfig, functools.partial(
+          _initialize, functools.partial(pyconfig.initialize, config_class=config_class()))),
+      "optimizers.get_optimizer": (optimizers, functools.partial(_get_optimizer, optimizers.get_optimizer)),
+      "train.train_step": (train, functools.partial(_train_step, train.train_step)),
+      "train.train_loop": (train, functools.partial(loop.train_loop, train.train_loop, train.training_loop_iteration,
+                                                    train)),
+      "max_utils.initialize_summary_writer": (max_utils, functools.partial(_summary_writer,
+                                                                           max_utils.initialize_summary_writer)),
+  }
+  for name, (module, fn) in patches.items():
+    setattr(module, name.split(".")[1], fn)
+    INSTALLED[name] = fn
+
+
+def main(argv) -> None:
+  """Runs MaxText's pre-training (``maxtext.trainers.pre_train.train.main``) with the pruner installed."""
+  install()
+  modules.train().main(argv)
+  RUN.require("train.train_loop")
+
+
+__all__ = ["EXTENSION_POINTS", "check_extension_points", "install", "main", "RUN", "Run"]

@@ -1,0 +1,119 @@
+"""Every fact about MaxText 0.2.5's layouts that this project relies on, and nothing else (no MaxText import).
+
+Run directory (``<base_output_directory>/<run_name>``)::
+
+  checkpoints/<step>/items/       Orbax checkpoint of the train state (one per saved step)
+  tensorboard/                    TensorBoard event files
+  sparsity_summary.json           written by this project when training ends
+
+Train state while training (an ``nnx.State``, flattened to '/'-joined paths):
+  ``model/<param path>``                              the parameters
+  ``optimizer/step``                                  MaxText's update count
+  ``optimizer/opt_state/``                            the optimizer state: ``pruned``'s ``PruningState``, i.e.
+    ``count``, ``masks/<param path>``, ``inner_state/...`` (MaxText's optimizer's own state)
+
+Checkpoint tree (``checkpoints/<step>/items``):
+  ``params/params/<param path>``, ``opt_state/{count, masks/<param path>, inner_state/...}``, ``step``
+
+Parameter paths look like ``decoder/layers/mlp/wi_0/kernel``; with ``scan_layers=true`` (MaxText's default)
+the layers are stacked on axis ``param_scan_axis`` (1) of each kernel.
+
+Checkpoint conversion tables (``maxtext.checkpoint_conversion``) key parameters as ``params-<path with ->``.
+"""
+
+from __future__ import annotations
+
+import os
+
+SUMMARY_FILE = "sparsity_summary.json"
+CHECKPOINTS = "checkpoints"
+ITEMS = "items"
+TENSORBOARD = "tensorboard"
+
+# The train state while training.
+STATE_PARAMS = "model/"
+STATE_OPT = "optimizer/opt_state/"
+STATE_MASKS = STATE_OPT + "masks/"
+STATE_COUNT = STATE_OPT + "count"
+STATE_INNER = STATE_OPT + "inner_state/"
+STATE_STEP = ("optimizer", "step")
+
+# The checkpoint tree.
+CKPT_PARAMS = ("params", "params")
+CKPT_OPT = "opt_state"
+CKPT_MASKS = "masks"
+CKPT_COUNT = "count"
+CKPT_STEP = "step"
+
+
+def run_dir(base_output_directory: str, run_name: str) -> str:
+  return os.path.join(base_output_directory, run_name)
+
+
+def summary_path(run_directory: str) -> str:
+  return os.path.join(run_directory, SUMMARY_FILE)
+
+
+def checkpoints_dir(run_directory: str) -> str:
+  return os.path.join(run_directory, CHECKPOINTS)
+
+
+def items_dir(checkpoints_directory: str, step: int) -> str:
+  return os.path.join(checkpoints_directory, str(step), ITEMS)
+
+
+def tensorboard_dir(run_directory: str) -> str:
+  return os.path.join(run_directory, TENSORBOARD)
+
+
+def state_param_path(state_path: str) -> str | None:
+  """The parameter path of a train-state leaf under ``model/`` (None for other leaves)."""
+  return state_path[len(STATE_PARAMS):] if state_path.startswith(STATE_PARAMS) else None
+
+
+def state_mask_path(state_path: str) -> str | None:
+  """The parameter path that a train-state mask leaf masks (None for other leaves)."""
+  return state_path[len(STATE_MASKS):] if state_path.startswith(STATE_MASKS) else None
+
+
+def ckpt_param_path(ckpt_path: str) -> str | None:
+  """The parameter path of a checkpoint leaf ``params/params/<path>`` (None for other leaves)."""
+  prefix = "/".join(CKPT_PARAMS) + "/"
+  return ckpt_path[len(prefix):] if ckpt_path.startswith(prefix) else None
+
+
+def ckpt_mask_path(ckpt_path: str) -> str | None:
+  """The parameter path of a checkpoint mask leaf ``opt_state/masks/<path>`` (None for other leaves)."""
+  prefix = f"{CKPT_OPT}/{CKPT_MASKS}/"
+  return ckpt_path[len(prefix):] if ckpt_path.startswith(prefix) else None
+
+
+def checkpoint_tree(params: dict, masks: dict | None = None, count=None, inner_state=None, step=None) -> dict:
+  """A pytree in MaxText's checkpoint layout from nested dicts (``params``, ``masks``, ``inner_state``).
+
+  What the train state saves, for tools and tests that write a checkpoint MaxText (and ``checkpoint.load``) reads.
+  """
+  tree: dict = {CKPT_PARAMS[0]: {CKPT_PARAMS[1]: params}}
+  if masks is not None:
+    tree[CKPT_OPT] = {CKPT_COUNT: count, CKPT_MASKS: masks, "inner_state": inner_state or {}}
+  if step is not None:
+    tree[CKPT_STEP] = step
+  return tree
+
+
+def conversion_key(param_path: str) -> str:
+  """The key of a parameter in MaxText's checkpoint-conversion tables."""
+  return "params-" + param_path.replace("/", "-")
+
+
+def scan_axis(param_path: str, scan_layers: bool, param_scan_axis: int = 1) -> int | None:
+  """The stacked-layers axis of a parameter (None when layers are not scanned or it is not a layer's)."""
+  return param_scan_axis if scan_layers and "/layers/" in f"/{param_path}/" else None
+
+
+__all__ = [
+    "SUMMARY_FILE", "CHECKPOINTS", "ITEMS", "TENSORBOARD", "STATE_PARAMS", "STATE_OPT", "STATE_MASKS", "STATE_COUNT",
+    "STATE_INNER", "STATE_STEP", "CKPT_PARAMS", "CKPT_OPT", "CKPT_MASKS", "CKPT_COUNT", "CKPT_STEP", "run_dir",
+    "summary_path", "checkpoints_dir", "items_dir", "tensorboard_dir", "state_param_path", "state_mask_path",
+    "ckpt_param_path", "ckpt_mask_path", "checkpoint_tree", "conversion_key", "scan_axis",
+]

@@ -1,0 +1,222 @@
+"""MaxText's training loop with the pruning events between steps, and an end of run that always writes the summary.
+
+``train_loop`` runs MaxText's own ``train_loop`` with its ``training_loop_iteration`` wrapped:
+
+* before each training step that is an event, ``sparsity.maxtext.events.StateEvents`` changes the masks (the
+  step program is wrapped, so an event runs only when the step's batch exists);
+* the last train state is kept from every iteration, so a run that stops early (MaxText's ``StopTraining``:
+  the data ran out, or ``target_eval_loss`` was reached) ends with the state it actually trained.
+
+At the end, on every process (each computation on global arrays is a collective):
+
+1. if evaluation is configured and MaxText's last evaluation was not after the last trained step, the final
+   weights are evaluated with MaxText's own eval step and eval data (``final_evaluation``);
+2. the final masks are counted and checked against the accounting;
+3. process 0 writes ``sparsity_summary.json`` (``layout.SUMMARY_FILE``): counts, N_avg and FLOPs over the steps
+   actually trained, the final losses, and why the run stopped early if it did.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import jax
+import numpy as np
+
+from sparsity.maxtext import events as events_lib
+from sparsity.maxtext import layout, modules
+from sparsity.maxtext.hook import RUN
+
+# Settings that later tools (collect, report) group runs by.
+RUN_SETTINGS = ("prune_start_fraction", "prune_end_fraction", "pruning_interval", "pruning_scope", "pruning_score",
+                "learning_rate", "per_device_batch_size", "global_batch_size_to_train_on", "max_target_length")
+TRAIN_STEP_PROGRAMS = ("p_train_step", "p_train_step_dropless", "p_train_step_first_phase")
+
+
+def maxtext_evaluates_after(step: int, config, start_step: int) -> bool:
+  """Whether MaxText's loop evaluates after train step ``step`` (its rule in ``training_loop_iteration``)."""
+  interval, first = int(config.eval_interval), int(config.eval_start_step)
+  return interval > 0 and step >= start_step and step >= first and (step - first) % interval == 0
+
+
+class LoopRecord:
+  """What the wrapped loop saw: the device/python dicts of the last iteration, its step, why it stopped."""
+
+  def __init__(self):
+    self.device: dict[str, Any] | None = None
+    self.python: dict[str, Any] | None = None
+    self.metrics = None
+    self.start_step: int | None = None
+    self.last_eval_step: int | None = None
+    self.stop_reason: str | None = None
+
+
+def _with_event(program, record: LoopRecord, state_events):
+  """``program(state, batch, ...)`` preceded by the pruning event due at the loop's current step."""
+
+  def run(state, *args, **kwargs):
+    step = int(record.python["step"])
+    return program(state_events(state, step), *args, **kwargs)
+
+  return run
+
+
+def train_loop(original, iteration_original, train_module, config, recorder, state=None):
+  """MaxText's ``train_loop`` with the pruner's loop (see the module docstring)."""
+  RUN.reached.add("train.train_loop")
+  record = LoopRecord()
+  stop = modules.exceptions().StopTraining
+
+  def iteration(jax_device_state, python_vars, immutable_data):
+    RUN.reached.add("train.training_loop_iteration")
+    if record.device is None:  # first iteration: the optimizer and the step were built and traced by now
+      RUN.require("optimizers.get_optimizer", "train.train_step")
+      record.start_step = int(immutable_data["start_step"])
+      if RUN.sparse:
+        state_events = events_lib.StateEvents(RUN.plan, jax_device_state["state"], record.start_step)
+        for name in TRAIN_STEP_PROGRAMS:
+          if jax_device_state.get(name) is not None:
+            jax_device_state[name] = _with_event(jax_device_state[name], record, state_events)
+    record.device, record.python = jax_device_state, python_vars
+    step = int(python_vars["step"])
+    try:
+      record.metrics = iteration_original(jax_device_state, python_vars, immutable_data)
+    except stop as e:
+      record.stop_reason = str(e)
+      raise
+    if maxtext_evaluates_after(step, config, record.start_step):
+      record.last_eval_step = step
+    return record.metrics
+
+  train_module.training_loop_iteration = iteration
+  RUN.in_train_loop = True
+  try:
+    state = original(config, recorder, state)
+  finally:
+    train_module.training_loop_iteration = iteration_original
+    RUN.in_train_loop = False
+  if record.device is not None:
+    state = record.device["state"]  # the state of the last trained step, also when the loop stopped early
+  if RUN.plan is not None and RUN.total:
+    finish(config, state, record)
+  return state
+
+
+def final_evaluation(config, record: LoopRecord) -> tuple[float, float] | None:
+  """``(loss, weights)`` of MaxText's eval step over its eval data on the final state, or None without eval data.
+
+  The same calls as MaxText's eval in ``training_loop_iteration`` (its eval data iterator, input sharding, eval
+  logical-axis rules, ``eval_steps`` limit); the loss is the weighted mean MaxText reports as ``eval/avg_loss``.
+  """
+  # pylint: disable=import-outside-toplevel
+  from flax.core.spmd import logical_axis_rules
+  from maxtext.utils import sharding
+
+  dev, py = record.device, record.python
+  iterator, p_eval = py.get("eval_data_iterator"), dev.get("p_eval_step")
+  if iterator is None or p_eval is None:
+    return None
+  if hasattr(iterator, "reset"):
+    iterator.reset()
+  mesh, state = dev["mesh"], dev["state"]
+  batch_sharding = sharding.get_input_data_sharding(config, mesh, rules=config.logical_axis_rules_for_eval)
+  total_loss = total_weights = 0.0
+  count = 0
+  try:
+    for batch in iterator:
+      batch = jax.device_put(batch, batch_sharding)
+      with jax.set_mesh(mesh), logical_axis_rules(config.logical_axis_rules_for_eval):
+        metrics = p_eval(state, batch)
+      scalar = metrics["scalar"]
+      total_loss += float(events_lib.host_value(scalar["evaluation/total_loss"]))
+      total_weights += float(events_lib.host_value(scalar["evaluation/total_weights"]))
+      count += 1
+      if 0 < config.eval_steps <= count:
+        break
+  finally:
+    # A tf.data iterator left half-read past the end of training can hang or abort the interpreter's exit (its
+    # worker threads outlive TensorFlow's runtime): close it now that nothing reads it any more.
+    if hasattr(iterator, "close"):
+      iterator.close()
+  return (total_loss / total_weights, total_weights) if total_weights > 0 else None
+
+
+def _logged_eval_loss(record: LoopRecord) -> float | None:
+  logger = (record.python or {}).get("metric_logger_instance")
+  scalars = getattr(logger, "cumulative_eval_metrics", {}).get("scalar", {}) if logger is not None else {}
+  if scalars.get("eval/total_weights", 0) > 0 and "eval/avg_loss" in scalars:
+    return float(scalars["eval/avg_loss"])
+  return None
+
+
+def finish(config, state, record: LoopRecord) -> dict | None:
+  """The end of the run (see the module docstring); returns the summary on process 0."""
+  trained = events_lib.optimizer_step(state)
+  last = trained - 1
+  eval_loss, eval_step = None, None
+  if record.last_eval_step is not None:
+    eval_loss, eval_step = _logged_eval_loss(record), record.last_eval_step
+  if config.eval_interval > 0 and record.device is not None and eval_step != last and trained > 0:
+    result = final_evaluation(config, record)
+    if result is not None:
+      eval_loss, eval_step = result[0], last
+      _log_final_eval(config, last, eval_loss)
+  train_loss = None
+  if record.metrics is not None:
+    train_loss = float(events_lib.host_value(record.metrics["scalar"]["learning/loss"]))
+
+  plan = RUN.plan
+  kept = events_lib.count_kept(state) if plan.masks_needed else RUN.prunable  # every process
+  acc = RUN.accounting(fixed_kept=kept if plan.init_mask_from_zeros else None)
+  expected = acc.active_at(last) - acc.non_prunable
+  if kept != expected:
+    raise RuntimeError(f"final masks keep {kept} weights, the accounting says {expected} (step {last})")
+  summary = {
+      "run_name": config.run_name,
+      "target_sparsity": float(config.target_sparsity),
+      "sparsity_schedule": str(config.sparsity_schedule),
+      **acc.summary(steps_trained=trained, final_kept=kept),
+      "stopped_early": trained < int(config.steps),
+      "stop_reason": record.stop_reason if trained < int(config.steps) else None,
+      "data_ran_out": bool(record.stop_reason and "data" in record.stop_reason.lower()),
+      "final_train_loss": train_loss,
+      "final_eval_loss": eval_loss,
+      "final_eval_step": eval_step,
+      **{k: getattr(config, k) for k in RUN_SETTINGS},
+  }
+  if jax.process_index() != 0:
+    return None
+  path = write_summary(layout.run_dir(config.base_output_directory, config.run_name), summary)
+  print(f"sparsity summary written to {path}" + (f" (stopped early at step {trained}: {record.stop_reason})"
+                                                 if summary["stopped_early"] else ""), flush=True)
+  return summary
+
+
+def _log_final_eval(config, step: int, loss: float) -> None:
+  """The final evaluation in MaxText's log and, on process 0, in TensorBoard at train step ``step``."""
+  print(f"final evaluation after train step {step}: eval/avg_loss={loss:.4f}", flush=True)
+  if jax.process_index() != 0 or not config.enable_tensorboard or not config.tensorboard_dir:
+    return
+  try:
+    from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    return
+  with SummaryWriter(os.path.join(config.tensorboard_dir, config.run_name)) as w:
+    w.add_scalar("eval/avg_loss", loss, step)
+    w.add_scalar("eval/avg_perplexity", float(np.exp(loss)), step)
+
+
+def write_summary(run_directory: str, summary: dict[str, Any]) -> str:
+  """Writes ``sparsity_summary.json`` atomically; returns its path."""
+  os.makedirs(run_directory, exist_ok=True)
+  path = layout.summary_path(run_directory)
+  tmp = path + ".tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    json.dump(summary, f, indent=2)
+  os.replace(tmp, path)
+  return path
+
+
+__all__ = ["train_loop", "finish", "final_evaluation", "write_summary", "maxtext_evaluates_after", "RUN_SETTINGS"]

@@ -1,0 +1,54 @@
+"""MaxText's modules, imported late (they pull in TensorFlow and configure JAX), and the pinned version."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+
+MAXTEXT_VERSION = "0.2.5"
+
+
+def _import(name: str):
+  # MaxText resolves tokenizer names like "tokenizer.llama2" against a source checkout's src/maxtext/assets; an
+  # installed wheel ships them inside the package.
+  spec = importlib.util.find_spec("maxtext")
+  if spec and spec.submodule_search_locations:
+    os.environ.setdefault("MAXTEXT_ASSETS_ROOT", os.path.join(list(spec.submodule_search_locations)[0], "assets"))
+  return importlib.import_module(name)
+
+
+def pyconfig():
+  return _import("maxtext.configs.pyconfig")
+
+
+def types():
+  return _import("maxtext.configs.types")
+
+
+def optimizers():
+  return _import("maxtext.optimizers.optimizers")
+
+
+def train():
+  return _import("maxtext.trainers.pre_train.train")
+
+
+def train_utils():
+  return _import("maxtext.utils.train_utils")
+
+
+def max_utils():
+  return _import("maxtext.utils.max_utils")
+
+
+def exceptions():
+  return _import("maxtext.utils.exceptions")
+
+
+def version() -> str | None:
+  return getattr(_import("maxtext.version"), "__version__", None)
+
+
+__all__ = ["MAXTEXT_VERSION", "pyconfig", "types", "optimizers", "train", "train_utils", "max_utils", "exceptions",
+           "version"]
