@@ -5,6 +5,7 @@
   report              CSV --out DIR [--law-file law.json] [--json]
   dense-sweep         --out YAML|- [--divisor N] [--sparsities S ...]
   schedule-fractions  --target-sparsity S [--dense F] [--pruning F] [--schedule NAME] [--json]
+  tokenizer           DATA --vocab-size N --out FILE.model [--dataset-name NAME] [--count-split S] [--json]
 """
 
 from __future__ import annotations
@@ -186,6 +187,43 @@ def _schedule_fractions(p: argparse.ArgumentParser) -> Runner:
     result = {"target_sparsity": args.target_sparsity, "sparsity_schedule": args.schedule,
               "prune_start_fraction": start, "prune_end_fraction": end}
     emit(args, result, " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items()))
+    return 0
+
+  return run
+
+
+@command("tokenizer", "train a SentencePiece tokenizer on the train split of a dataset MaxText reads")
+def _tokenizer(p: argparse.ArgumentParser) -> Runner:
+  add_data(p, "a TFDS data directory (MaxText's dataset_path), or a glob of .parquet or ArrayRecord files",
+           positional=True)
+  p.add_argument("--dataset-name", default="", help="TFDS name:version in the directory, e.g. c4/en:3.1.0")
+  p.add_argument("--split", default="train", help="split to train on (default: train; never the eval split)")
+  p.add_argument("--feature", default="text", help="text feature / column")
+  p.add_argument("--vocab-size", type=int, required=True)
+  p.add_argument("--model-type", choices=("bpe", "unigram"), default="bpe")
+  add_out(p, "the .model file to write (MaxText's tokenizer_path)")
+  p.add_argument("--count-split", action="append", default=[],
+                 help="also count the tokens of this split (e.g. validation) under the new model")
+  p.add_argument("--max-length", type=int, help="with --count-split: tokens MaxText's tfds pipeline keeps per "
+                 "document at this max_target_length")
+  add_json(p)
+
+  def run(args: argparse.Namespace) -> int:
+    import dataclasses  # pylint: disable=import-outside-toplevel
+
+    from sparsity.experiments import tokenizer  # pylint: disable=import-outside-toplevel
+
+    check_out(args.out, args.force)
+    src = tokenizer.detect(data_path(args), args.dataset_name, args.split, args.feature)
+    result = tokenizer.train(src, args.vocab_size, args.out, args.model_type)
+    result["counts"] = [tokenizer.count_tokens(args.out, dataclasses.replace(src, split=s), args.max_length)
+                        for s in [args.split, *args.count_split]]
+    lines = [f"wrote {args.out}: {result['vocab_size']} pieces from {result['documents']} documents "
+             f"({result['tokens']:,} tokens)"]
+    lines += [f"{c['split']}: {c['documents']} documents, {c['tokens']:,} tokens"
+              + (f", {c['tokens_kept']:,} kept at max length {args.max_length} ({c['documents_truncated']} truncated)"
+                 if "tokens_kept" in c else "") for c in result["counts"]]
+    emit(args, result, "\n".join(lines))
     return 0
 
   return run

@@ -101,6 +101,9 @@ def launch(argv: Sequence[str], processes: int, devices: int = 1, *, python: str
     t.start()
     pumps.append(t)
   failed_first, deadline = None, None
+  # Stopping the launcher (SIGTERM, Ctrl-C) stops every process it started (each runs in its own session).
+  main_thread = threading.current_thread() is threading.main_thread()
+  previous = signal.signal(signal.SIGTERM, _interrupt) if main_thread else None
   try:
     while any(p.poll() is None for p in procs):
       now = time.monotonic()
@@ -119,6 +122,9 @@ def launch(argv: Sequence[str], processes: int, devices: int = 1, *, python: str
   except KeyboardInterrupt:
     _stop(procs)
     raise
+  finally:
+    if main_thread:
+      signal.signal(signal.SIGTERM, previous)
   for t in pumps:
     t.join(timeout=5)
   codes = [p.returncode for p in procs]
@@ -126,6 +132,10 @@ def launch(argv: Sequence[str], processes: int, devices: int = 1, *, python: str
     if c != 0:
       _say(out, lock, f"[launch] process {i} exited with code {c}")
   return Result(codes, failed_first, time.monotonic() - start)
+
+
+def _interrupt(*_):
+  raise KeyboardInterrupt
 
 
 def _say(out: TextIO, lock: threading.Lock, text: str) -> None:

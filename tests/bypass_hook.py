@@ -1,0 +1,26 @@
+"""MaxText/train.py with the hooks installed, then a MaxText that no longer calls the patched ``get_optimizer``
+(as if it imported it by name): a sparse run must stop with an error naming the extension point, not train dense."""
+
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from sparsity.maxtext import hook, host, modules  # noqa: E402
+
+argv = host.cpu_defaults(["train.py", *sys.argv[1:]])
+hook.install()
+original = hook.INSTALLED["optimizers.get_optimizer"].args[0]  # MaxText's own get_optimizer
+train_utils = modules.train_utils()
+
+
+def create_training_optimizer(config, model, mesh=None):
+  schedule = modules._import("maxtext.utils.maxtext_utils").create_learning_rate_schedule(config)  # pylint: disable=protected-access
+  return schedule, original(config, schedule, model, mesh=mesh)
+
+
+train_utils.create_training_optimizer = create_training_optimizer
+from absl import app  # noqa: E402
+
+app.run(hook.main, argv=argv)

@@ -1,0 +1,192 @@
+"""Runs that end right (end to end through MaxText/train.py): several processes, data that runs out, per-tensor
+scope, every optimizer MaxText offers, an extension point that is not reached."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from conftest import C4_TFDS, ROOT, TINY, cpu_env, final_state, read_summary, read_tensorboard, run_cli, run_train
+from sparsity.core import pruner, schedules
+from sparsity.maxtext import launch, layout
+
+pytestmark = pytest.mark.slow
+
+SPARSE = ["configs/sparse_base.yml", *TINY, "vocab_size=1024", "per_device_batch_size=1"]
+# The same run on 2 processes x 2 devices and on 1 process x 4 devices: one mesh (fsdp 4), synthetic data.
+MULTI = SPARSE + ["steps=24", "pruning_interval=3", "target_sparsity=0.75", "ici_fsdp_parallelism=4",
+                  "enable_checkpointing=true", "async_checkpointing=false", "checkpoint_period=6"]
+
+
+def _launch(args, tmp_path, processes=2, devices=2, timeout=600):
+  """``python -m sparsity launch`` (the user's way to start N processes): (returncode, output)."""
+  code, out, err = run_cli(["launch", *args, f"base_output_directory={tmp_path}", "--processes", processes,
+                            "--devices-per-process", devices], timeout=timeout)
+  return code, out + err
+
+
+@pytest.fixture(scope="module")
+def multi(tmp_path_factory):
+  """The uninterrupted 2 x 2 run and the 1 x 4 run of ``MULTI``."""
+  tmp = tmp_path_factory.mktemp("multi")
+  start = time.monotonic()
+  code, out = _launch(MULTI + ["run_name=two"], tmp)
+  seconds = time.monotonic() - start
+  assert code == 0, out[-6000:]
+  start = time.monotonic()
+  run_train(MULTI + ["run_name=one"], tmp, devices=4)
+  return tmp, out, seconds, time.monotonic() - start
+
+
+def test_two_processes_train_prune_checkpoint_and_write_one_summary(multi):
+  tmp, out, seconds, single_seconds = multi
+  s = read_summary(tmp, "two")
+  assert s["steps_trained"] == 24 and not s["stopped_early"] and s["final_sparsity"] == pytest.approx(0.75, abs=1e-5)
+  # Printed (and written) by process 0 only, after both counted the final masks.
+  assert out.count("sparsity summary written") == 1 and "[p0] sparsity summary written" in out
+  assert "[p1] completed step: 23" in out or "[p1]" in out
+  assert seconds < 3 * single_seconds + 60, (seconds, single_seconds)  # no hang at the end
+
+
+def test_two_processes_equal_one_process_four_devices(multi):
+  tmp, _, _, _ = multi
+  two, one = read_summary(tmp, "two"), read_summary(tmp, "one")
+  for key in ("prune_steps", "kept_after_events", "final_active_params", "avg_active_params", "effective_flops"):
+    assert two[key] == one[key], key
+  assert two["final_train_loss"] == pytest.approx(one["final_train_loss"], rel=1e-5)
+  a, b = final_state(tmp / "two"), final_state(tmp / "one")
+  assert sorted(a.masks) == sorted(b.masks) and len(a.masks) == 8
+  for name in a.masks:
+    np.testing.assert_array_equal(a.masks[name], b.masks[name], err_msg=name)
+    assert not np.any(a.params[name][~a.masks[name]]), f"pruned weights of {name} are not zero"
+    np.testing.assert_allclose(a.params[name], b.params[name], rtol=1e-4, atol=1e-6, err_msg=name)
+
+
+def test_killed_processes_resume_to_the_same_result(multi, tmp_path):
+  ref_dir, _, _, _ = multi
+  args = MULTI + ["run_name=killed", f"base_output_directory={tmp_path}"]
+  procs = [subprocess.Popen([sys.executable, os.path.join(ROOT, "MaxText", "train.py"), *launch.train_argv(args)],
+                            cwd=ROOT, env={**launch.process_env(i, 2, 2), "PYTHONPATH": ROOT},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+           for i in range(2)]
+  marker = layout.items_dir(layout.checkpoints_dir(tmp_path / "killed"), 12)  # mid pruning: events 6..18
+  deadline = time.time() + 600
+  while not os.path.isdir(marker) and all(p.poll() is None for p in procs) and time.time() < deadline:
+    time.sleep(0.05)
+  for p in procs:
+    os.killpg(p.pid, signal.SIGKILL)
+    p.wait()
+  assert os.path.isdir(marker), "the processes never reached their step-12 checkpoint"
+  assert not os.path.exists(layout.summary_path(tmp_path / "killed")), "the run finished before the kill"
+  code, out = _launch(MULTI + ["run_name=killed"], tmp_path)  # the same command again: both resume
+  assert code == 0, out[-6000:]
+  a, b = read_summary(ref_dir, "two"), read_summary(tmp_path, "killed")
+  assert a["final_train_loss"] == pytest.approx(b["final_train_loss"], rel=1e-6)
+  for key in ("prune_steps", "final_active_params", "avg_active_params", "effective_flops"):
+    assert a[key] == b[key], key
+  ma, mb = final_state(ref_dir / "two").masks, final_state(tmp_path / "killed").masks
+  for name in ma:
+    np.testing.assert_array_equal(ma[name], mb[name], err_msg=name)
+
+
+def test_inspect_export_and_finetune_a_checkpoint_written_by_two_processes(multi, tmp_path, c4_path):
+  tmp, _, _, _ = multi
+  code, out, err = run_cli(["inspect", tmp / "two", "--json"])
+  assert code == 0, err[-3000:]
+  r, s = json.loads(out), read_summary(tmp, "two")
+  assert r["totals"]["active"] == s["final_active_params"] and r["pruner"]["mask_violations"] == 0
+  model = ["configs/sparse_base.yml", *TINY, "vocab_size=1024"]
+  code, out, err = run_cli(["export", tmp / "two", "--config", *model, "--out", tmp_path / "hf", "--json"])
+  assert code == 0, err[-3000:]
+  assert json.loads(out)["pruned_params"] == s["prunable_params"] - (s["final_active_params"] - s["non_prunable_params"])
+  # Sparse fine-tuning on one process from the two processes' checkpoint keeps its zero set.
+  items = layout.items_dir(layout.checkpoints_dir(tmp / "two"), 23)
+  run_train(model + ["run_name=ft", "steps=3", "target_sparsity=0", "init_mask_from_zeros=true",
+                     f"load_parameters_path={items}", *C4_TFDS, "tokenizer_path=tokenizer.llama2",
+                     "enable_checkpointing=true", "async_checkpointing=false", "checkpoint_period=100"], tmp_path)
+  before, after = final_state(tmp / "two"), final_state(tmp_path / "ft")
+  for name, mask in before.masks.items():
+    np.testing.assert_array_equal(after.params[name] == 0, before.params[name] == 0, err_msg=name)
+  assert read_summary(tmp_path, "ft")["final_active_params"] == s["final_active_params"]
+
+
+def test_a_process_that_fails_is_named_and_the_other_stopped(tmp_path):
+  # Process 1 dies before joining JAX's distributed start-up; process 0 would wait for it (MaxText's
+  # jax_distributed_initialization_timeout is 300 s). The launcher names it and stops process 0.
+  start = time.monotonic()
+  with open(tmp_path / "log.txt", "w") as log:
+    res = launch.launch(SPARSE + ["run_name=broken", "steps=4", "ici_fsdp_parallelism=4",
+                                  f"base_output_directory={tmp_path}"], 2, 2, grace=5,
+                        script=os.path.join(ROOT, "tests", "fail_on_process.py"), out=log)
+  text = (tmp_path / "log.txt").read_text()
+  assert res.returncodes[1] == 3 and res.failed_first == 1 and res.exit_code == 3, text[-3000:]
+  assert res.returncodes[0] != 0 and "[launch] process 1 exited with code 3" in text
+  assert "[p1] process 1: simulated failure" in text
+  assert time.monotonic() - start < 120  # stopped, not left waiting for minutes
+
+
+def test_data_that_runs_out_ends_with_a_summary_of_the_steps_trained(tmp_path, c4_path):
+  # 1,000 documents cut to 256 tokens, 8 sequences a step: the data runs out after about 120 of 300 steps, in the
+  # middle of the pruning phase (events every 25 steps from 75 to 225).
+  out = run_train(["configs/sparse_base.yml", *TINY, *C4_TFDS, "tokenizer_path=tokenizer.llama2",
+                   "max_target_length=256", "per_device_batch_size=8", "steps=300", "pruning_interval=25",
+                   "eval_interval=1000", "eval_steps=4", "run_name=out"], tmp_path)
+  s = read_summary(tmp_path, "out")
+  assert s["stopped_early"] and s["data_ran_out"] and "run out of training data" in s["stop_reason"]
+  trained = s["steps_trained"]
+  assert 100 < trained < 150 and s["steps"] == 300 and s["tokens"] == trained * 8 * 256
+  sched = schedules.make_schedule(300, 0.8, interval=25)
+  done = [e for e in sched.prune_steps if e < trained]
+  assert s["prune_steps"] == list(sched.prune_steps) and len(done) == 2  # events at 75 and 100
+  kept = sched.keep_counts(s["prunable_params"])[len(done) - 1]
+  assert s["final_active_params"] == kept + s["non_prunable_params"] and 0 < s["final_sparsity"] < 0.8
+  active = [sched.active_at(t, s["prunable_params"], s["non_prunable_params"]) for t in range(trained)]
+  assert s["avg_active_params"] == pytest.approx(np.mean(active), rel=1e-12)
+  # The run ends with an evaluation of the weights it trained (MaxText's last one was after step 0).
+  assert s["final_eval_step"] == trained - 1 and np.isfinite(s["final_eval_loss"])
+  tb = read_tensorboard(tmp_path / "out" / layout.TENSORBOARD)
+  assert s["final_eval_loss"] == pytest.approx(tb["eval/avg_loss"][trained - 1], rel=1e-6)
+  assert "sparsity summary written" in out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("target", [0.63, 0.8, 0.95])
+def test_per_tensor_scope_ends_with_the_counts_it_keeps(tmp_path, target):
+  run_train(SPARSE + ["run_name=pt", "steps=30", "pruning_interval=5", f"target_sparsity={target}",
+                      "pruning_scope=per_tensor", "enable_checkpointing=true", "async_checkpointing=false",
+                      "checkpoint_period=100"], tmp_path)
+  s, state = read_summary(tmp_path, "pt"), final_state(tmp_path / "pt")
+  sched = schedules.make_schedule(30, target, interval=5)
+  sizes = {n: m.size for n, m in state.masks.items()}
+  assert len({*sizes.values()}) >= 3  # tensors of several sizes (attention, MLP, output projection)
+  for name, mask in state.masks.items():
+    assert int(mask.sum()) == sched.keep_counts(sizes[name])[-1], name
+  plan = pruner.PrunePlan(sched, pruning_scope="per_tensor")
+  assert s["kept_after_events"] == list(pruner.kept_after_events(plan, list(sizes.values())))
+  assert s["final_active_params"] - s["non_prunable_params"] == sum(int(m.sum()) for m in state.masks.values())
+
+
+@pytest.mark.parametrize("optimizer", ["opt_type=adamw", "opt_type=adam_pax", "opt_type=sgd",
+                                       "opt_type=muon muon_type=optax_muon", "opt_type=muon muon_type=maxtext_muon"])
+def test_every_maxtext_optimizer_prunes(tmp_path, optimizer):
+  run_train(SPARSE + ["run_name=opt", "steps=20", "pruning_interval=3", "target_sparsity=0.8", *optimizer.split(),
+                      "enable_checkpointing=true", "async_checkpointing=false", "checkpoint_period=100"], tmp_path)
+  s, state = read_summary(tmp_path, "opt"), final_state(tmp_path / "opt")
+  assert s["final_sparsity"] == pytest.approx(0.8, abs=1e-5) and np.isfinite(s["final_train_loss"])
+  for name, mask in state.masks.items():
+    assert not np.any(state.params[name][~mask]), name
+
+
+def test_a_sparse_run_whose_optimizer_hook_is_not_reached_stops_naming_it(tmp_path):
+  env = cpu_env()
+  out = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "bypass_hook.py"), *SPARSE, "steps=4",
+                        "run_name=bypass", f"base_output_directory={tmp_path}"], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=600, check=False)
+  text = out.stdout + out.stderr
+  assert out.returncode != 0 and "never reached the extension point(s) optimizers.get_optimizer" in text, text[-3000:]
+  assert "completed step" not in text
+  assert not os.path.exists(layout.summary_path(tmp_path / "bypass"))
