@@ -157,3 +157,18 @@ def test_train_step_wrapper_adds_the_schedules_metrics():
 def test_nest_and_unnest_are_inverse():
   flat = {"a/b/c": 1, "a/d": 2, "e": 3}
   assert unnest(nest(flat)) == flat
+
+
+def test_launch_sets_maxtexts_multi_process_variables():
+  from sparsity.maxtext import launch  # pylint: disable=import-outside-toplevel
+
+  env = launch.process_env(1, 4, 2, base={"XLA_FLAGS": "--xla_force_host_platform_device_count=8 --other", "X": "y"})
+  assert (env["JOB_INDEX"], env["JOB_COMPLETION_INDEX"], env["PROCESSES_IN_JOB"], env["JAX_PROCESS_COUNT"]) == (
+      "0", "1", "4", "4")
+  assert env["JAX_COORDINATOR_ADDRESS"] == "localhost" and env["X"] == "y" and env["JAX_PLATFORMS"] == "cpu"
+  assert env["XLA_FLAGS"] == "--other --xla_force_host_platform_device_count=2"
+  assert launch.train_argv(["c.yml", "steps=3"]) == ["c.yml", "steps=3", "hardware=cpu",
+                                                     "skip_jax_distributed_system=false"]
+  assert launch.train_argv(["c.yml", "hardware=cpu"]) == ["c.yml", "hardware=cpu", "skip_jax_distributed_system=false"]
+  assert launch.Result([0, 3], 1, 1.0).exit_code == 3 and launch.Result([-15, 3], 1, 1.0).exit_code == 3
+  assert launch.Result([0, 0], None, 1.0).exit_code == 0 and launch.Result([-9, 0], 0, 1.0).exit_code == 1

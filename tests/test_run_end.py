@@ -49,7 +49,11 @@ def test_two_processes_train_prune_checkpoint_and_write_one_summary(multi):
   assert s["steps_trained"] == 24 and not s["stopped_early"] and s["final_sparsity"] == pytest.approx(0.75, abs=1e-5)
   # Printed (and written) by process 0 only, after both counted the final masks.
   assert out.count("sparsity summary written") == 1 and "[p0] sparsity summary written" in out
-  assert "[p1] completed step: 23" in out or "[p1]" in out
+  for p in ("[p0]", "[p1]"):  # both processes trained every step, with the same loss
+    assert len({line.split("loss: ")[1].split(",")[0] for line in out.splitlines()
+                if line.startswith(p) and "completed step: 23," in line}) == 1, p
+  last = [line.split("loss: ")[1].split(",")[0] for line in out.splitlines() if "completed step: 23," in line]
+  assert len(last) == 2 and last[0] == last[1]
   assert seconds < 3 * single_seconds + 60, (seconds, single_seconds)  # no hang at the end
 
 
@@ -138,6 +142,7 @@ def test_data_that_runs_out_ends_with_a_summary_of_the_steps_trained(tmp_path, c
                    "eval_interval=1000", "eval_steps=4", "run_name=out"], tmp_path)
   s = read_summary(tmp_path, "out")
   assert s["stopped_early"] and s["data_ran_out"] and "run out of training data" in s["stop_reason"]
+  assert not s["target_reached"] and "before its pruning schedule ended" in out.stdout + out.stderr
   trained = s["steps_trained"]
   assert 100 < trained < 150 and s["steps"] == 300 and s["tokens"] == trained * 8 * 256
   sched = schedules.make_schedule(300, 0.8, interval=25)

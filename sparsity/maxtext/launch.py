@@ -68,8 +68,12 @@ class Result:
 
   @property
   def exit_code(self) -> int:
+    """0 if every process succeeded; else the code of the process that failed first (1 if it was a signal)."""
     bad = [c for c in self.returncodes if c != 0]
-    return (bad[0] if bad[0] > 0 else 1) if bad else 0
+    if not bad:
+      return 0
+    code = self.returncodes[self.failed_first] if self.failed_first is not None else bad[0]
+    return code if code > 0 else 1
 
 
 def _pump(stream, prefix: str, out: TextIO, lock: threading.Lock) -> None:

@@ -173,6 +173,7 @@ def finish(config, state, record: LoopRecord) -> dict | None:
   expected = acc.active_at(last) - acc.non_prunable
   if kept != expected:
     raise RuntimeError(f"final masks keep {kept} weights, the accounting says {expected} (step {last})")
+  target_reached = kept == (acc.kept[-1] if acc.kept else acc.prunable)
   summary = {
       "run_name": config.run_name,
       "target_sparsity": float(config.target_sparsity),
@@ -181,6 +182,7 @@ def finish(config, state, record: LoopRecord) -> dict | None:
       "stopped_early": trained < int(config.steps),
       "stop_reason": record.stop_reason if trained < int(config.steps) else None,
       "data_ran_out": bool(record.stop_reason and "data" in record.stop_reason.lower()),
+      "target_reached": target_reached,
       "final_train_loss": train_loss,
       "final_eval_loss": eval_loss,
       "final_eval_step": eval_step,
@@ -188,6 +190,11 @@ def finish(config, state, record: LoopRecord) -> dict | None:
   }
   if jax.process_index() != 0:
     return None
+  if not target_reached:
+    print(f"WARNING: training stopped at step {trained}, before its pruning schedule ended (events at steps "
+          f"{acc.prune_steps[0]}..{acc.prune_steps[-1]}): the final masks keep {kept:,} of {acc.prunable:,} prunable "
+          f"weights (sparsity {summary['final_sparsity']:.4f}, target {config.target_sparsity}). Repeat the data "
+          "(MaxText's num_epoch) or train fewer steps.", flush=True)
   path = write_summary(layout.run_dir(config.base_output_directory, config.run_name), summary)
   print(f"sparsity summary written to {path}" + (f" (stopped early at step {trained}: {record.stop_reason})"
                                                  if summary["stopped_early"] else ""), flush=True)
