@@ -92,7 +92,7 @@ def _predict(p: argparse.ArgumentParser) -> Runner:
 
 
 def plan_report(config: Any, law_file: str | None = None, match_dense: bool = False, divisor: int | None = None,
-                sparse_equivalent: bool = False) -> dict[str, Any]:
+                sparse_equivalent: bool = False, match_on: str = "total") -> dict[str, Any]:
   """The ``plan`` command's result for a config object: ``planning.plan`` plus, optionally,
   ``predicted_loss`` (with a law file), ``dense_match`` (with ``match_dense``; dense losses too with a law) and
   ``sparse_equivalent`` (with a law: the config's model as a dense baseline, and the sparse run of the same
@@ -124,11 +124,13 @@ def plan_report(config: Any, law_file: str | None = None, match_dense: bool = Fa
     p["law"] = fit.law
   if match_dense:
     if fit is not None:
-      p["dense_match"] = planning.compare_with_dense(fit, p, divisor)
+      p["dense_match"] = planning.compare_with_dense(fit, p, divisor, match_on)
     else:
-      m = planning.match_dense(p["avg_active_params"], planning.ModelShape(**p["shape"]), divisor)
+      m = planning.match_dense(planning.matched_average(p, match_on), planning.ModelShape(**p["shape"]), divisor,
+                               match_on)
       p["dense_match"] = {"dense_match": {**m, "lower": dataclasses.asdict(m["lower"]),
                                           "upper": dataclasses.asdict(m["upper"])}}
+    p["dense_match"]["match_on"] = match_on
   return p
 def format_plan(p: dict[str, Any]) -> str:
   """Human-readable summary of ``plan_report``'s dict."""
@@ -153,7 +155,7 @@ def format_plan(p: dict[str, Any]) -> str:
   if "dense_match" in p:
     d = p["dense_match"]
     m = d["dense_match"]
-    lines.append(f"dense match for N_avg: emb {m['lower']['emb']} ({m['lower_params']:,}) .. emb {m['upper']['emb']} "
+    lines.append(f"dense match for N_avg ({d.get('match_on', 'total')}): emb {m['lower']['emb']} ({m['lower_params']:,}) .. emb {m['upper']['emb']} "
                  f"({m['upper_params']:,}), weight {m['weight']:.3f}" + (" (exact)" if m["exact"] else ""))
     if "dense_loss" in d:
       lines.append(f"predicted dense loss {d['dense_loss']:.4f} (lower {d['dense_lower_loss']:.4f}, "
@@ -179,6 +181,8 @@ def _plan(p: argparse.ArgumentParser) -> Runner:
   p.add_argument("--match-dense", action="store_true", help="dense shapes with the same average active params")
   p.add_argument("--divisor", type=int, default=None,
                  help="hidden sizes of dense matches are multiples of lcm(heads, divisor) (default: 64)")
+  p.add_argument("--match-on", choices=("total", "prunable"), default="total",
+                 help="the count --match-dense matches: all parameters (the avg_param law's N) or the prunable ones")
   p.add_argument("--sparse-equivalent", action="store_true",
                  help="with --law-file: the smallest final sparse model of the same compute and predicted loss")
 
@@ -186,7 +190,7 @@ def _plan(p: argparse.ArgumentParser) -> Runner:
     if args.sparse_equivalent and not args.law_file:
       raise UsageError("--sparse-equivalent needs --law-file (a fitted avg_param or chinchilla law)")
     config = load_maxtext_config([args.config, *args.overrides])
-    result = plan_report(config, args.law_file, args.match_dense, args.divisor, args.sparse_equivalent)
+    result = plan_report(config, args.law_file, args.match_dense, args.divisor, args.sparse_equivalent, args.match_on)
     emit(args, result, lambda: format_plan(result))
     return 0
 

@@ -19,13 +19,36 @@ from sparsity.core.schedules import SCHEDULES
 DEFAULT_PRUNABLE = r"(^|/)(query|key|value|out|wi|wi_0|wi_1|wo|logits_dense)/kernel$"
 SCOPES = ("global", "per_tensor")
 SCORES = ("magnitude", "random")
+UNSTRUCTURED = "unstructured"
+# ``target_sparsity: auto``: the structure's own target (1 - N/M for N:M), else this (configs/sparse_base.yml's).
+AUTO_TARGET = 0.8
+
+
+def parse_structure(structure: str) -> tuple[int, int] | None:
+  """``None`` for 'unstructured', ``(N, M)`` for 'N:M' (e.g. '2:4'); ValueError for anything else or N >= M."""
+  if structure == UNSTRUCTURED:
+    return None
+  n, sep, m = str(structure).partition(":")
+  if not sep or not n.strip().isdigit() or not m.strip().isdigit():
+    raise ValueError(f"pruning_structure must be 'unstructured' or 'N:M' such as '2:4', got {structure!r}")
+  n, m = int(n), int(m)
+  if not 0 < n < m:
+    raise ValueError(f"pruning_structure={structure!r}: need 0 < N < M (N weights kept in every group of M)")
+  return n, m
+
+
+def structure_target(structure: str) -> float:
+  """The target sparsity of ``target_sparsity: auto`` for a structure: 1 - N/M, or ``AUTO_TARGET``."""
+  nm = parse_structure(structure)
+  return AUTO_TARGET if nm is None else 1.0 - nm[0] / nm[1]
 
 
 class SparsityKeys(pydantic.BaseModel):
   """Sparse pre-training keys (paper: dense 25%, gradual pruning every 100 steps until 75%, then fixed mask)."""
 
   target_sparsity: float = pydantic.Field(
-      0.0, ge=0.0, lt=1.0, description="Final fraction of prunable weights set to zero; 0 trains densely."
+      0.0, ge=0.0, lt=1.0, description="Final fraction of prunable weights set to zero; 0 trains densely; 'auto': "
+      "1 - N/M for an N:M structure, else 0.8."
   )
   sparsity_schedule: Literal[SCHEDULES] = pydantic.Field(  # type: ignore[valid-type]
       "geometric", description="Density after each pruning event: geometric (paper), cubic, linear, one_shot."
@@ -46,11 +69,40 @@ class SparsityKeys(pydantic.BaseModel):
       "", description="Regex of parameter paths never pruned, applied after prunable_params; empty: none."
   )
   pruning_seed: int = pydantic.Field(0, description="Seed of the random score (pruning_score=random).")
+  pruning_structure: str = pydantic.Field(
+      UNSTRUCTURED, description="'unstructured', or 'N:M': at most N non-zeros in every group of M consecutive "
+      "weights along each kernel's contraction (input) dimension; the top N of each group are never pruned.")
   init_mask_from_zeros: bool = pydantic.Field(
       False,
       description="Sparse fine-tuning: at the first step, mask every prunable weight that is exactly zero (e.g. "
       "loaded from a sparse checkpoint with load_parameters_path) and hold that mask fixed.",
   )
+
+  @pydantic.model_validator(mode="before")
+  @classmethod
+  def _auto_target(cls, data):
+    if isinstance(data, dict) and str(data.get("target_sparsity")) == "auto":
+      data = dict(data)
+      structure = data.get("pruning_structure", UNSTRUCTURED)
+      data["target_sparsity"] = structure_target(cls._valid_structure(structure))
+    return data
+
+  @pydantic.field_validator("pruning_structure", mode="before")
+  @classmethod
+  def _valid_structure(cls, v):
+    if isinstance(v, int) and not isinstance(v, bool) and v >= 60:
+      # YAML 1.1 (MaxText's config files and key=value overrides) reads an unquoted 2:4 as the base-60 integer 124.
+      v = f"{v // 60}:{v % 60}"
+    parse_structure(str(v))
+    return str(v)
+
+  @pydantic.model_validator(mode="after")
+  def _target_fits_the_structure(self):
+    nm = parse_structure(self.pruning_structure)
+    if nm is not None and self.target_sparsity > 1.0 - nm[0] / nm[1] + 1e-12:
+      raise ValueError(f"target_sparsity={self.target_sparsity} is above 1 - N/M = {1 - nm[0] / nm[1]:g} for "
+                       f"pruning_structure={self.pruning_structure} (target_sparsity=auto is 1 - N/M)")
+    return self
 
   @pydantic.field_validator("prunable_params", "non_prunable_params")
   @classmethod

@@ -32,8 +32,13 @@ import jax.numpy as jnp
 import optax
 
 from sparsity.core import schedules, threshold
-from sparsity.core.config import DEFAULT_PRUNABLE, SCOPES, SCORES
+from sparsity.core.config import DEFAULT_PRUNABLE, SCOPES, SCORES, UNSTRUCTURED, parse_structure
 from sparsity.core.paths import flatten, nest, shape_of, size_of, unnest
+
+
+def input_axis(path: str, shape: tuple) -> int:  # pylint: disable=unused-argument
+  """Axis 0: a kernel's input dimension in the ``(in, out)`` convention of flax and optax."""
+  return 0
 
 
 class PruningState(NamedTuple):
@@ -57,6 +62,12 @@ class PrunePlan:
     pruning_seed: seed of the random score.
     init_mask_from_zeros: at the first update, also mask the prunable weights that are exactly zero (sparse
       fine-tuning from a pruned checkpoint: the zero set is then held fixed).
+    pruning_structure: 'unstructured', or 'N:M': in every group of M consecutive weights along a kernel's
+      contraction axis the N largest scores are never pruned and the others are candidates for the threshold, so
+      at density N/M (the lowest allowed) every group holds exactly N non-zeros (the authors' fork's semantics,
+      with groups along the input dimension, which sparse tensor cores need).
+    group_axis: ``(path, shape) -> axis`` of a kernel's contraction dimension, for N:M. The default, axis 0, is
+      the ``(in, out)`` kernel convention of flax and optax; the MaxText hook passes MaxText's layout.
 
   Raises:
     ValueError: naming the field, for a choice that does not exist or a regex that does not compile.
@@ -69,6 +80,8 @@ class PrunePlan:
   pruning_score: str = "magnitude"
   pruning_seed: int = 0
   init_mask_from_zeros: bool = False
+  pruning_structure: str = UNSTRUCTURED
+  group_axis: Callable[[str, tuple], int] = dataclasses.field(default=input_axis, compare=True)
 
   def __post_init__(self):
     if not isinstance(self.schedule, schedules.Schedule):
@@ -81,14 +94,21 @@ class PrunePlan:
         re.compile(getattr(self, name))
       except (re.error, TypeError) as e:
         raise ValueError(f"{name} is not a valid regular expression ({e}): {getattr(self, name)!r}") from None
+    nm = parse_structure(self.pruning_structure)
+    if nm is not None and self.schedule.densities and self.schedule.densities[-1] < nm[0] / nm[1] - 1e-12:
+      raise ValueError(f"target sparsity {1 - self.schedule.densities[-1]:g} is above 1 - N/M = {1 - nm[0] / nm[1]:g} "
+                       f"for pruning_structure={self.pruning_structure}")
+
+  @property
+  def nm(self) -> tuple[int, int] | None:
+    """``(N, M)`` of an N:M structure, None when unstructured."""
+    return parse_structure(self.pruning_structure)
 
   @classmethod
-  def from_config(cls, config) -> "PrunePlan":
+  def from_config(cls, config, **kwargs) -> "PrunePlan":
     """The plan of a config holding the sparsity keys and ``steps`` (``SparsityKeys``, a MaxText config)."""
-    return cls(
-        schedule=schedules.schedule_from_config(config),
-        **{f.name: getattr(config, f.name) for f in dataclasses.fields(cls) if f.name != "schedule"},
-    )
+    keys = {f.name: getattr(config, f.name) for f in dataclasses.fields(cls) if f.name not in ("schedule", "group_axis")}
+    return cls(schedule=schedules.schedule_from_config(config), **{**keys, **kwargs})
 
   @property
   def masks_needed(self) -> bool:
@@ -114,6 +134,24 @@ def prunable_paths(params, plan: PrunePlan, is_leaf=None) -> list[str]:
   return chosen
 
 
+def check_structure(plan: PrunePlan, shapes: dict[str, tuple]) -> dict[str, int]:
+  """``{path: group axis}`` of the prunable parameters for an N:M plan ({} when unstructured); a ValueError naming
+  every tensor whose contraction axis is not a multiple of M."""
+  nm = plan.nm
+  if nm is None:
+    return {}
+  axes, bad = {}, []
+  for path, shape in shapes.items():
+    axis = plan.group_axis(path, tuple(shape))
+    axes[path] = axis
+    if not 0 <= axis < len(shape) or shape[axis] % nm[1]:
+      bad.append(f"{path} {tuple(shape)}: axis {axis}" + (f" of size {shape[axis]}" if 0 <= axis < len(shape) else ""))
+  if bad:
+    raise ValueError(f"pruning_structure={plan.pruning_structure} needs groups of {nm[1]} along each kernel's "
+                     f"contraction axis; not a multiple of {nm[1]}: " + "; ".join(bad))
+  return axes
+
+
 def keep_tables(plan: PrunePlan, sizes: Sequence[int]) -> list[list[int]]:
   """Weights kept after each event: one row per event; columns = groups (1 for global, 1 per tensor)."""
   if plan.pruning_scope == "global":
@@ -127,13 +165,22 @@ def kept_after_events(plan: PrunePlan, sizes: Sequence[int]) -> tuple[int, ...]:
   return tuple(sum(row) for row in keep_tables(plan, sizes))
 
 
-def compute_masks(values, masks, keep, plan: PrunePlan, step) -> list:
-  """New masks keeping exactly ``keep`` weights per group (wide counts), never reviving an entry."""
+def compute_masks(values, masks, keep, plan: PrunePlan, step, names: Sequence[str] | None = None) -> list:
+  """New masks keeping exactly ``keep`` weights per group (wide counts), never reviving an entry.
+
+  With an N:M structure the N largest scores of every group of M along each tensor's group axis (from ``names``,
+  the tensors' paths) are kept first; the threshold chooses among the others.
+  """
   if plan.pruning_score == "magnitude":
     keys = [threshold.magnitude_key_fn(v, m) for v, m in zip(values, masks)]
   else:
     rng = jax.random.fold_in(jax.random.PRNGKey(plan.pruning_seed), step)
     keys = [threshold.random_keys(jax.random.fold_in(rng, i), m.shape, m) for i, m in enumerate(masks)]
+  if plan.nm is not None:
+    if names is None:
+      raise ValueError(f"pruning_structure={plan.pruning_structure}: mask_event needs the tensors' names")
+    axes = check_structure(plan, {p: tuple(m.shape) for p, m in zip(names, masks)})
+    keys = [threshold.protect_top_n(k, axes[p], *plan.nm) for k, p in zip(keys, names)]
   if plan.pruning_scope == "global":
     new = threshold.top_k_masks(keys, keep[0])
   else:
@@ -178,7 +225,7 @@ def due_event(plan: PrunePlan, sizes: Sequence[int], step: int) -> Event | None:
   return Event(keep, jnp.int32(step), prune, zeros)
 
 
-def mask_event(values, masks, event: Event, plan: PrunePlan) -> list:
+def mask_event(values, masks, event: Event, plan: PrunePlan, names: Sequence[str] | None = None) -> list:
   """The masks after ``event``; a pure function, jittable on its own.
 
   Args:
@@ -186,12 +233,13 @@ def mask_event(values, masks, event: Event, plan: PrunePlan) -> list:
     masks: their current boolean masks.
     event: from ``due_event``.
     plan: what to prune.
+    names: the parameters' paths (needed by an N:M structure, for each tensor's group axis).
   """
   masks = list(masks)
   if event.mask_zeros:
     masks = [m & (v != 0) for m, v in zip(masks, values)]
   if event.prune:
-    masks = compute_masks(values, masks, event.keep, plan, event.step)
+    masks = compute_masks(values, masks, event.keep, plan, event.step, names)
   return masks
 
 
@@ -253,6 +301,7 @@ def pruned(
   def init(params):
     flat, _ = flatten(params, is_leaf)
     chosen = set(prunable_paths(params, plan, is_leaf))
+    check_structure(plan, {p: shape_of(x) for p, x in flat if p in chosen})
     masks = {p: jax.tree.map(lambda a: jnp.ones(shape_of(a), jnp.bool_), x) for p, x in flat if p in chosen}
     return PruningState(jnp.zeros((), jnp.int32), nest(masks), inner.init(params))
 
@@ -273,7 +322,7 @@ def pruned(
       # stays zero), as ``apply_due_event`` does between updates: both forms compute the same numbers.
       def with_event(event):
         def run(carry):
-          new = mask_event(prunable, carry[0], event, plan)
+          new = mask_event(prunable, carry[0], event, plan, names)
           return new, zero_pruned(carry[1], dict(zip(names, new)))
         return run
 
@@ -317,7 +366,7 @@ def _event_program(state: PruningState, params, event: Event, plan: PrunePlan) -
   flat_params = dict(flatten(params)[0])
   flat_masks = unnest(state.masks)
   names = list(flat_masks)
-  new = mask_event([flat_params[p] for p in names], [flat_masks[p] for p in names], event, plan)
+  new = mask_event([flat_params[p] for p in names], [flat_masks[p] for p in names], event, plan, names)
   masks = dict(zip(names, new))
   return PruningState(state.count, nest(masks), zero_pruned(state.inner_state, masks))
 
@@ -340,5 +389,6 @@ def apply_due_event(state: PruningState, params, plan: PrunePlan) -> PruningStat
 
 __all__ = [
     "PruningState", "PrunePlan", "Event", "pruned", "apply_due_event", "due_event", "mask_event", "zero_pruned",
-    "per_param_leaves", "prunable_paths", "keep_tables", "kept_after_events", "compute_masks",
+    "per_param_leaves", "prunable_paths", "keep_tables", "kept_after_events", "compute_masks", "check_structure",
+    "input_axis",
 ]

@@ -259,6 +259,38 @@ def magnitude_key_fn(x, alive):
   return key_fn
 
 
+MAX_KEY = 0xFFFFFFFF  # above every magnitude or random key: selected first
+
+
+def group_top_n(keys, axis: int, n: int, m: int):
+  """True for the ``n`` largest keys of every group of ``m`` consecutive entries along ``axis`` (ties: first).
+
+  The axis is split in place into (groups, m), so a sharded array whose shards hold whole groups is ranked without
+  moving data; each entry is compared with the ``m`` entries of its group.
+  """
+  shape = keys.shape
+  if shape[axis] % m:
+    raise ValueError(f"axis {axis} of shape {shape} is not a multiple of {m}")
+  g = keys.reshape(shape[:axis] + (shape[axis] // m, m) + shape[axis + 1:])
+  pos = jax.lax.broadcasted_iota(jnp.int32, g.shape, axis + 1)
+  rank = jnp.zeros(g.shape, jnp.int32)
+  for j in range(m):
+    kj = jax.lax.slice_in_dim(g, j, j + 1, axis=axis + 1)
+    rank = rank + ((kj > g) | ((kj == g) & (j < pos))).astype(jnp.int32)
+  return (rank < n).reshape(shape)
+
+
+def protect_top_n(key_fn, axis: int, n: int, m: int):
+  """A key source whose ``n`` largest keys of every group of ``m`` along ``axis`` become ``MAX_KEY``."""
+  key_fn = _as_key_fn(key_fn)
+
+  def protected(dep):
+    keys = key_fn(dep)
+    return jnp.where(group_top_n(keys, axis, n, m) & (keys > 0), jnp.uint32(MAX_KEY), keys)
+
+  return protected
+
+
 def random_keys(rng, shape, alive) -> jax.Array:
   """Uniform random uint32 keys (never 0 where ``alive``), 0 where not ``alive``."""
   bits = jax.random.bits(rng, shape, jnp.uint32)

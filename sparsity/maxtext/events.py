@@ -67,10 +67,10 @@ class StateEvents:
     if count != start_step:
       raise RuntimeError(f"the pruner's update count {count} is not MaxText's step {start_step}")
     shardings = ([flat[i][1].sharding for i in self.mask_idx], [flat[i][1].sharding for i in self.moment_idx])
-    owner = self.moment_owner
+    owner, names = self.moment_owner, list(self.names)
 
     def sparsity_mask_event(values, masks, moments, event):  # XLA module: jit_sparsity_mask_event
-      new = pruner.mask_event(values, masks, event, plan)
+      new = pruner.mask_event(values, masks, event, plan, names)
       return new, [jnp.where(new[o], m, jnp.zeros_like(m)) for o, m in zip(owner, moments)]
 
     self._jit = jax.jit(sparsity_mask_event, donate_argnums=(1, 2), out_shardings=shardings)

@@ -132,7 +132,7 @@ def _initialize(original, argv, *args, **kwargs):
 
 def _get_optimizer(original, config, learning_rate_schedule, model=None, mesh=None):
   inner = original(config, learning_rate_schedule, model, mesh=mesh)
-  plan = pruner.PrunePlan.from_config(config)
+  plan = pruner.PrunePlan.from_config(config, group_axis=layout.contraction_axis)
   RUN.plan, RUN.config = plan, config
   RUN.reached.add("optimizers.get_optimizer")
   if plan.masks_needed and not RUN.in_train_loop:
@@ -147,6 +147,8 @@ def _get_optimizer(original, config, learning_rate_schedule, model=None, mesh=No
     flat, _ = flatten(params, _is_variable)
     chosen = pruner.prunable_paths(params, plan, _is_variable)
     by_path = dict(flat)
+    if plan.nm is not None and mesh is not None:
+      _check_groups_within_shards(plan, {p: by_path[p] for p in chosen}, mesh, config)
     RUN.prunable_sizes = [size_of(by_path[p]) for p in chosen]
     RUN.total = sum(size_of(x) for _, x in flat)
     if config.enable_checkpointing:
@@ -154,6 +156,35 @@ def _get_optimizer(original, config, learning_rate_schedule, model=None, mesh=No
     return tx.init(params)
 
   return type(tx)(init, tx.update)
+
+
+def _check_groups_within_shards(plan: pruner.PrunePlan, params: dict, mesh, config) -> None:
+  """A ValueError, before anything compiles, if a group of M along a kernel's contraction axis would straddle two
+  shards of that kernel (the axis's shard size must be a multiple of M)."""
+  from flax.linen import partitioning  # pylint: disable=import-outside-toplevel
+
+  m = plan.nm[1]
+  bad = []
+  for path, var in params.items():
+    shape = shape_of(var)
+    axis = plan.group_axis(path, shape)
+    meta = var.get_metadata() if hasattr(var, "get_metadata") else {}
+    names = meta.get("sharding_names") or meta.get("out_sharding") or meta.get("sharding")
+    if not names:
+      continue
+    spec = partitioning.logical_to_mesh_axes(tuple(names), config.logical_axis_rules)
+    entry = spec[axis] if axis < len(spec) else None
+    mesh_axes = () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
+    shards = 1
+    for a in mesh_axes:
+      shards *= int(mesh.shape[a])
+    if shards > 1 and (shape[axis] % shards or (shape[axis] // shards) % m):
+      bad.append(f"{path} {shape}: axis {axis} of size {shape[axis]} is split over {shards} devices "
+                 f"({', '.join(mesh_axes)}) into shards of {shape[axis] / shards:g}")
+  if bad:
+    raise ValueError(f"pruning_structure={plan.pruning_structure}: a group of {m} along a kernel's contraction axis "
+                     "would straddle two shards; use a mesh whose shards of these axes hold whole groups: "
+                     + "; ".join(bad))
 
 
 def _check_resume(config, shapes: dict[str, tuple], masks: list[str]) -> None:

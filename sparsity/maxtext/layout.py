@@ -106,6 +106,18 @@ def conversion_key(param_path: str) -> str:
   return "params-" + param_path.replace("/", "-")
 
 
+def contraction_axis(param_path: str, shape: tuple) -> int:
+  """The axis of a MaxText kernel along which it contracts its input (where N:M groups lie).
+
+  MaxText's dense kernels are ``(in..., out...)``, with the stacked-layers axis inserted at 1 under
+  ``scan_layers``: query/key/value ``(emb, [layers,] heads, head_dim)``, MLP ``wi_0/wi_1`` ``(emb, [layers,] mlp)``
+  and ``wo`` ``(mlp, [layers,] emb)``, ``logits_dense`` ``(emb, vocab)``: axis 0. The attention output projection
+  ``out`` is ``(heads, [layers,] head_dim, emb)``: its input is heads x head_dim, whose consecutive entries are
+  along head_dim, the axis before the last.
+  """
+  return len(shape) - 2 if param_path.endswith("/out/kernel") or param_path == "out/kernel" else 0
+
+
 def scan_axis(param_path: str, scan_layers: bool, param_scan_axis: int = 1) -> int | None:
   """The stacked-layers axis of a parameter (None when layers are not scanned or it is not a layer's)."""
   return param_scan_axis if scan_layers and "/layers/" in f"/{param_path}/" else None
@@ -115,5 +127,5 @@ __all__ = [
     "SUMMARY_FILE", "CHECKPOINTS", "ITEMS", "TENSORBOARD", "STATE_PARAMS", "STATE_OPT", "STATE_MASKS", "STATE_COUNT",
     "STATE_INNER", "STATE_STEP", "CKPT_PARAMS", "CKPT_OPT", "CKPT_MASKS", "CKPT_COUNT", "CKPT_STEP", "run_dir",
     "summary_path", "checkpoints_dir", "items_dir", "tensorboard_dir", "state_param_path", "state_mask_path",
-    "ckpt_param_path", "ckpt_mask_path", "checkpoint_tree", "conversion_key", "scan_axis",
+    "ckpt_param_path", "ckpt_mask_path", "checkpoint_tree", "conversion_key", "contraction_axis", "scan_axis",
 ]

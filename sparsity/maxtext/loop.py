@@ -31,6 +31,7 @@ from sparsity.maxtext.hook import RUN
 
 # Settings that later tools (collect, report) group runs by.
 RUN_SETTINGS = ("prune_start_fraction", "prune_end_fraction", "pruning_interval", "pruning_scope", "pruning_score",
+                "pruning_structure", "init_mask_from_zeros",
                 "learning_rate", "per_device_batch_size", "global_batch_size_to_train_on", "max_target_length")
 TRAIN_STEP_PROGRAMS = ("p_train_step", "p_train_step_dropless", "p_train_step_first_phase")
 

@@ -192,8 +192,15 @@ def width_step(shape: ModelShape, divisor: int = WIDTH_DIVISOR) -> int:
   return math.lcm(shape.num_query_heads, int(divisor))
 
 
-def match_dense(target_params: float, shape: ModelShape, divisor: int = WIDTH_DIVISOR) -> dict[str, Any]:
-  """Dense shapes whose total parameter count matches ``target_params`` (the paper's Figure 1 footnote).
+MATCH_COUNTS = ("total", "prunable")
+
+
+def match_dense(target_params: float, shape: ModelShape, divisor: int = WIDTH_DIVISOR,
+                count: str = "total") -> dict[str, Any]:
+  """Dense shapes whose parameter count matches ``target_params`` (the paper's Figure 1 footnote).
+
+  ``count`` is the count matched: ``total`` (all trainable parameters, what the ``avg_param`` law's N_avg
+  counts) or ``prunable`` (the linear layers only, as the paper's Figure 1 describes its pairs).
 
   Hidden sizes are multiples of ``width_step(shape, divisor)``; depth, heads and the MLP ratio come from
   ``shape`` (see ``scale_shape``). Total parameters increase with the hidden size, so the target is
@@ -208,11 +215,13 @@ def match_dense(target_params: float, shape: ModelShape, divisor: int = WIDTH_DI
   Raises:
     ValueError: the target is below the smallest width's count.
   """
+  if count not in MATCH_COUNTS:
+    raise ValueError(f"count must be one of {MATCH_COUNTS}, got {count!r}")
   step = width_step(shape, divisor)
   target = float(target_params)
 
   def total(k: int) -> int:
-    return param_counts(scale_shape(shape, k * step))["total"]
+    return param_counts(scale_shape(shape, k * step))[count]
 
   if target < total(1):
     raise ValueError(f"target {target:.4g} params is below the smallest width {step} ({total(1)} params)")
@@ -236,7 +245,8 @@ def match_dense(target_params: float, shape: ModelShape, divisor: int = WIDTH_DI
           "weight": (target - lp) / (up - lp)}
 
 
-def compare_with_dense(fit: Any, sparse_plan: Mapping[str, Any], divisor: int = WIDTH_DIVISOR) -> dict[str, Any]:
+def compare_with_dense(fit: Any, sparse_plan: Mapping[str, Any], divisor: int = WIDTH_DIVISOR,
+                       count: str = "total") -> dict[str, Any]:
   """Predicted loss of a sparse run and of its dense counterpart with the same ``N_avg`` and tokens.
 
   Args:
@@ -249,7 +259,7 @@ def compare_with_dense(fit: Any, sparse_plan: Mapping[str, Any], divisor: int = 
     ``dense_upper_loss`` and ``dense_loss`` (their interpolation with ``weight``).
   """
   shape = ModelShape(**sparse_plan["shape"])
-  m = match_dense(sparse_plan["avg_active_params"], shape, divisor)
+  m = match_dense(matched_average(sparse_plan, count), shape, divisor, count)
   steps, tps = sparse_plan["steps"], sparse_plan["tokens_per_step"]
   lo_loss = predict_loss(fit, plan(m["lower"], steps, tps))
   hi_loss = predict_loss(fit, plan(m["upper"], steps, tps))
@@ -260,6 +270,11 @@ def compare_with_dense(fit: Any, sparse_plan: Mapping[str, Any], divisor: int = 
       "dense_upper_loss": hi_loss,
       "dense_loss": (1.0 - m["weight"]) * lo_loss + m["weight"] * hi_loss,
   }
+
+
+def matched_average(p: Mapping[str, Any], count: str = "total") -> float:
+  """The average count of a plan that ``match_dense`` matches: all active parameters, or the prunable ones."""
+  return float(p["avg_active_params"] if count == "total" else p["avg_active_prunable_params"])
 
 
 def find_sparse_equivalent(
@@ -345,4 +360,4 @@ def config_to_plan_inputs(config: Any) -> dict[str, Any]:
 
 
 __all__ = ["WIDTH_DIVISOR", "ModelShape", "PAPER_MODELS", "param_counts", "plan", "law_inputs", "predict_loss", "scale_shape",
-           "width_step", "match_dense", "compare_with_dense", "find_sparse_equivalent", "config_to_plan_inputs"]
+           "width_step", "MATCH_COUNTS", "match_dense", "matched_average", "compare_with_dense", "find_sparse_equivalent", "config_to_plan_inputs"]
