@@ -93,3 +93,13 @@ def c4_path():
   if not os.path.isdir(C4):
     pytest.fail(f"the C4 slice is missing at {C4} (../shared/data beside the repository)")
   return C4
+
+
+@pytest.fixture(scope="session")
+def hf_python():
+  """The Python of .venv-hf (PyTorch, transformers, compressed-tensors), made by tools/setup_hf_env.sh (idempotent)."""
+  if not os.path.isfile(os.path.join(ROOT, ".venv-hf", ".setup-stamp")):
+    out = subprocess.run(["bash", os.path.join(ROOT, "tools", "setup_hf_env.sh")], cwd=ROOT, capture_output=True,
+                         text=True, timeout=1800, check=False)
+    assert out.returncode == 0, f"tools/setup_hf_env.sh failed:\n{out.stdout[-2000:]}\n{out.stderr[-4000:]}"
+  return os.path.join(ROOT, ".venv-hf", "bin", "python")

@@ -3,6 +3,7 @@
 Usage: python tests/hf_check.py REQUEST.json RESULT.json, where the request holds
   dense: an export written with --format hf
   compressed: the same checkpoint written with --format compressed (optional)
+  compressed24: a 2:4 checkpoint written with --format compressed-24, whose dense export is `dense` (optional)
   tokens: [[int, ...]] token ids for logits
   prompt, max_new_tokens: greedy generation with the exported tokenizer (optional)
 The result: logits of the dense export (and of the decompressed compressed export), zeros per weight,
@@ -50,6 +51,28 @@ def main(request_path, result_path):
     with torch.no_grad():
       gen = model.generate(ids, max_new_tokens=req["max_new_tokens"], do_sample=False, pad_token_id=0)
     out["generated_ids"] = gen[0, ids.shape[1]:].tolist()
+
+  comp24 = req.get("compressed24")
+  if comp24:
+    from compressed_tensors.compressors.sparse_compressors.sparse_24_bitmask import Sparse24BitMaskTensor
+
+    compressor = ModelCompressor.from_pretrained(comp24)
+    out["compressor24"] = type(compressor.sparsity_compressor).__name__
+    config = AutoConfig.from_pretrained(comp24)
+    out["quantization_config24"] = config.quantization_config
+    del config.quantization_config
+    decompressed = LlamaForCausalLM(config)
+    compressor.decompress(comp24, decompressed)
+    dstate = decompressed.state_dict()
+    out["decompressed24_bitwise_equal"] = sorted(k for k, v in dense.items() if torch.equal(bits(dstate[k]), bits(v)))
+    stored = load_file(f"{comp24}/model.safetensors")
+    out["compressed24_modules"] = sorted(k[: -len(".compressed")] for k in stored if k.endswith(".compressed"))
+    same = []
+    for module in out["compressed24_modules"]:
+      ref = Sparse24BitMaskTensor.from_dense(dense[module + ".weight"]).dict(name_prefix=module)
+      if all(k in stored and stored[k].dtype == v.dtype and torch.equal(bits(stored[k]), bits(v)) for k, v in ref.items()):
+        same.append(module)
+    out["library_compress24_equal"] = same
 
   comp_dir = req.get("compressed")
   if comp_dir:

@@ -22,7 +22,6 @@ from sparsity.maxtext import checkpoint as model_checkpoint
 from sparsity.maxtext import layout
 from sparsity.model import export, inspection as inspect_mod, sparse_bitmask
 
-HF_PYTHON = os.path.join(ROOT, ".venv-hf", "bin", "python")
 MODEL = ["configs/sparse_base.yml", *TINY]  # vocab 32000: the LLaMA-2 tokenizer fits the model
 TOKENS = [[1, 450, 4996, 17354, 1701, 29916, 432, 17204, 975, 278, 17366, 11203]]
 
@@ -305,15 +304,6 @@ def exports(sparse_run, tmp_path_factory):
     assert code == 0, err[-3000:]
     results[fmt] = out
   return base, results
-
-
-@pytest.fixture(scope="module")
-def hf_python():
-  if not os.path.isfile(os.path.join(ROOT, ".venv-hf", ".setup-stamp")):
-    out = subprocess.run(["bash", os.path.join(ROOT, "tools", "setup_hf_env.sh")], cwd=ROOT, capture_output=True,
-                         text=True, timeout=1800, check=False)
-    assert out.returncode == 0, f"tools/setup_hf_env.sh failed:\n{out.stdout[-2000:]}\n{out.stderr[-4000:]}"
-  return HF_PYTHON
 
 
 @pytest.fixture(scope="module")

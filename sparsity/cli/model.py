@@ -1,7 +1,7 @@
 """Commands on a trained model: ``inspect``, ``export`` and ``generate`` (see ``sparsity.cli`` for the style).
 
-  inspect   CHECKPOINT_DIR [--step N] [--json] [--prunable REGEX]
-  export    CHECKPOINT_DIR --config CONFIG [key=value ...] --out DIR [--format hf|compressed] [--dtype D] [--json]
+  inspect   CHECKPOINT_DIR [--step N] [--json] [--prunable REGEX] [--structure N:M]
+  export    CHECKPOINT_DIR --config CONFIG [key=value ...] --out DIR [--format hf|compressed|compressed-24] [--json]
   generate  CHECKPOINT_DIR --config CONFIG [key=value ...] [--prompt TEXT] [--max-new-tokens N] [--json]
 
 CHECKPOINT_DIR is a run directory, its ``checkpoints`` directory, one step's directory or its ``items``.
@@ -31,12 +31,14 @@ def _inspect(p: argparse.ArgumentParser) -> Runner:
   _checkpoint_args(p, "read", config=False)
   p.add_argument("--prunable", default=DEFAULT_PRUNABLE,
                  help="regex of prunable parameter paths, for a checkpoint without masks (default: linear kernels)")
+  p.add_argument("--structure", help="N:M (e.g. 2:4) to check every prunable tensor for along its contraction axis "
+                 "(default: the run summary's pruning_structure)")
 
   def run(args: argparse.Namespace) -> int:
     from sparsity.model import inspection  # pylint: disable=import-outside-toplevel
 
     with contextlib.redirect_stdout(sys.stderr):  # Orbax/absl may print; keep stdout for the report
-      r = inspection.report(args.checkpoint, args.step, args.prunable)
+      r = inspection.report(args.checkpoint, args.step, args.prunable, args.structure)
     emit(args, r, lambda: inspection.format_report(r))
     return 0
 
@@ -48,8 +50,9 @@ def _inspect(p: argparse.ArgumentParser) -> Runner:
 def _export(p: argparse.ArgumentParser) -> Runner:
   _checkpoint_args(p, "export")
   add_out(p, "directory to create")
-  p.add_argument("--format", choices=("hf", "compressed"), default="hf",
-                 help="hf: dense safetensors; compressed: pruned linear weights in compressed-tensors sparse-bitmask")
+  p.add_argument("--format", choices=("hf", "compressed", "compressed-24"), default="hf",
+                 help="hf: dense safetensors with exact zeros (portable); compressed: pruned linear weights in "
+                 "compressed-tensors sparse-bitmask; compressed-24: sparse-24-bitmask, for a 2:4 model")
   p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32", help="weight dtype written")
 
   def run(args: argparse.Namespace) -> int:

@@ -175,6 +175,7 @@ def _check_groups_within_shards(plan: pruner.PrunePlan, params: dict, mesh, conf
     spec = partitioning.logical_to_mesh_axes(tuple(names), config.logical_axis_rules)
     entry = spec[axis] if axis < len(spec) else None
     mesh_axes = () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
+    mesh_axes = tuple(a for a in mesh_axes if int(mesh.shape[a]) > 1)
     shards = 1
     for a in mesh_axes:
       shards *= int(mesh.shape[a])

@@ -6,7 +6,11 @@ SentencePiece model of the run), ``tokenizer.json`` + ``tokenizer_config.json`` 
 it, so ``AutoTokenizer`` needs neither sentencepiece nor protobuf) and ``sparsity_export.json`` (what was
 exported: step, counts, sizes). ``--format compressed``: the same, but each pruned linear weight is stored in
 the compressed-tensors ``sparse-bitmask`` format (``sparsity.model.sparse_bitmask``) and ``config.json`` carries the
-``quantization_config`` that compressed-tensors, llm-compressor, vLLM and transformers read.
+``quantization_config`` that compressed-tensors, llm-compressor, vLLM and transformers read. ``--format
+compressed-24``: for a 2:4 model (``pruning_structure=2:4``), the ``sparse-24-bitmask`` format (2 values and a
+bitmask per group of 4 along each weight's input dimension). The serving stacks of 2026 have dropped sparse
+formats (compressed-tensors 0.15 removed these compressors; vLLM dropped its 2:4 kernels), so the dense export
+with exact zeros is the portable one; the compressed ones load with compressed-tensors <= 0.13.
 
 The parameter mapping is MaxText's own (``maxtext.checkpoint_conversion``: its LLaMA names, scanned-layer
 slicing, kernel reshapes and the query scaling by sqrt(head_dim) that MaxText folds into the query kernel),
@@ -35,6 +39,7 @@ from sparsity.maxtext import host, layout
 from sparsity.model import sparse_bitmask
 
 SAFETENSORS = "model.safetensors"
+FORMATS = ("hf", "compressed", "compressed-24")
 EXPORT_INFO = "sparsity_export.json"
 MT_MODEL_KEY = "llama3.1-8b"  # MaxText's LLaMA-family mapping tables (names, hooks, HF shapes) are keyed by it
 
@@ -276,8 +281,8 @@ def export(
     overwrite: bool = False,
 ) -> ExportResult:
   """Writes the Hugging Face directory ``out`` from a checkpoint and its MaxText ``config`` (see module docstring)."""
-  if fmt not in ("hf", "compressed"):
-    raise ValueError(f"unknown format {fmt!r} (hf or compressed)")
+  if fmt not in FORMATS:
+    raise ValueError(f"unknown format {fmt!r} ({', '.join(FORMATS)})")
   if dtype not in ("float32", "bfloat16", "float16"):
     raise ValueError(f"unknown dtype {dtype!r}")
   out = os.path.abspath(out)
@@ -304,19 +309,25 @@ def export(
     _generation_config(ids).save_pretrained(tmp)
     dense_bytes = sum(a.nbytes for a in hf.values())
     linear_dense_bytes = sum(hf[n].nbytes for n in prunable_hf)
-    if fmt == "compressed":
+    if fmt != "hf":
+      compress = sparse_bitmask.compress_24 if fmt == "compressed-24" else sparse_bitmask.compress
       tensors, linear_bytes = {}, 0
       for name, a in hf.items():
         if name in prunable_hf:
           module = name[: -len(".weight")]
-          for suffix, part in sparse_bitmask.compress(a).items():
+          try:
+            parts = compress(a)
+          except ValueError as e:
+            raise ValueError(f"{name}: {e}; --format compressed-24 needs a 2:4 model (pruning_structure=2:4)") from None
+          for suffix, part in parts.items():
             tensors[f"{module}.{suffix}"] = part
             linear_bytes += part.nbytes
         else:
           tensors[name] = a
       linear_names = {n[: -len(".weight")] for n, a in hf.items() if a.ndim == 2 and n != "model.embed_tokens.weight"}
       ignore = sorted(linear_names - {n[: -len(".weight")] for n in prunable_hf})
-      _add_quantization_config(tmp, sparse_bitmask.compression_config(pruned / max(prunable, 1), ignore))
+      structure = "2:4" if fmt == "compressed-24" else "unstructured"
+      _add_quantization_config(tmp, sparse_bitmask.compression_config(pruned / max(prunable, 1), ignore, structure))
     else:
       tensors, linear_bytes = hf, linear_dense_bytes
     _safetensors_save(tensors, os.path.join(tmp, SAFETENSORS))
@@ -389,15 +400,19 @@ def export_from_cli(checkpoint: str, argv: list[str], out: str, **kw) -> ExportR
   return export(checkpoint, config, out, **kw)
 
 
+FORMAT_NAMES = {"hf": "Hugging Face LLaMA", "compressed": "compressed-tensors sparse-bitmask",
+                "compressed-24": "compressed-tensors sparse-24-bitmask"}
+
+
 def format_result(r: ExportResult) -> str:
   i = r.info
   lines = [
-      f"wrote {r.out} ({'compressed-tensors sparse-bitmask' if r.format == 'compressed' else 'Hugging Face LLaMA'}, "
+      f"wrote {r.out} ({FORMAT_NAMES[r.format]}, "
       f"{i['dtype']}) from step {i['step']}",
       f"pruned {i['pruned_params']:,} of {i['prunable_params']:,} prunable weights (sparsity {i['sparsity']:.4f}); "
       f"{i['total_params']:,} params",
   ]
-  if r.format == "compressed":
+  if r.format != "hf":
     lines.append(f"prunable linear weights: {i['prunable_stored_bytes']:,} bytes vs {i['prunable_dense_bytes']:,} dense "
                  f"(ratio {i['prunable_ratio']:.3f})")
     lines.append(f"weights file: {i['weight_file_bytes']:,} bytes vs {i['dense_weight_bytes']:,} dense "

@@ -4,6 +4,10 @@ Per tensor: shape, size, whether it is prunable, its zeros and (with masks) its 
 parameters, prunable ones, pruned ones, active ones (all minus pruned, as ``sparsity_summary.json`` counts
 them). Pruning state: the pruner's update count, whether masks are present (a sparse run) or not (a dense
 checkpoint), and, when the run's ``sparsity_summary.json`` is beside it, the schedule's events done.
+
+N:M structure: with ``structure='N:M'`` (or, by default, the ``pruning_structure`` the run's summary records), each
+prunable tensor is checked independently of the masks: every group of M consecutive weights along its
+contraction axis (``sparsity.maxtext.layout.contraction_axis``) must hold at most N non-zeros.
 """
 
 from __future__ import annotations
@@ -13,28 +17,44 @@ from typing import Any
 
 import numpy as np
 
+from sparsity.core.config import DEFAULT_PRUNABLE, UNSTRUCTURED, parse_structure
 from sparsity.maxtext import checkpoint as ckpt
-from sparsity.core.config import DEFAULT_PRUNABLE
+from sparsity.maxtext import layout
 
 
-def report(path: str, step: int | None = None, prunable: str = DEFAULT_PRUNABLE) -> dict[str, Any]:
+def report(path: str, step: int | None = None, prunable: str = DEFAULT_PRUNABLE,
+           structure: str | None = None) -> dict[str, Any]:
   """The inspection of one checkpoint step as a JSON-ready dict.
 
   Args:
     path: run directory, its checkpoints directory, a step's directory or its items directory.
     step: the step to read (default: the latest).
     prunable: regex of prunable parameter paths, used only for a checkpoint without masks.
+    structure: 'N:M' to check every prunable tensor for (default: the run summary's ``pruning_structure``).
   """
   where = ckpt.locate(path, step)
   state = ckpt.load(where.items_dir)
-  return build_report(where, state, prunable)
+  return build_report(where, state, prunable, structure)
 
 
-def build_report(where: ckpt.Located, state: ckpt.ModelState, prunable: str = DEFAULT_PRUNABLE):
+def max_nonzeros_per_group(w: np.ndarray, axis: int, m: int) -> int:
+  """The most non-zeros in any group of ``m`` consecutive entries of ``w`` along ``axis``."""
+  if w.shape[axis] % m:
+    raise ValueError(f"axis {axis} of shape {w.shape} is not a multiple of {m}")
+  x = np.moveaxis(w != 0, axis, -1)
+  return int(x.reshape(*x.shape[:-1], x.shape[-1] // m, m).sum(-1).max()) if x.size else 0
+
+
+def build_report(where: ckpt.Located, state: ckpt.ModelState, prunable: str = DEFAULT_PRUNABLE,
+                 structure: str | None = None):
   has_masks = bool(state.masks)
   unknown = sorted(set(state.masks) - set(state.params))
   if unknown:
     raise ValueError(f"masks without a parameter in {where.items_dir}: {', '.join(unknown)}")
+  summary = ckpt.read_summary(where.run_dir)
+  if structure is None and summary and summary.get("pruning_structure", UNSTRUCTURED) != UNSTRUCTURED:
+    structure = summary["pruning_structure"]
+  nm = parse_structure(structure) if structure else None
   tensors = []
   for name in sorted(state.params):
     w = state.params[name]
@@ -60,6 +80,11 @@ def build_report(where: ckpt.Located, state: ckpt.ModelState, prunable: str = DE
       row["pruned"] = zeros if is_prunable else 0
     row["active"] = row["size"] - row["pruned"]
     row["sparsity"] = row["pruned"] / w.size if w.size else 0.0
+    if nm is not None and is_prunable:
+      axis = layout.contraction_axis(name, w.shape)
+      most = max_nonzeros_per_group(w, axis, nm[1])
+      row["structure"] = {"n_of_m": f"{nm[0]}:{nm[1]}", "axis": axis, "max_nonzeros_per_group": most,
+                          "ok": most <= nm[0]}
     tensors.append(row)
 
   total = sum(t["size"] for t in tensors)
@@ -67,7 +92,6 @@ def build_report(where: ckpt.Located, state: ckpt.ModelState, prunable: str = DE
   prunable_n = sum(t["size"] for t in prun)
   pruned = sum(t["pruned"] for t in tensors)
   zeros_prunable = sum(t["zeros"] for t in prun)
-  summary = ckpt.read_summary(where.run_dir)
   schedule = _schedule_state(summary, state.pruner_count)
   return {
       "items_dir": where.items_dir,
@@ -82,6 +106,9 @@ def build_report(where: ckpt.Located, state: ckpt.ModelState, prunable: str = DE
           "mask_violations": sum(t.get("pruned_nonzero", 0) for t in tensors),
       },
       "schedule": schedule,
+      "structure": None if nm is None else {
+          "n_of_m": f"{nm[0]}:{nm[1]}", "tensors_checked": sum("structure" in t for t in tensors),
+          "ok": all(t["structure"]["ok"] for t in tensors if "structure" in t)},
       "totals": {
           "params": total,
           "prunable": prunable_n,
@@ -136,6 +163,12 @@ def format_report(r: dict[str, Any]) -> str:
     steps = ", ".join(map(str, s["prune_steps"])) or "none"
     lines.append(f"schedule: {s['sparsity_schedule']} to {s['target_sparsity']} over {s['steps']} steps, events at "
                  f"steps {steps}{done}{nxt}")
+  st = r.get("structure")
+  if st:
+    bad = [x["path"] for x in r["tensors"] if "structure" in x and not x["structure"]["ok"]]
+    lines.append(f"structure {st['n_of_m']} along each kernel's contraction axis: "
+                 + (f"every one of {st['tensors_checked']} prunable tensors satisfies it" if st["ok"] else
+                    f"NOT satisfied by {', '.join(bad)}"))
   width = max(len(x["path"]) for x in r["tensors"])
   lines.append("")
   lines.append(f"{'tensor':<{width}}  {'shape':>14}  {'params':>11}  prunable  {'pruned':>11}  {'active':>11}  sparsity")
