@@ -1,7 +1,7 @@
 """Experiment commands of ``python -m sparsity`` (see ``sparsity.cli`` for the common style).
 
   sweep               SPEC [key=value ...] [--dry-run] [--launcher local|xpk] [--out DIR] [--json] [xpk options]
-  collect             DIR --out CSV|- [--manifest FILE ...] [--json]
+  collect             DIR --out CSV|- [--manifest FILE ...] [--trajectories] [--json]
   report              CSV --out DIR [--law-file law.json] [--json]
   dense-sweep         --out YAML|- [--divisor N] [--sparsities S ...]
   schedule-fractions  --target-sparsity S [--dense F] [--pruning F] [--schedule NAME] [--json]
@@ -105,12 +105,23 @@ def _collect(p: argparse.ArgumentParser) -> Runner:
   add_data(p, "a sweep's output directory (searched recursively)", positional=True)
   add_out(p, "CSV to write", stdout=True)
   p.add_argument("--manifest", action="append", default=[], help="more manifest.json files to join")
+  p.add_argument("--trajectories", action="store_true",
+                 help="prune-and-recover runs: one row per evaluation (run_name, N0, rho, D, L0, loss), for fit --law p2")
   add_json(p)
 
   def run(args: argparse.Namespace) -> int:
     from sparsity.experiments import collect  # pylint: disable=import-outside-toplevel
 
     check_out(args.out, args.force)
+    if args.trajectories:
+      df = collect.trajectories(data_path(args))
+      if args.out != "-":
+        write_text(df.to_csv(index=False), args.out)
+      if args.json or args.out == "-":
+        emit(args, df.to_dict(orient="records"), lambda: df.to_csv(index=False))
+      else:
+        print(f"{df['run_name'].nunique()} runs, {len(df)} points -> {args.out}")
+      return 0
     df = collect.collect(data_path(args), args.manifest)
     if args.out != "-":
       write_text(df.to_csv(index=False), args.out)

@@ -2,6 +2,7 @@
 
   fit      --law LAW --data CSV|DIR --out law.json|- [--plot PNG] [--plot-params PNG] [--no-loo] [--json]
   predict  --law-file law.json --data CSV [--out CSV|-] [--json]
+  recovery --law-file p2.json --n0 N --rho R --l0 L (--target-loss X | --margin M) [--json]
   plan     CONFIG [key=value ...] [--law-file law.json] [--match-dense] [--sparse-equivalent] [--divisor N] [--json]
 """
 
@@ -43,15 +44,23 @@ def _fit(p: argparse.ArgumentParser) -> Runner:
 
     for path in (args.out, args.plot, args.plot_params):
       check_out(path, args.force)
-    df = results.load_runs(data_path(args))
-    res = scaling_laws.fit(args.law, df, loo=not args.no_loo)
+    if args.law == "p2":
+      df = _p2_data(data_path(args))
+      res = scaling_laws.fit("p2", df, loo=not args.no_loo, groups=df["run_name"] if "run_name" in df else None)
+    else:
+      df = results.load_runs(data_path(args))
+      res = scaling_laws.fit(args.law, df, loo=not args.no_loo)
     out = res.to_json()
     if "run_name" in df:
       out["run_names"] = [str(v) for v in df["run_name"]]
+    if args.law == "p2":
+      out["quality"] = p2_quality(res, df)
     if args.out != "-":
       write_text(json_text(out), args.out)
     sparsity = df["sparsity"] if "sparsity" in df else [0.0] * len(df)
-    if args.plot:
+    if args.plot and args.law == "p2":
+      plots.recovery_curves(df, res, args.plot)
+    elif args.plot:
       plots.predicted_vs_actual(df["loss"], res.predictions, sparsity, args.plot, f"{args.law}: MAE {res.mae:.4f}")
     if args.plot_params:
       if "avg_params" not in df:
@@ -62,7 +71,64 @@ def _fit(p: argparse.ArgumentParser) -> Runner:
     else:
       print(res.describe())
       print(f"points {res.n_points}  starts {res.n_starts}  objective {res.objective:.6g}  MAE {res.mae:.5f}  "
-            f"LOO MAE {res.loo_mae:.5f}")
+            f"LOO MAE {res.loo_mae:.5f}" + ("  (leave one run out)" if args.law == "p2" else ""))
+      if args.law == "p2":
+        q = out["quality"]
+        print(f"R^2 {q['r2']:.4f}  Huber {q['huber']:.4g}  ASD {q['asd']:.5f}")
+    return 0
+
+  return run
+
+
+def _p2_data(path: str):
+  """The P2 law's points: a trajectory CSV, or the prune-and-recover runs under a directory."""
+  import os  # pylint: disable=import-outside-toplevel
+
+  import pandas as pd  # pylint: disable=import-outside-toplevel
+
+  from sparsity.experiments import collect  # pylint: disable=import-outside-toplevel
+
+  if not os.path.exists(path):
+    raise FileNotFoundError(path)
+  return collect.trajectories(path) if os.path.isdir(path) else pd.read_csv(path)
+
+
+def p2_quality(res, df) -> dict[str, float]:
+  """R^2, Huber loss (of log residuals, delta 1e-3, summed), ASD and the leave-one-run-out MAE of a P2 fit."""
+  from sparsity.science import scaling_laws  # pylint: disable=import-outside-toplevel
+
+  groups = df["run_name"] if "run_name" in df else range(len(df))
+  return {"r2": scaling_laws.r_squared(df["loss"], res.predictions), "huber": res.objective,
+          "asd": scaling_laws.average_slope_difference(df["loss"], res.predictions, df["D"], groups),
+          "mae": res.mae, "leave_one_run_out_mae": res.loo_mae}
+
+
+@command("recovery", "recovery tokens a pruned model needs to reach a loss, under a fitted P2 law")
+def _recovery(p: argparse.ArgumentParser) -> Runner:
+  p.add_argument("--law-file", required=True, help="p2 law.json written by fit --law p2")
+  p.add_argument("--n0", type=float, required=True, help="parameters before pruning")
+  p.add_argument("--rho", type=float, required=True, help="pruning rate: the fraction of prunable weights removed")
+  p.add_argument("--l0", type=float, required=True, help="loss before pruning")
+  goal = p.add_mutually_exclusive_group(required=True)
+  goal.add_argument("--target-loss", type=float, help="the loss to reach")
+  goal.add_argument("--margin", type=float, help="reach L0 + margin")
+  add_json(p)
+
+  def run(args: argparse.Namespace) -> int:
+    from sparsity.science import scaling_laws  # pylint: disable=import-outside-toplevel
+
+    fit = load_fit(args.law_file)
+    if fit.law != "p2":
+      raise ValueError(f"{args.law_file} holds a {fit.law} law; recovery needs fit --law p2")
+    target = args.target_loss if args.target_loss is not None else args.l0 + args.margin
+    tokens = scaling_laws.recovery_tokens(fit.params, args.n0, args.rho, args.l0, target)
+    floor = scaling_laws.p2_floor(fit.params, args.n0, args.rho, args.l0)
+    result = {"n0": args.n0, "rho": args.rho, "l0": args.l0, "target_loss": target,
+              "recovery_tokens": None if tokens == float("inf") else tokens, "reachable": tokens != float("inf"),
+              "loss_floor": floor}
+    emit(args, result, lambda: (f"{tokens:,.0f} recovery tokens to reach loss {target:.4f}" if result["reachable"]
+                                else f"unreachable: the law's floor for this model and rate is {floor:.4f} > "
+                                f"{target:.4f}") + f" (floor {floor:.4f} after unlimited tokens)")
     return 0
 
   return run

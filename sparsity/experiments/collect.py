@@ -160,6 +160,41 @@ def collect(directory: str, manifests: Iterable[str] = ()) -> pd.DataFrame:
   return df.sort_values("run_name", kind="stable").reset_index(drop=True)
 
 
+TRAJECTORY_COLUMNS = ("run_name", "N0", "rho", "D", "L0", "loss", "loss_after_pruning", "step", "structure", "scope",
+                      "score", "prunable_params", "final_active_params", "tokens_per_step")
+
+
+def trajectories(directory: str) -> pd.DataFrame:
+  """The P2 law's table from the prune-and-recover runs under ``directory``: one row per evaluation after the
+  recovery started (``D > 0``), with ``run_name``, ``N0`` (parameters before pruning), ``rho`` (the fraction of
+  prunable weights removed), ``D`` (recovery tokens so far), ``L0`` (eval loss before pruning), ``loss`` and the
+  run's settings. Runs without a ``recovery`` record (not started from a checkpoint) are skipped.
+
+  Raises:
+    ValueError: no prune-and-recover run under ``directory``.
+  """
+  rows = []
+  for f in results.summary_files(directory):
+    s = results.read_json(f)
+    rec = s.get("recovery")
+    if not rec or rec.get("loss_before_pruning") is None:
+      continue
+    for e in s.get("eval_history", []):
+      if e.get("loss") is None:
+        continue
+      rows.append({"run_name": s["run_name"], "N0": s["total_params"], "rho": s["final_sparsity"], "D": e["tokens"],
+                   "L0": rec["loss_before_pruning"], "loss": e["loss"], "loss_after_pruning": rec["loss_after_pruning"],
+                   "step": e["step"], "structure": s.get("pruning_structure", "unstructured"),
+                   "scope": s.get("pruning_scope"), "score": s.get("pruning_score"),
+                   "prunable_params": s["prunable_params"], "final_active_params": s["final_active_params"],
+                   "tokens_per_step": s["tokens_per_step"]})
+  if not rows:
+    raise ValueError(f"no prune-and-recover run under {directory} (summaries with a 'recovery' record: runs started "
+                     "from load_parameters_path with a pruning event at step 0 and eval_interval > 0)")
+  return pd.DataFrame(rows, columns=list(TRAJECTORY_COLUMNS)).sort_values(["run_name", "D"], kind="stable") \
+      .reset_index(drop=True)
+
+
 def missing_schedule_keys(df: pd.DataFrame) -> list[str]:
   """Schedule keys that are missing (NaN) for some sparse run (``target_sparsity > 0``)."""
   sparse = df[pd.to_numeric(df.get("target_sparsity"), errors="coerce").fillna(0) > 0] if "target_sparsity" in df else df
@@ -170,5 +205,5 @@ def missing_schedule_keys(df: pd.DataFrame) -> list[str]:
   return out
 
 
-__all__ = ["SUMMARY_EXTRAS", "SCHEDULE_KEYS", "schedule_from_summary", "find_manifests", "manifest_runs", "config_values", "collect",
+__all__ = ["SUMMARY_EXTRAS", "SCHEDULE_KEYS", "TRAJECTORY_COLUMNS", "trajectories", "schedule_from_summary", "find_manifests", "manifest_runs", "config_values", "collect",
            "missing_schedule_keys"]

@@ -38,6 +38,25 @@ def count_kept(state) -> int:
   return threshold.wide_to_python(tuple(host_value(v) for v in jax.jit(threshold.count_true)(mask_leaves(state))))
 
 
+@jax.jit
+def _masked(params, masks):
+  return [jnp.where(m, p, jnp.zeros_like(p)) for p, m in zip(params, masks)]
+
+
+def masked_state(state):
+  """A copy of a train state whose prunable parameters are multiplied by their masks (what the next update makes
+  them): to evaluate a model right after a pruning event."""
+  flat, treedef = jax.tree_util.tree_flatten_with_path(state)
+  paths = [path_str(p) for p, _ in flat]
+  index = {p: i for i, p in enumerate(paths)}
+  mask_idx = [i for i, p in enumerate(paths) if layout.state_mask_path(p) is not None]
+  param_idx = [index[layout.STATE_PARAMS + layout.state_mask_path(paths[i])] for i in mask_idx]
+  leaves = [x for _, x in flat]
+  for i, p in zip(param_idx, _masked([leaves[i] for i in param_idx], [leaves[i] for i in mask_idx])):
+    leaves[i] = p
+  return jax.tree_util.tree_unflatten(treedef, leaves)
+
+
 def optimizer_step(state) -> int:
   """MaxText's update count of a train state."""
   leaf = state
@@ -75,6 +94,7 @@ class StateEvents:
 
     self._jit = jax.jit(sparsity_mask_event, donate_argnums=(1, 2), out_shardings=shardings)
     self._compiled = {}
+    self.applied: set[int] = set()
     future = [s for s in plan.schedule.prune_steps if s >= start_step]
     if future:  # compile now, with MaxText's other programs, not in the middle of training
       self._program([x for _, x in flat], self.due(future[0]))
@@ -98,8 +118,9 @@ class StateEvents:
   def __call__(self, state, step: int):
     """The state with the event due before update ``step`` applied (the state itself if none is due)."""
     event = self.due(step)
-    if event is None:
+    if event is None or step in self.applied:  # (an event may run early: prune and recover evaluates after it)
       return state
+    self.applied.add(step)
     leaves = jax.tree_util.tree_leaves(state)
     program, args = self._program(leaves, event)
     masks, moments = program(*args)
@@ -110,4 +131,4 @@ class StateEvents:
     return jax.tree_util.tree_unflatten(self.treedef, leaves)
 
 
-__all__ = ["StateEvents", "host_value", "mask_leaves", "count_kept", "optimizer_step"]
+__all__ = ["StateEvents", "host_value", "mask_leaves", "count_kept", "masked_state", "optimizer_step"]

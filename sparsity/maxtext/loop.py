@@ -13,7 +13,11 @@ At the end, on every process (each computation on global arrays is a collective)
    weights are evaluated with MaxText's own eval step and eval data (``final_evaluation``);
 2. the final masks are counted and checked against the accounting;
 3. process 0 writes ``sparsity_summary.json`` (``layout.SUMMARY_FILE``): counts, N_avg and FLOPs over the steps
-   actually trained, the final losses, and why the run stopped early if it did.
+   actually trained, the final losses, every evaluation (``eval_history``), and why the run stopped early if it did.
+
+Prune and recover: a run that starts at step 0 from ``load_parameters_path`` with a pruning (or zero-masking)
+event at step 0 and evaluation configured evaluates the loaded weights before the event (``loss_before_pruning``,
+the P2 law's L0) and the pruned weights right after it (``loss_after_pruning``), before it trains.
 """
 
 from __future__ import annotations
@@ -52,6 +56,26 @@ class LoopRecord:
     self.start_step: int | None = None
     self.last_eval_step: int | None = None
     self.stop_reason: str | None = None
+    self.target_tokens = None  # sum of MaxText's per-step total_weights (real, unpadded target tokens), on device
+    self.evals: list[dict[str, Any]] = []  # {"step", "loss"} of every evaluation, in order
+    self.recovery: dict[str, Any] | None = None
+
+
+def _recovery_start(config, record: LoopRecord, state_events) -> None:
+  """Prune and recover (see the module docstring): L0 before the step-0 event, the loss right after it."""
+  if not (config.load_parameters_path and record.start_step == 0 and config.eval_interval > 0):
+    return
+  if state_events is None or state_events.due(0) is None:
+    return
+  dev = record.device
+  before = final_evaluation(config, record, last=False)
+  dev["state"] = state_events(dev["state"], 0)  # the event now, so that the pruned weights can be evaluated
+  after = final_evaluation(config, record, state=events_lib.masked_state(dev["state"]), last=False)
+  record.recovery = {"loaded_from": str(config.load_parameters_path),
+                     "loss_before_pruning": None if before is None else before[0],
+                     "loss_after_pruning": None if after is None else after[0]}
+  print(f"prune and recover: eval loss {record.recovery['loss_before_pruning']} before pruning, "
+        f"{record.recovery['loss_after_pruning']} right after it", flush=True)
 
 
 def _with_event(program, record: LoopRecord, state_events):
@@ -72,23 +96,30 @@ def train_loop(original, iteration_original, train_module, config, recorder, sta
 
   def iteration(jax_device_state, python_vars, immutable_data):
     RUN.reached.add("train.training_loop_iteration")
-    if record.device is None:  # first iteration: the optimizer and the step were built and traced by now
+    first = record.device is None
+    record.device, record.python = jax_device_state, python_vars
+    if first:  # the optimizer and the step were built and traced by now
       RUN.require("optimizers.get_optimizer", "train.train_step")
       record.start_step = int(immutable_data["start_step"])
+      state_events = None
       if RUN.sparse:
         state_events = events_lib.StateEvents(RUN.plan, jax_device_state["state"], record.start_step)
         for name in TRAIN_STEP_PROGRAMS:
           if jax_device_state.get(name) is not None:
             jax_device_state[name] = _with_event(jax_device_state[name], record, state_events)
-    record.device, record.python = jax_device_state, python_vars
+      _recovery_start(config, record, state_events)
     step = int(python_vars["step"])
     try:
       record.metrics = iteration_original(jax_device_state, python_vars, immutable_data)
     except stop as e:
       record.stop_reason = str(e)
       raise
+    weights = record.metrics["scalar"].get("learning/total_weights")
+    if weights is not None:  # added on the device: no synchronisation per step
+      record.target_tokens = weights if record.target_tokens is None else record.target_tokens + weights
     if maxtext_evaluates_after(step, config, record.start_step):
       record.last_eval_step = step
+      record.evals.append({"step": step, "loss": _logged_eval_loss(record)})
     return record.metrics
 
   train_module.training_loop_iteration = iteration
@@ -105,8 +136,9 @@ def train_loop(original, iteration_original, train_module, config, recorder, sta
   return state
 
 
-def final_evaluation(config, record: LoopRecord) -> tuple[float, float] | None:
-  """``(loss, weights)`` of MaxText's eval step over its eval data on the final state, or None without eval data.
+def final_evaluation(config, record: LoopRecord, state=None, last: bool = True) -> tuple[float, float] | None:
+  """``(loss, weights)`` of MaxText's eval step over its eval data on ``state`` (default: the loop's current
+  state), or None without eval data. ``last``: nothing evaluates after this one (the eval iterator is closed).
 
   The same calls as MaxText's eval in ``training_loop_iteration`` (its eval data iterator, input sharding, eval
   logical-axis rules, ``eval_steps`` limit); the loss is the weighted mean MaxText reports as ``eval/avg_loss``.
@@ -121,7 +153,7 @@ def final_evaluation(config, record: LoopRecord) -> tuple[float, float] | None:
     return None
   if hasattr(iterator, "reset"):
     iterator.reset()
-  mesh, state = dev["mesh"], dev["state"]
+  mesh, state = dev["mesh"], dev["state"] if state is None else state
   batch_sharding = sharding.get_input_data_sharding(config, mesh, rules=config.logical_axis_rules_for_eval)
   total_loss = total_weights = 0.0
   count = 0
@@ -138,8 +170,8 @@ def final_evaluation(config, record: LoopRecord) -> tuple[float, float] | None:
         break
   finally:
     # A tf.data iterator left half-read past the end of training can hang or abort the interpreter's exit (its
-    # worker threads outlive TensorFlow's runtime): close it now that nothing reads it any more.
-    if hasattr(iterator, "close"):
+    # worker threads outlive TensorFlow's runtime): close it when nothing reads it any more.
+    if last and hasattr(iterator, "close"):
       iterator.close()
   return (total_loss / total_weights, total_weights) if total_weights > 0 else None
 
@@ -163,6 +195,7 @@ def finish(config, state, record: LoopRecord) -> dict | None:
     result = final_evaluation(config, record)
     if result is not None:
       eval_loss, eval_step = result[0], last
+      record.evals.append({"step": last, "loss": eval_loss})
       _log_final_eval(config, last, eval_loss)
   train_loss = None
   if record.metrics is not None:
@@ -187,6 +220,10 @@ def finish(config, state, record: LoopRecord) -> dict | None:
       "final_train_loss": train_loss,
       "final_eval_loss": eval_loss,
       "final_eval_step": eval_step,
+      "target_tokens": None if record.target_tokens is None else float(events_lib.host_value(record.target_tokens)),
+      "eval_history": [{"step": e["step"], "tokens": (e["step"] + 1) * acc.tokens_per_step, "loss": e["loss"]}
+                       for e in record.evals],
+      "recovery": record.recovery,
       **{k: getattr(config, k) for k in RUN_SETTINGS},
   }
   if jax.process_index() != 0:

@@ -4,6 +4,8 @@
   line (the paper's Figure 3).
 * ``loss_vs_avg_params``: final loss against average active parameters, sparse runs (sparsity > 0) and
   dense runs as separate series.
+* ``recovery_curves``: loss against recovery tokens of prune-and-recover runs, one panel per model size N0, one
+  colour per pruning rate, points measured and lines fitted by the P2 law (dotted: L0).
 """
 
 from __future__ import annotations
@@ -64,4 +66,36 @@ def loss_vs_avg_params(avg_params: Any, loss: Any, sparsity: Any, path: str, tok
   return _save(fig, path)
 
 
-__all__ = ["predicted_vs_actual", "loss_vs_avg_params"]
+def recovery_curves(df: Any, fit: Any, path: str, held_out: Any = ()) -> str:
+  """Loss against recovery tokens per run (see the module docstring); runs whose ``N0`` is in ``held_out`` are
+  marked as predicted (not fitted). Writes ``path``, returns it."""
+  import pandas as pd  # pylint: disable=import-outside-toplevel
+
+  sizes = sorted(df["N0"].unique())
+  fig = Figure(figsize=(4.2 * len(sizes), 4.0))
+  rates = sorted({(float(r), str(s)) for r, s in zip(df["rho"], df.get("structure", ["unstructured"] * len(df)))})
+  colors = {r: f"C{i % 10}" for i, r in enumerate(rates)}
+  for i, n0 in enumerate(sizes):
+    ax = fig.add_subplot(1, len(sizes), i + 1)
+    part = df[df["N0"] == n0]
+    for name, run in part.groupby("run_name", sort=True):
+      key = (float(run["rho"].iloc[0]), str(run["structure"].iloc[0]) if "structure" in run else "unstructured")
+      d = np.asarray(run["D"], float)
+      ax.plot(d, run["loss"], "o", ms=3, color=colors[key])
+      grid = np.geomspace(d.min(), d.max(), 50)
+      curve = pd.DataFrame({"N0": n0, "rho": key[0], "L0": float(run["L0"].iloc[0]), "D": grid})
+      ax.plot(grid, fit.predict(curve), "-", color=colors[key], lw=1.2,
+              label=f"rho {key[0]:g}" + ("" if key[1] == "unstructured" else f" ({key[1]})"))
+      ax.axhline(float(run["L0"].iloc[0]), color="grey", ls=":", lw=0.8)
+    ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel("recovery tokens D")
+    ax.set_ylabel("eval loss")
+    ax.set_title(f"N0 = {n0:,.0f}" + (" (held out: predicted)" if n0 in set(held_out) else ""), fontsize=9)
+    handles, labels = ax.get_legend_handles_labels()
+    unique = dict(zip(labels, handles))
+    ax.legend(unique.values(), unique.keys(), fontsize=7)
+  return _save(fig, path)
+
+
+__all__ = ["predicted_vs_actual", "loss_vs_avg_params", "recovery_curves"]

@@ -9,6 +9,14 @@ Three laws, looked up by name in ``LAWS``:
 * ``frantar`` (Frantar et al. 2023, the paper's Appendix A):
   ``L = (a_S (1 - S)**b_S + c_S) * (1 / N)**b_N + (a_D / D)**b_D + c`` with ``N`` the non-zero parameters
   at the end (column ``nonzero_params``) and ``S`` the final sparsity (column ``sparsity``, in [0, 1)).
+* ``p2`` (Chen et al. 2025, "P2 Law", the loss after recovery training of a pruned model):
+  ``L = L0 + (1 / rho)**gamma * (1 / N0)**delta * (N_C / N0**alpha + D_C / D**beta + E)`` with ``N0`` the
+  parameters before pruning (column ``N0``), ``rho`` the pruning rate, the fraction of the prunable weights
+  removed (column ``rho``, in (0, 1)), ``D`` the recovery tokens so far (column ``D``) and ``L0`` the loss before
+  pruning (column ``L0``). ``gamma`` and ``delta`` are not constrained in sign (a loss that grows with the pruning
+  rate needs ``gamma < 0`` with this ``rho``); ``alpha, beta >= 0``; ``N_C, D_C, E > 0``. Its data are the points
+  of loss trajectories (``sparsity.experiments.collect.trajectories``); ``FitResult.quality`` adds R^2, the
+  average slope difference and the leave-one-run-out error it is judged by (``p2_quality``).
 
 Fitting follows Hoffmann et al. 2022 and the paper's section 5.3:
 
@@ -65,11 +73,18 @@ def huber(r: np.ndarray, delta: float = HUBER_DELTA) -> tuple[np.ndarray, np.nda
 
 @dataclasses.dataclass(frozen=True)
 class _Inputs:
-  """Log inputs of a law: ``ln N``, ``ln D`` and ``ln(1 - S)`` (zeros when the law has no ``S``)."""
+  """Log inputs of a law: ``ln N``, ``ln D``, ``ln(1 - S)`` (zeros when the law has no ``S``), and for ``p2``
+  ``ln rho`` and ``ln L0`` (zeros otherwise)."""
 
   ln_n: np.ndarray
   ln_d: np.ndarray
   ln_1ms: np.ndarray
+  ln_rho: np.ndarray | None = None
+  ln_l0: np.ndarray | None = None
+
+  def take(self, keep) -> "_Inputs":
+    """The rows ``keep`` (a boolean mask or indices)."""
+    return _Inputs(*(None if v is None else v[keep] for v in dataclasses.astuple(self)))
 
 
 def _chinchilla_terms(th: np.ndarray, x: _Inputs) -> tuple[np.ndarray, np.ndarray]:
@@ -126,6 +141,34 @@ def _frantar_theta(p: Mapping[str, float]) -> np.ndarray:
                    math.log(p["c"])], float)
 
 
+def _p2_terms(th: np.ndarray, x: _Inputs) -> tuple[np.ndarray, np.ndarray]:
+  """Log terms ``(ln L0, g + a1 - alpha ln N0, g + a2 - beta ln D, g + a3)`` with ``g = -gamma ln rho - delta ln N0``
+  and their Jacobian ``(n, 4, 7)`` over ``(a1, a2, a3, alpha, beta, gamma, delta)``."""
+  a1, a2, a3, alpha, beta, gamma, delta = th
+  n = x.ln_n.shape[0]
+  g = -gamma * x.ln_rho - delta * x.ln_n
+  t = np.stack([x.ln_l0, g + a1 - alpha * x.ln_n, g + a2 - beta * x.ln_d, g + a3], axis=1)
+  jac = np.zeros((n, 4, 7))
+  for k in (1, 2, 3):
+    jac[:, k, k - 1] = 1.0
+    jac[:, k, 5] = -x.ln_rho
+    jac[:, k, 6] = -x.ln_n
+  jac[:, 1, 3] = -x.ln_n
+  jac[:, 2, 4] = -x.ln_d
+  return t, jac
+
+
+def _p2_natural(th: np.ndarray, ln_n_ref: float, ln_d_ref: float) -> dict[str, float]:
+  a1, a2, a3, alpha, beta, gamma, delta = (float(v) for v in th)
+  return {"gamma": gamma, "delta": delta, "N_C": math.exp(a1 + (delta + alpha) * ln_n_ref), "alpha": alpha,
+          "D_C": math.exp(a2 + delta * ln_n_ref + beta * ln_d_ref), "beta": beta, "E": math.exp(a3 + delta * ln_n_ref)}
+
+
+def _p2_theta(p: Mapping[str, float]) -> np.ndarray:
+  return np.array([math.log(p["N_C"]), math.log(p["D_C"]), math.log(p["E"]), p["alpha"], p["beta"], p["gamma"],
+                   p["delta"]], float)
+
+
 def _grid(*axes: Sequence[float]) -> np.ndarray:
   return np.array(list(itertools.product(*axes)), dtype=float)
 
@@ -158,6 +201,7 @@ class ScalingLaw:
   _terms: Callable[[np.ndarray, _Inputs], tuple[np.ndarray, np.ndarray]] = dataclasses.field(repr=False)
   _natural: Callable[[np.ndarray, float, float], dict[str, float]] = dataclasses.field(repr=False)
   _theta: Callable[[Mapping[str, float]], np.ndarray] = dataclasses.field(repr=False)
+  d_column: str = "tokens"
 
   @property
   def n_params(self) -> int:
@@ -167,16 +211,23 @@ class ScalingLaw:
   def inputs(self, data: Any) -> _Inputs:
     """Validated log inputs from a DataFrame or mapping of columns; raises ``ValueError`` on bad data."""
     cols = {c: _column(data, c) for c in self.columns}
-    for c in (self.n_column, "tokens"):
+    for c in (self.n_column, self.d_column, *(["L0"] if "L0" in cols else [])):
       if not np.all(cols[c] > 0):
-        raise ValueError(f"column {c!r} must be positive (a count), got {cols[c][~(cols[c] > 0)][:3].tolist()}")
-    ln_1ms = np.zeros_like(cols["tokens"])
+        raise ValueError(f"column {c!r} must be positive, got {cols[c][~(cols[c] > 0)][:3].tolist()}")
+    ln_1ms = np.zeros_like(cols[self.d_column])
     if "sparsity" in cols:
       s = cols["sparsity"]
       if not np.all((s >= 0) & (s < 1)):
         raise ValueError(f"column 'sparsity' must be in [0, 1), got {s[~((s >= 0) & (s < 1))][:3].tolist()}")
       ln_1ms = np.log1p(-s)
-    return _Inputs(np.log(cols[self.n_column]), np.log(cols["tokens"]), ln_1ms)
+    ln_rho = ln_l0 = None
+    if "rho" in cols:
+      r = cols["rho"]
+      if not np.all((r > 0) & (r < 1)):
+        raise ValueError(f"column 'rho' (the fraction of prunable weights removed) must be in (0, 1), got "
+                         f"{r[~((r > 0) & (r < 1))][:3].tolist()}")
+      ln_rho, ln_l0 = np.log(r), np.log(cols["L0"])
+    return _Inputs(np.log(cols[self.n_column]), np.log(cols[self.d_column]), ln_1ms, ln_rho, ln_l0)
 
   def predict(self, params: Mapping[str, float], data: Any) -> np.ndarray:
     """Predicted loss for every row of ``data`` (needs ``self.columns``)."""
@@ -200,6 +251,7 @@ class ScalingLaw:
       loo: bool = True,
       starts: np.ndarray | None = None,
       loo_starts: np.ndarray | str | None = None,
+      groups: Any = None,
   ) -> "FitResult":
     """Fits the law to ``data`` (columns ``loss`` and ``self.columns``).
 
@@ -212,6 +264,8 @@ class ScalingLaw:
       loo_starts: starts of the leave-one-out refits: ``None`` (default, "warm"): the full-data optimum plus
         the ``LOO_WARM_STARTS`` starts whose full-data runs ended best; ``"grid"``: all of ``starts``;
         or an explicit ``(G, P)`` array in normalised units.
+      groups: a label per point (e.g. the run of each point of a trajectory): the leave-one-out refits then drop
+        one group at a time and predict its points (leave-one-run-out).
 
     Returns:
       A ``FitResult``.
@@ -231,10 +285,14 @@ class ScalingLaw:
     params, objective, ranked = self._fit_raw(x, np.log(loss), delta, maxiter, starts)
     pred = self.predict(params, data)
     loo_pred = np.full(n, np.nan)
-    if loo and n - 1 >= self.n_params:
-      for i in range(n):
-        keep = np.arange(n) != i
-        sub = _Inputs(x.ln_n[keep], x.ln_d[keep], x.ln_1ms[keep])
+    labels = np.arange(n) if groups is None else np.asarray(groups)
+    if len(labels) != n:
+      raise ValueError(f"groups has {len(labels)} labels for {n} points")
+    unique = list(dict.fromkeys(labels.tolist()))
+    if loo and len(unique) > 1 and n - int(np.max([np.sum(labels == g) for g in unique])) >= self.n_params:
+      for g in unique:
+        keep = labels != g
+        sub = x.take(keep)
         if isinstance(loo_starts, str) and loo_starts == "grid":
           ls = starts
         elif loo_starts is None:  # warm: the full-data optimum (in this subset's units) + the best grid starts
@@ -243,8 +301,8 @@ class ScalingLaw:
         else:
           ls = np.asarray(loo_starts, float)
         p_i, _, _ = self._fit_raw(sub, np.log(loss[keep]), delta, maxiter, ls)
-        one = _Inputs(x.ln_n[i:i + 1], x.ln_d[i:i + 1], x.ln_1ms[i:i + 1])
-        loo_pred[i] = float(np.exp(_logsumexp(self._terms(self._theta(p_i), one)[0]))[0])
+        held = x.take(~keep)
+        loo_pred[~keep] = np.exp(_logsumexp(self._terms(self._theta(p_i), held)[0]))
     return FitResult(
         law=self.name,
         params=params,
@@ -262,7 +320,7 @@ class ScalingLaw:
                starts: np.ndarray) -> tuple[dict[str, float], float, np.ndarray]:
     """Best natural parameters, Huber objective, and ``starts`` ranked by final objective (best first)."""
     ln_n_ref, ln_d_ref = float(np.mean(x.ln_n)), float(np.mean(x.ln_d))
-    xn = _Inputs(x.ln_n - ln_n_ref, x.ln_d - ln_d_ref, x.ln_1ms)
+    xn = dataclasses.replace(x, ln_n=x.ln_n - ln_n_ref, ln_d=x.ln_d - ln_d_ref)
 
     def objective(th: np.ndarray) -> tuple[float, np.ndarray]:
       t, jac = self._terms(th, xn)
@@ -397,7 +455,62 @@ LAWS: dict[str, ScalingLaw] = {
         grid=_grid([-3.0, 0.0], [0.5, 2.0], [-3.0, 0.0], [0.25, 1.0], [-2.0, 2.0], [0.25, 1.0], [-1.0, 0.0, 1.0]),
         bounds=(_LOG_BOUND, (-10.0, 10.0), _LOG_BOUND, _EXP_BOUND, _LOG_BOUND, _EXP_BOUND, _LOG_BOUND),
         _terms=_frantar_terms, _natural=_frantar_natural, _theta=_frantar_theta),
+    "p2": ScalingLaw(
+        name="p2", n_column="N0", columns=("N0", "D", "rho", "L0"),
+        param_names=("gamma", "delta", "N_C", "alpha", "D_C", "beta", "E"),
+        formula="L = L0 + (1 / rho)^gamma (1 / N0)^delta (N_C / N0^alpha + D_C / D^beta + E)",
+        # (a1, a2, a3, alpha, beta, gamma, delta) in normalised units; the excess over L0 is a fraction of a nat
+        grid=_grid([-4.0, -1.0], [-4.0, -1.0], [-4.0, -1.0], [0.25, 1.0], [0.25, 1.0], [-2.0, 0.0, 2.0], [0.0, 1.0]),
+        bounds=(_LOG_BOUND, _LOG_BOUND, _LOG_BOUND, _EXP_BOUND, _EXP_BOUND, (-10.0, 10.0), (-10.0, 10.0)),
+        _terms=_p2_terms, _natural=_p2_natural, _theta=_p2_theta, d_column="D"),
 }
+
+
+def r_squared(actual: Any, predicted: Any) -> float:
+  """Coefficient of determination of ``predicted`` for ``actual`` (1 is a perfect fit)."""
+  a, p = np.asarray(actual, float), np.asarray(predicted, float)
+  total = float(np.sum((a - a.mean()) ** 2))
+  return 1.0 - float(np.sum((a - p) ** 2)) / total if total > 0 else float("nan")
+
+
+def average_slope_difference(actual: Any, predicted: Any, tokens: Any, groups: Any) -> float:
+  """Mean absolute difference between the predicted and the actual slope of loss against ``ln D`` between
+  consecutive points (by ``D``) of each group (run), over all such pairs: how well a law follows the shape of the
+  recovery curves rather than their level (our reading of the P2 paper's ASD; see docs/prune_and_recover.md)."""
+  a, p, d, g = (np.asarray(v) for v in (actual, predicted, tokens, groups))
+  diffs = []
+  for label in dict.fromkeys(g.tolist()):
+    idx = np.flatnonzero(g == label)
+    idx = idx[np.argsort(d[idx].astype(float), kind="stable")]
+    ln_d = np.log(d[idx].astype(float))
+    step = np.diff(ln_d)
+    ok = step > 0
+    if not np.any(ok):
+      continue
+    sa = np.diff(a[idx].astype(float))[ok] / step[ok]
+    sp = np.diff(p[idx].astype(float))[ok] / step[ok]
+    diffs.extend(np.abs(sp - sa).tolist())
+  return float(np.mean(diffs)) if diffs else float("nan")
+
+
+def recovery_tokens(params: Mapping[str, float], n0: float, rho: float, l0: float, target_loss: float) -> float:
+  """Recovery tokens after which the ``p2`` law predicts ``target_loss`` for a model of ``n0`` parameters pruned at
+  rate ``rho`` from loss ``l0``: ``inf`` when the law's floor (its limit at infinite data) is above the target."""
+  if not 0 < rho < 1:
+    raise ValueError(f"rho (the fraction of prunable weights removed) must be in (0, 1), got {rho}")
+  if not (n0 > 0 and l0 > 0):
+    raise ValueError("n0 and l0 must be positive")
+  k = (1.0 / rho) ** params["gamma"] * (1.0 / n0) ** params["delta"]
+  room = (target_loss - l0) / k - params["N_C"] / n0 ** params["alpha"] - params["E"]
+  if room <= 0:
+    return math.inf
+  return (params["D_C"] / room) ** (1.0 / params["beta"])
+
+
+def p2_floor(params: Mapping[str, float], n0: float, rho: float, l0: float) -> float:
+  """The ``p2`` law's loss after unlimited recovery tokens."""
+  k = (1.0 / rho) ** params["gamma"] * (1.0 / n0) ** params["delta"]
+  return l0 + k * (params["N_C"] / n0 ** params["alpha"] + params["E"])
 
 
 def get_law(name: str) -> ScalingLaw:
@@ -423,4 +536,4 @@ def describe(law: str, params: Mapping[str, float]) -> str:
 
 
 __all__ = ["HUBER_DELTA", "MAXITER", "LAWS", "ScalingLaw", "FitResult", "huber", "get_law", "fit", "predict",
-           "describe"]
+           "describe", "r_squared", "average_slope_difference", "recovery_tokens", "p2_floor"]
