@@ -1,17 +1,19 @@
 """Experiment commands of ``python -m sparsity`` (see ``sparsity.cli`` for the common style).
 
-  sweep               SPEC [key=value ...] [--dry-run] [--launcher local|xpk] [--out DIR] [--json] [xpk options]
+  sweep               SPEC [key=value ...] [--dry-run] [--launcher local|xpk] [--out DIR] [--select REGEX] [--json]
   collect             DIR --out CSV|- [--manifest FILE ...] [--trajectories] [--json]
   report              CSV --out DIR [--law-file law.json] [--json]
   dense-sweep         --out YAML|- [--divisor N] [--sparsities S ...]
   schedule-fractions  --target-sparsity S [--dense F] [--pruning F] [--schedule NAME] [--json]
   tokenizer           DATA --vocab-size N --out FILE.model [--dataset-name NAME] [--count-split S] [--json]
+  study               CSV [--trajectories CSV] --out DIR [--json]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import shlex
 import shutil
 import sys
@@ -36,6 +38,7 @@ def _sweep(p: argparse.ArgumentParser) -> Runner:
                  help="local: base_output_directory of the runs and the sweep's bookkeeping, resumable (default "
                  "outputs/sweeps/<name>); xpk: where to write the manifest (optional)")
   p.add_argument("--limit", type=int, help="only the first N runs")
+  p.add_argument("--select", help="only the runs whose name matches this regex (re.search)")
   p.add_argument("--timeout", type=float, help="local: seconds per run before it is killed and counted failed")
   add_json(p)
   x = p.add_argument_group("xpk launcher")
@@ -57,6 +60,13 @@ def _sweep(p: argparse.ArgumentParser) -> Runner:
       raise UsageError("--limit must be >= 0")
     spec = sweep.load_spec(args.spec)
     runs = sweep.expand(spec, args.overrides)
+    if args.select:
+      try:
+        runs = [r for r in runs if re.search(args.select, r.name)]
+      except re.error as e:
+        raise UsageError(f"--select is not a valid regular expression: {e}") from None
+      if not runs:
+        raise UsageError(f"--select {args.select!r} matches no run of {spec.name}")
     if args.limit is not None:
       runs = runs[: args.limit]
     if args.launcher == "local":
@@ -235,6 +245,27 @@ def _tokenizer(p: argparse.ArgumentParser) -> Runner:
               + (f", {c['tokens_kept']:,} kept at max length {args.max_length} ({c['documents_truncated']} truncated)"
                  if "tokens_kept" in c else "") for c in result["counts"]]
     emit(args, result, "\n".join(lines))
+    return 0
+
+  return run
+
+
+@command("study", "the reproduction study's tables and figures (study.md) from collect's CSVs")
+def _study(p: argparse.ArgumentParser) -> Runner:
+  add_data(p, "collect's CSV of the study's runs (fig1, ablations, fig4)", positional=True)
+  p.add_argument("--trajectories", help="collect --trajectories's CSV of the recovery runs (optional)")
+  add_out(p, "directory for study.md and the figures")
+  add_json(p)
+
+  def run(args: argparse.Namespace) -> int:
+    import pandas as pd  # pylint: disable=import-outside-toplevel
+
+    from sparsity.experiments import study  # pylint: disable=import-outside-toplevel
+
+    check_out(os.path.join(args.out, "study.md"), args.force)
+    traj = pd.read_csv(args.trajectories) if args.trajectories else None
+    files = study.write(pd.read_csv(data_path(args)), args.out, traj)
+    emit(args, files, "\n".join(f"{k}: {v}" for k, v in files.items()))
     return 0
 
   return run

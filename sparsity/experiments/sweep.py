@@ -164,6 +164,18 @@ def parse_override(word: str) -> tuple[str, str]:
   return key.strip(), value
 
 
+def parse_value(text: str) -> Any:
+  """A command-line override's value as YAML reads it (``0.01`` a number, ``true`` a boolean), so that sweep
+  expressions can compute with it; text YAML would turn into something else (``2:4``, base 60) stays text."""
+  try:
+    value = yaml.safe_load(text)
+  except yaml.YAMLError:
+    return text
+  if value is None or (isinstance(value, int) and not isinstance(value, bool) and ":" in text):
+    return text
+  return value
+
+
 def _resolve_path(path: str, directory: str) -> str:
   """Absolute path of ``path``: as given if absolute, else next to ``directory``, else from the cwd."""
   if os.path.isabs(path):
@@ -285,7 +297,7 @@ def expand(spec: SweepSpec, extra_overrides: Sequence[str] = ()) -> list[Run]:
       raise ValueError(f"override {word!r} names a key the sweep varies")
     if k in ("run_name", "base_output_directory"):
       raise ValueError(f"override {word!r}: {k} is set by the sweep itself")
-    fixed[k] = v
+    fixed[k] = parse_value(v)
   runs: list[Run] = []
   for combo in itertools.product(*(a.values for a in spec.axes)):
     values = dict(fixed)
@@ -477,6 +489,6 @@ def local_commands(runs: Iterable[Run], output_dir: str, python: str = sys.execu
   return [[python, TRAIN_SCRIPT, *r.argv(out)] for r in runs]
 
 
-__all__ = ["Axis", "SweepSpec", "Run", "Outcome", "format_value", "parse_override", "parse_spec", "load_spec",
+__all__ = ["Axis", "SweepSpec", "Run", "Outcome", "format_value", "parse_override", "parse_value", "parse_spec", "load_spec",
            "render_name", "expand", "manifest", "write_manifest", "run_local", "local_commands", "read_log",
            "summary_path", "tail", "MANIFEST_FILE", "LOG_FILE", "FAILURES_FILE"]

@@ -1,0 +1,329 @@
+"""The reproduction study's analysis: the tables and figures of the README's "Reproducing the paper at CPU scale".
+
+Input: ``collect``'s CSV of the study's runs (``configs/study/fig1.yml``, ``ablations.yml``, ``fig4.yml``; the
+manifest columns ``kind``, ``budget``, ``seed``, ``ablation``, ``tag``, ``dense_fraction``, ``pruning_fraction``
+tell them apart) and, optionally, ``collect --trajectories``'s CSV of ``recovery.yml``. Output (``write``):
+
+* ``study.md``: every table below, with seed noise;
+* ``fig1_pairs.png``: final eval loss against average active prunable parameters, per budget, sparse runs and the
+  dense family, each seed a point;
+* ``laws.png``: predicted against actual loss for the four laws;
+* ``recovery.png``: the P2 law's fit on the smaller models and its prediction of the largest.
+
+Tables:
+
+* Figure 1 pairs: for each budget and sparsity, the sparse runs' loss (mean and standard deviation over seeds) and
+  the loss of the dense model with the same average active *prunable* count and tokens, interpolated between the
+  two dense widths that bracket it (the paper's footnote 1), per seed; the difference with its spread.
+* Laws: ``avg_param`` (N = average active parameters), ``chinchilla`` with N = the initial dense count and with
+  N = the final non-zero count, and ``frantar``, fitted on every fig1 run; parameters, MAE and leave-one-out MAE.
+* Schedule (Figure 4): loss per (dense %, pruning %) split of compute.
+* Ablations: each against its reference run(s) of fig1 with the same seeds.
+* Prune and recover: the P2 law fitted on all runs (leave-one-run-out) and on the smaller models, predicting the
+  largest; R^2, Huber, ASD, MAE.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from sparsity.science import plots, scaling_laws
+
+LAWS = (("avg_param", "avg_params", "average active parameters (the paper's law)"),
+        ("chinchilla", "params", "Chinchilla, N = initial dense count"),
+        ("chinchilla", "nonzero_params", "Chinchilla, N = final non-zero count"),
+        ("frantar", "nonzero_params", "Frantar et al., N = final non-zero count, S = final sparsity"))
+
+
+def _mean_sd(values) -> tuple[float, float]:
+  v = np.asarray(list(values), float)
+  return float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1 else float("nan")
+
+
+def _fmt(mean: float, sd: float, digits: int = 3) -> str:
+  return f"{mean:.{digits}f}" + ("" if math.isnan(sd) else f" ± {sd:.{digits}f}")
+
+
+def avg_prunable(df: pd.DataFrame) -> pd.Series:
+  """Average active prunable parameters of each run (avg_params minus the never-pruned ones)."""
+  return df["avg_params"] - df["non_prunable_params"]
+
+
+def dense_at(dense: pd.DataFrame, target: float) -> tuple[float, dict[str, Any]] | None:
+  """The loss of a dense model of ``target`` prunable parameters, interpolated linearly between the two dense runs
+  (one seed, one budget) whose prunable counts bracket it; None if none brackets it."""
+  d = dense.sort_values("prunable_params")
+  below = d[d["prunable_params"] <= target]
+  above = d[d["prunable_params"] >= target]
+  if below.empty or above.empty:
+    return None
+  lo, hi = below.iloc[-1], above.iloc[0]
+  if hi["prunable_params"] == lo["prunable_params"]:
+    return float(lo["loss"]), {"lower": lo["run_name"], "upper": hi["run_name"], "weight": 0.0}
+  w = (target - lo["prunable_params"]) / (hi["prunable_params"] - lo["prunable_params"])
+  return float((1 - w) * lo["loss"] + w * hi["loss"]), {"lower": lo["run_name"], "upper": hi["run_name"],
+                                                         "weight": float(w)}
+
+
+def fig1_pairs(df: pd.DataFrame) -> pd.DataFrame:
+  """One row per (budget, target sparsity) of fig1's sparse runs (see the module docstring)."""
+  fig1 = df[df["run_name"].str.startswith("fig1-")]
+  rows = []
+  for (budget, target), sparse in fig1[fig1["kind"] == "sparse"].groupby(["budget", "target_sparsity"]):
+    diffs, dense_losses, brackets = [], [], []
+    for _, run in sparse.iterrows():
+      dense = fig1[(fig1["kind"] == "dense") & (fig1["budget"] == budget) & (fig1["seed"] == run["seed"])]
+      found = dense_at(dense, float(avg_prunable(run.to_frame().T).iloc[0]))
+      if found is None:
+        continue
+      dense_losses.append(found[0])
+      diffs.append(float(run["loss"]) - found[0])
+      brackets.append(found[1])
+    s_mean, s_sd = _mean_sd(sparse["loss"])
+    d_mean, d_sd = _mean_sd(dense_losses) if dense_losses else (float("nan"), float("nan"))
+    f_mean, f_sd = _mean_sd(diffs) if diffs else (float("nan"), float("nan"))
+    rows.append({"budget": budget, "target_sparsity": float(target), "seeds": len(sparse),
+                 "tokens": float(sparse["tokens"].iloc[0]), "avg_prunable": float(avg_prunable(sparse).iloc[0]),
+                 "sparse_loss": s_mean, "sparse_sd": s_sd, "dense_loss": d_mean, "dense_sd": d_sd,
+                 "difference": f_mean, "difference_sd": f_sd,
+                 "dense_bracket": f"{brackets[0]['lower']} .. {brackets[0]['upper']} (w {brackets[0]['weight']:.2f})"
+                 if brackets else ""})
+  return pd.DataFrame(rows)
+
+
+def seed_noise(df: pd.DataFrame) -> float:
+  """The mean standard deviation over seeds of fig1's runs that have two or more seeds (same config)."""
+  fig1 = df[df["run_name"].str.startswith("fig1-")]
+  sds = [np.std(g["loss"], ddof=1) for _, g in fig1.groupby(["budget", "kind", "base_emb_dim", "target_sparsity"])
+         if len(g) > 1]
+  return float(np.mean(sds)) if sds else float("nan")
+
+
+@dataclasses.dataclass
+class LawRow:
+  label: str
+  law: str
+  fit: Any
+
+
+def law_fits(df: pd.DataFrame) -> tuple[list[LawRow], list[str]]:
+  """The four laws fitted on every fig1 run (leave-one-out included), and why any could not be fitted."""
+  fig1 = df[df["run_name"].str.startswith("fig1-")].reset_index(drop=True)
+  out, skipped = [], []
+  for law, n_column, label in LAWS:
+    data = fig1.copy()
+    if law == "chinchilla" and n_column != "params":
+      data["params"] = data[n_column]  # the Chinchilla form with another N
+    try:
+      out.append(LawRow(label, law, scaling_laws.fit(law, data)))
+    except ValueError as e:
+      skipped.append(f"{label}: not fitted: {e}")
+  return out, skipped
+
+
+def schedule_table(df: pd.DataFrame) -> pd.DataFrame:
+  """Figure 4: the 80% runs of fig4.yml and fig1's (25, 50) run of budget b1, seed 0, by split."""
+  runs = df[df["run_name"].str.startswith("fig4-")].copy()
+  ref = df[(df["run_name"] == "fig1-b1-sparse-w64-s0.8-seed0")].copy()
+  if not ref.empty:
+    ref["dense_fraction"], ref["pruning_fraction"] = 0.25, 0.5
+  t = pd.concat([runs, ref])[["run_name", "dense_fraction", "pruning_fraction", "loss", "prune_start_fraction",
+                              "prune_end_fraction"]]
+  return t.sort_values("loss").reset_index(drop=True)
+
+
+def ablation_table(df: pd.DataFrame) -> pd.DataFrame:
+  """Each ablation's runs (mean over seeds) against the fig1 runs of the same model, budget, sparsity and seeds."""
+  abl = df[df["run_name"].str.startswith("abl-")]
+  rows = []
+  for (ablation, tag, budget), g in abl.groupby(["ablation", "tag", "budget"], sort=False):
+    kind, width, target = g["kind"].iloc[0], int(g["base_emb_dim"].iloc[0]), float(g["target_sparsity"].iloc[0])
+    ref = df[df["run_name"].str.startswith("fig1-") & (df["budget"] == budget) & (df["kind"] == kind)
+             & (df["base_emb_dim"] == width) & (df["target_sparsity"] == target) & df["seed"].isin(g["seed"])]
+    a_mean, a_sd = _mean_sd(g["loss"])
+    r_mean, r_sd = _mean_sd(ref["loss"]) if not ref.empty else (float("nan"), float("nan"))
+    rows.append({"ablation": ablation, "run": tag, "budget": budget, "seeds": len(g), "loss": a_mean, "loss_sd": a_sd,
+                 "reference": r_mean, "reference_sd": r_sd, "difference": a_mean - r_mean})
+  return pd.DataFrame(rows)
+
+
+def ablation_pairs(df: pd.DataFrame) -> pd.DataFrame:
+  """The learning-rate and schedule ablations as sparse-vs-dense pairs: the 80% run against its dense bracket."""
+  abl = df[df["run_name"].str.startswith("abl-") & df["ablation"].isin(["lr", "schedule"])]
+  rows = []
+  for ablation, g in abl.groupby("ablation"):
+    sparse = g[g["kind"] == "sparse"]
+    dense = g[g["kind"] == "dense"]
+    for _, run in sparse.iterrows():
+      found = dense_at(dense, float(avg_prunable(run.to_frame().T).iloc[0]))
+      if found:
+        rows.append({"ablation": ablation, "sparse_loss": float(run["loss"]), "dense_loss": found[0],
+                     "difference": float(run["loss"]) - found[0]})
+  return pd.DataFrame(rows)
+
+
+def p2_fits(traj: pd.DataFrame) -> dict[str, Any]:
+  """The P2 law on all runs (leave one run out) and on the smaller models predicting the largest."""
+  all_fit = scaling_laws.fit("p2", traj, groups=traj["run_name"])
+  biggest = traj["N0"].max()
+  small, big = traj[traj["N0"] < biggest], traj[traj["N0"] == biggest]
+  ext = scaling_laws.fit("p2", small, loo=False)
+  pred = ext.predict(big)
+
+  def quality(fit, data, predicted):
+    return {"r2": scaling_laws.r_squared(data["loss"], predicted),
+            "mae": float(np.mean(np.abs(np.asarray(predicted) - data["loss"].to_numpy()))),
+            "asd": scaling_laws.average_slope_difference(data["loss"], predicted, data["D"], data["run_name"])}
+
+  return {"all": all_fit, "all_quality": {**quality(all_fit, traj, all_fit.predictions), "huber": all_fit.objective,
+                                          "leave_one_run_out_mae": all_fit.loo_mae},
+          "extrapolation": ext, "fit_quality": quality(ext, small, ext.predictions),
+          "held_out_quality": quality(ext, big, pred), "held_out_n0": float(biggest)}
+
+
+def _save(fig: Figure, path: str) -> str:
+  FigureCanvasAgg(fig)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  return path
+
+
+def plot_fig1(df: pd.DataFrame, path: str) -> str:
+  fig1 = df[df["run_name"].str.startswith("fig1-")]
+  budgets = sorted(fig1["budget"].unique())
+  fig = Figure(figsize=(5.2 * len(budgets), 4.2))
+  for i, budget in enumerate(budgets):
+    ax = fig.add_subplot(1, len(budgets), i + 1)
+    part = fig1[fig1["budget"] == budget]
+    dense = part[part["kind"] == "dense"].sort_values("prunable_params")
+    for seed, g in dense.groupby("seed"):
+      ax.plot(g["prunable_params"], g["loss"], "o-", color="grey", ms=4, lw=0.8, alpha=0.8,
+              label="dense (width 16..128)" if seed == 0 else None)
+    sparse = part[part["kind"] == "sparse"]
+    sc = ax.scatter(avg_prunable(sparse), sparse["loss"], c=sparse["target_sparsity"], cmap="viridis", vmin=0,
+                    vmax=1, marker="^", s=45, edgecolors="k", label="sparse (width 64), at its N_avg", zorder=3)
+    ax.set_xscale("log")
+    ax.set_xlabel("average active prunable parameters")
+    ax.set_ylabel("final eval loss (whole validation split)")
+    ax.set_title(f"budget {budget}: {part['steps'].iloc[0]:.0f} steps", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.colorbar(sc, ax=ax, label="target sparsity")
+  return _save(fig, path)
+
+
+def plot_laws(df: pd.DataFrame, fits: list[LawRow], path: str) -> str:
+  fig1 = df[df["run_name"].str.startswith("fig1-")].reset_index(drop=True)
+  fig = Figure(figsize=(4.2 * len(fits), 4.0))
+  for i, row in enumerate(fits):
+    ax = fig.add_subplot(1, len(fits), i + 1)
+    a, p = fig1["loss"].to_numpy(float), np.asarray(row.fit.predictions, float)
+    sc = ax.scatter(a, p, c=fig1["sparsity"], cmap="viridis", vmin=0, vmax=1, edgecolors="k", s=25)
+    lo, hi = float(min(a.min(), p.min())), float(max(a.max(), p.max()))
+    ax.plot([lo, hi], [lo, hi], "k--", lw=1)
+    ax.set_title(f"{row.label}\nMAE {row.fit.mae:.4f}, LOO {row.fit.loo_mae:.4f}", fontsize=8)
+    ax.set_xlabel("actual loss")
+    ax.set_ylabel("predicted loss")
+  fig.colorbar(sc, ax=ax, label="final sparsity")
+  return _save(fig, path)
+
+
+def _table(frame: pd.DataFrame, columns: list[tuple[str, str, str]]) -> str:
+  lines = ["| " + " | ".join(h for _, h, _ in columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+  for _, r in frame.iterrows():
+    cells = []
+    for c, _, f in columns:
+      v = r[c]
+      cells.append("" if v is None or (isinstance(v, float) and math.isnan(v)) else f.format(v))
+    lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+def write(df: pd.DataFrame, out_dir: str, traj: pd.DataFrame | None = None) -> dict[str, str]:
+  """Writes ``study.md`` and the figures into ``out_dir``; returns {name: path}."""
+  os.makedirs(out_dir, exist_ok=True)
+  files = {"fig1_pairs": plot_fig1(df, os.path.join(out_dir, "fig1_pairs.png"))}
+  parts = [f"# Reproduction study: {len(df)} runs", ""]
+  pairs = fig1_pairs(df)
+  pairs["sparse"] = [_fmt(m, s) for m, s in zip(pairs["sparse_loss"], pairs["sparse_sd"])]
+  pairs["dense"] = [_fmt(m, s) for m, s in zip(pairs["dense_loss"], pairs["dense_sd"])]
+  pairs["diff"] = [("+" if m >= 0 else "") + _fmt(m, s) for m, s in zip(pairs["difference"], pairs["difference_sd"])]
+  parts += ["## Figure 1: sparse vs dense at equal average active prunable parameters", "",
+            f"Seed noise (mean standard deviation over 2 seeds of the same run): {seed_noise(df):.4f}.", "",
+            _table(pairs, [("budget", "budget", "{}"), ("target_sparsity", "sparsity", "{:.0%}"),
+                           ("avg_prunable", "N_avg prunable", "{:,.0f}"), ("sparse", "sparse loss", "{}"),
+                           ("dense", "dense at N_avg", "{}"), ("diff", "sparse - dense", "{}"),
+                           ("dense_bracket", "dense bracket (seed 0)", "{}")]), ""]
+  fits, skipped = law_fits(df)
+  parts += ["## Figure 3: laws fitted on every fig1 run", ""]
+  if fits:
+    files["laws"] = plot_laws(df, fits, os.path.join(out_dir, "laws.png"))
+    law_rows = pd.DataFrame([{"law": r.label, "params": ", ".join(f"{k}={v:.4g}" for k, v in r.fit.params.items()),
+                              "mae": r.fit.mae, "loo": r.fit.loo_mae, "n": r.fit.n_points} for r in fits])
+    parts += [_table(law_rows, [("law", "law", "{}"), ("n", "runs", "{}"), ("mae", "MAE", "{:.4f}"),
+                                ("loo", "LOO MAE", "{:.4f}"), ("params", "parameters", "{}")]), ""]
+  parts += [f"- {why}" for why in skipped] + ([""] if skipped else [])
+  sched = schedule_table(df)
+  if not sched.empty:
+    parts += ["## Figure 4: schedule (80% at budget b1, seed 0)", "",
+              _table(sched, [("dense_fraction", "dense % of compute", "{:.0%}"),
+                             ("pruning_fraction", "pruning % of compute", "{:.0%}"),
+                             ("prune_start_fraction", "first event (fraction of steps)", "{:.3f}"),
+                             ("prune_end_fraction", "last event", "{:.3f}"), ("loss", "final eval loss", "{:.4f}")]),
+              ""]
+  abl = ablation_table(df)
+  if not abl.empty:
+    abl["ablated"] = [_fmt(m, s) for m, s in zip(abl["loss"], abl["loss_sd"])]
+    abl["ref"] = [_fmt(m, s) for m, s in zip(abl["reference"], abl["reference_sd"])]
+    parts += ["## Ablations (against fig1's run of the same model, budget and seeds)", "",
+              _table(abl, [("ablation", "ablation", "{}"), ("run", "run", "{}"), ("budget", "budget", "{}"),
+                           ("seeds", "seeds", "{}"), ("ablated", "loss", "{}"), ("ref", "fig1 reference", "{}"),
+                           ("difference", "difference", "{:+.4f}")]), ""]
+    pairs2 = ablation_pairs(df)
+    if not pairs2.empty:
+      parts += ["Sparse 80% against its dense bracket under the same learning-rate change (seed 0):", "",
+                _table(pairs2, [("ablation", "ablation", "{}"), ("sparse_loss", "sparse", "{:.4f}"),
+                                ("dense_loss", "dense at N_avg", "{:.4f}"), ("difference", "sparse - dense",
+                                                                              "{:+.4f}")]), ""]
+  p2 = None
+  if traj is not None and not traj.empty:
+    try:
+      p2 = p2_fits(traj)
+    except ValueError as e:
+      parts += ["## Prune and recover: the P2 law", "", f"- not fitted: {e}", ""]
+  if p2 is not None:
+    files["recovery"] = plots.recovery_curves(traj, p2["extrapolation"], os.path.join(out_dir, "recovery.png"),
+                                              held_out=[p2["held_out_n0"]])
+    q, fq, hq = p2["all_quality"], p2["fit_quality"], p2["held_out_quality"]
+    parts += ["## Prune and recover: the P2 law", "",
+              f"All runs ({traj['run_name'].nunique()} runs, {len(traj)} points): R^2 {q['r2']:.4f}, MAE "
+              f"{q['mae']:.4f}, ASD {q['asd']:.4f}, Huber {q['huber']:.4g}, leave-one-run-out MAE "
+              f"{q['leave_one_run_out_mae']:.4f}; {p2['all'].describe()}", "",
+              f"Fitted on N0 < {p2['held_out_n0']:,.0f} (R^2 {fq['r2']:.4f}, MAE {fq['mae']:.4f}, ASD {fq['asd']:.4f}), "
+              f"predicting N0 = {p2['held_out_n0']:,.0f}: R^2 {hq['r2']:.4f}, MAE {hq['mae']:.4f}, ASD {hq['asd']:.4f}; "
+              f"{p2['extrapolation'].describe()}", ""]
+    first = traj.sort_values("D").groupby("run_name").first()
+    last = traj.sort_values("D").groupby("run_name").last()
+    rec = pd.DataFrame({"N0": first["N0"], "rho": first["rho"], "structure": first["structure"], "L0": first["L0"],
+                        "after": first["loss_after_pruning"], "first": first["loss"], "last": last["loss"],
+                        "D": last["D"]}).reset_index().sort_values(["N0", "structure", "rho"])
+    parts += [_table(rec, [("run_name", "run", "{}"), ("N0", "N0", "{:,.0f}"), ("rho", "rho", "{:.2f}"),
+                           ("structure", "structure", "{}"), ("L0", "L0 (before pruning)", "{:.4f}"),
+                           ("after", "right after pruning", "{:.4f}"), ("last", "after recovery", "{:.4f}"),
+                           ("D", "recovery tokens", "{:,.0f}")]), ""]
+  parts += [f"![{k}]({os.path.basename(v)})" for k, v in files.items()]
+  files["study"] = os.path.join(out_dir, "study.md")
+  with open(files["study"], "w", encoding="utf-8") as f:
+    f.write("\n".join(parts) + "\n")
+  return files
+
+
+__all__ = ["fig1_pairs", "dense_at", "seed_noise", "law_fits", "schedule_table", "ablation_table", "ablation_pairs",
+           "p2_fits", "write"]
