@@ -58,6 +58,30 @@ def run_cli(args, timeout=900, cwd=ROOT):
   return out.returncode, out.stdout, out.stderr
 
 
+def kill_at_checkpoint(procs, run_dir, step, timeout=600):
+  """Waits until the run in ``run_dir`` has its checkpoint of ``step``, then SIGKILLs ``procs`` (started with
+  ``start_new_session=True``); asserts the checkpoint exists and the run did not finish first."""
+  import signal  # pylint: disable=import-outside-toplevel
+  import time  # pylint: disable=import-outside-toplevel
+
+  marker = layout.items_dir(layout.checkpoints_dir(str(run_dir)), step)
+  deadline = time.time() + timeout
+  while not os.path.isdir(marker) and all(p.poll() is None for p in procs) and time.time() < deadline:
+    time.sleep(0.05)
+  for p in procs:
+    os.killpg(p.pid, signal.SIGKILL)
+    p.wait()
+  assert os.path.isdir(marker), f"the run never reached its step-{step} checkpoint"
+  assert not os.path.exists(layout.summary_path(str(run_dir))), "the run finished before the kill"
+
+
+def start_train(args, env=None):
+  """``MaxText/train.py args`` started in its own session (output discarded), for ``kill_at_checkpoint``."""
+  return subprocess.Popen([sys.executable, os.path.join(ROOT, "MaxText", "train.py"), *args], cwd=ROOT,
+                          env=env or cpu_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                          start_new_session=True)
+
+
 def read_metrics(path):
   with open(path, encoding="utf-8") as f:
     return [json.loads(line) for line in f if line.strip()]

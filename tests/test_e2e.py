@@ -3,15 +3,13 @@
 import glob
 import os
 import re
-import signal
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
 
-from conftest import ROOT, TINY, cpu_env, final_state, read_metrics, read_summary, read_tensorboard, run_train
+from conftest import (TINY, final_state, kill_at_checkpoint, read_metrics, read_summary, read_tensorboard, run_train,
+                      start_train)
+from sparsity.maxtext import layout
 
 pytestmark = pytest.mark.slow
 
@@ -43,7 +41,7 @@ def test_c4_tfds_sparse_run_summary_matches_logged_metrics(tmp_path, c4_path):
   s = read_summary(tmp_path, "tfds")
   # Logged through MaxText's metric logger to TensorBoard (MaxText stubs TensorBoard out when decoupled
   # from Google Cloud; the hook restores real event files).
-  tb = read_tensorboard(os.path.join(tmp_path, "tfds", "tensorboard"))
+  tb = read_tensorboard(layout.tensorboard_dir(tmp_path / "tfds"))
   active = tb["sparsity/active_params"]
   assert sorted(active) == list(range(16))
   # The schedule: start round(.25*16)=4, end round(.75*16)=12, every 2 steps.
@@ -88,7 +86,7 @@ def test_c4_grain_sparse_run(tmp_path, c4_path):
   )
   s = read_summary(tmp_path, "grain")
   assert s["sparsity_schedule"] == "cubic" and s["final_sparsity"] == pytest.approx(0.5, abs=1e-6)
-  loss = read_tensorboard(os.path.join(tmp_path, "grain", "tensorboard"))["learning/loss"]
+  loss = read_tensorboard(layout.tensorboard_dir(tmp_path / "grain"))["learning/loss"]
   assert sorted(loss) == list(range(12)) and s["final_train_loss"] == pytest.approx(loss[11], rel=1e-6)
   assert loss[11] < loss[0]  # it learns from the real tokens
 
@@ -200,17 +198,8 @@ def test_killed_run_resumes_to_the_same_result(tmp_path):
   run_train(_resume_args("straight"), tmp_path)
 
   # Start the same run, kill it hard once the checkpoint at step 8 (mid pruning: events 6..18) exists.
-  env = cpu_env()
-  cmd = [sys.executable, os.path.join(ROOT, "MaxText", "train.py"), *_resume_args("killed"), f"base_output_directory={tmp_path}"]
-  proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-  marker = os.path.join(tmp_path, "killed", "checkpoints", "8", "items")
-  deadline = time.time() + 600
-  while not os.path.isdir(marker) and proc.poll() is None and time.time() < deadline:
-    time.sleep(0.05)
-  os.killpg(proc.pid, signal.SIGKILL)
-  proc.wait()
-  assert os.path.isdir(marker), "the run never reached its step-8 checkpoint"
-  assert not os.path.exists(os.path.join(tmp_path, "killed", "sparsity_summary.json")), "the run finished before the kill"
+  kill_at_checkpoint([start_train(_resume_args("killed") + [f"base_output_directory={tmp_path}"])],
+                     tmp_path / "killed", 8)
 
   run_train(_resume_args("killed"), tmp_path)  # the same command again: resumes from the last checkpoint
   a, b = read_summary(tmp_path, "straight"), read_summary(tmp_path, "killed")

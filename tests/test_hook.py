@@ -30,7 +30,7 @@ def _state(plan, seed=0):
   tx = sparsity.pruned(optax.adam(1e-2), plan, events_in_update=False)
   opt = tx.init(params)
   opt = opt._replace(inner_state=jax.tree.map(lambda x: x + 1.0 if x.ndim else x, opt.inner_state))  # moments != 0
-  return {"model": params, "optimizer": {"step": jnp.int32(0), "opt_state": opt._asdict()}}
+  return layout.train_state_tree(params, opt._asdict(), jnp.int32(0))
 
 
 def _leaves(state, prefix):
@@ -144,7 +144,7 @@ def test_train_step_wrapper_adds_the_schedules_metrics():
     run.prunable_sizes, run.total = [100], 150
 
     def original(model, config, state, batch):
-      return {"optimizer": {"step": state + 1}}, {"scalar": {"learning/loss": 1.0}}
+      return layout.train_state_tree({}, {}, state + 1), {"scalar": {"learning/loss": 1.0}}
 
     step = jax.jit(functools.partial(hook._train_step, original, None, None))  # pylint: disable=protected-access
     for s, active in ((0, 150), (1, 150), (2, 100), (9, 100)):

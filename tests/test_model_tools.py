@@ -101,15 +101,15 @@ def test_sparse_bitmask_rejects_non_matrices():
 
 def test_locate_accepts_run_checkpoints_step_and_items_dirs(tmp_path):
   run, _ = _synthetic_run(tmp_path)
-  ck = run / "checkpoints"
-  for path in (run, ck, ck / "5", ck / "5" / "items"):
+  ck = layout.checkpoints_dir(str(run))
+  for path in (run, ck, os.path.dirname(layout.items_dir(ck, 5)), layout.items_dir(ck, 5)):
     where = model_checkpoint.locate(str(path))
-    assert (where.items_dir, where.step, where.run_dir) == (str(ck / "5" / "items"), 5, str(run)), path
-  assert model_checkpoint.locate(str(run), step=2).items_dir == str(ck / "2" / "items")
+    assert (where.items_dir, where.step, where.run_dir) == (layout.items_dir(ck, 5), 5, str(run)), path
+  assert model_checkpoint.locate(str(run), step=2).items_dir == layout.items_dir(ck, 2)
   with pytest.raises(FileNotFoundError, match="no checkpoint for step 3"):
     model_checkpoint.locate(str(run), step=3)
   with pytest.raises(FileNotFoundError, match="not of step 2"):
-    model_checkpoint.locate(str(ck / "5"), step=2)
+    model_checkpoint.locate(os.path.dirname(layout.items_dir(ck, 5)), step=2)
   with pytest.raises(FileNotFoundError, match="no such checkpoint directory"):
     model_checkpoint.locate(str(tmp_path / "nope"))
   (tmp_path / "empty").mkdir()
@@ -142,7 +142,7 @@ def test_inspect_cli_table_and_json(tmp_path, capsys):
   assert cli_main(["inspect", str(run), "--json"]) == 0
   r = json.loads(capsys.readouterr().out)
   assert r["pruner"]["mask_violations"] > 0
-  assert cli_main(["inspect", str(run / "checkpoints"), "--step", "2"]) == 0
+  assert cli_main(["inspect", layout.checkpoints_dir(str(run)), "--step", "2"]) == 0
   text = capsys.readouterr().out
   assert "pruner: count 3, masks present for 2 tensors" in text
   assert "decoder/layers/mlp/wi_0/kernel" in text and "active params" in text
@@ -153,7 +153,7 @@ def test_inspect_cli_table_and_json(tmp_path, capsys):
 
 def test_inspect_dense_checkpoint_counts_zeros(tmp_path):
   w = np.arange(24, dtype=np.float32).reshape(4, 2, 3)  # one zero
-  _save_checkpoint(tmp_path / "c" / "0" / "items", {"decoder/layers/mlp/wi_0/kernel": w,
+  _save_checkpoint(layout.items_dir(tmp_path / "c", 0), {"decoder/layers/mlp/wi_0/kernel": w,
                                                     "token_embedder/embedding": np.zeros((3, 4), np.float32)})
   r = inspect_mod.report(str(tmp_path / "c"))
   assert r["pruner"] == {"count": None, "masks": False, "dense_checkpoint": True, "masked_tensors": 0,
@@ -261,7 +261,7 @@ def test_failed_export_leaves_nothing_behind(tmp_path, monkeypatch):
   s = export.check_supported(cfg)
   rng = np.random.default_rng(0)
   params = {p: rng.standard_normal(shape).astype(np.float32) for p, shape in export.expected_params(s).items()}
-  _save_checkpoint(tmp_path / "run" / "checkpoints" / "3" / "items", params)
+  _save_checkpoint(layout.items_dir(layout.checkpoints_dir(tmp_path / "run"), 3), params)
   monkeypatch.setattr(export, "to_hf_tensors", lambda p, s, dtype: {"lm_head.weight": np.zeros((16, 8), np.float32)})
   monkeypatch.setattr(export, "hf_module_of", lambda p, s: [])
 
@@ -339,7 +339,7 @@ def test_inspect_the_sparse_run(sparse_run):
       assert row["sparsity"] == pytest.approx(0.8, abs=1.0 / row["size"] + 1e-9), row["path"]
       assert row["zeros"] >= row["pruned"]
   assert r["schedule"]["prune_steps"] == [0, 2, 4] and r["schedule"]["events_done"] == 3
-  code, out, _ = run_cli(["inspect", str(sparse_run / "checkpoints"), "--step", "0"])
+  code, out, _ = run_cli(["inspect", layout.checkpoints_dir(str(sparse_run)), "--step", "0"])
   assert code == 0
   assert "step: 0 (train state step 1)" in out and "1 of 3 events done, next at step 2" in out
 

@@ -3,15 +3,13 @@
 
 import json
 import os
-import signal
 import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
 
-from conftest import C4_TFDS, ROOT, TINY, cpu_env, final_state, read_summary, run_cli, run_train
+from conftest import (C4_TFDS, ROOT, TINY, final_state, kill_at_checkpoint, read_summary, run_cli, run_train,
+                      start_train)
 from sparsity.maxtext import layout
 
 pytestmark = pytest.mark.slow
@@ -89,15 +87,7 @@ def test_a_killed_2_4_run_resumes_to_the_same_result(nm_run, tmp_path):
   base, _ = nm_run
   args = NM + ["run_name=killed", "steps=24", "pruning_interval=3", "checkpoint_period=6",
                f"base_output_directory={tmp_path}"]
-  proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "MaxText", "train.py"), *args], cwd=ROOT, env=cpu_env(),
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-  marker = layout.items_dir(layout.checkpoints_dir(tmp_path / "killed"), 12)
-  deadline = time.time() + 600
-  while not os.path.isdir(marker) and proc.poll() is None and time.time() < deadline:
-    time.sleep(0.05)
-  os.killpg(proc.pid, signal.SIGKILL)
-  proc.wait()
-  assert os.path.isdir(marker) and not os.path.exists(layout.summary_path(tmp_path / "killed"))
+  kill_at_checkpoint([start_train(args)], tmp_path / "killed", 12)
   run_train(args[:-1], tmp_path)
   a, b = read_summary(base, "nm"), read_summary(tmp_path, "killed")
   assert a["final_train_loss"] == b["final_train_loss"] and a["avg_active_params"] == b["avg_active_params"]

@@ -12,7 +12,7 @@ import pytest
 
 from conftest import run_cli
 from sparsity.experiments import collect
-from sparsity.maxtext import layout, loop
+from sparsity.maxtext import loop
 from sparsity.science import scaling_laws as sl
 
 P2 = {"gamma": -0.8, "delta": 0.3, "N_C": 20.0, "alpha": 0.2, "D_C": 300.0, "beta": 0.35, "E": 0.5}

@@ -3,7 +3,6 @@
 import dataclasses
 import json
 import os
-import sys
 import types
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # set before numpy

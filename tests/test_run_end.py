@@ -3,7 +3,6 @@ scope, every optimizer MaxText offers, an extension point that is not reached.""
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -11,7 +10,8 @@ import time
 import numpy as np
 import pytest
 
-from conftest import C4_TFDS, ROOT, TINY, cpu_env, final_state, read_summary, read_tensorboard, run_cli, run_train
+from conftest import (C4_TFDS, ROOT, TINY, cpu_env, final_state, kill_at_checkpoint, read_summary, read_tensorboard,
+                      run_cli, run_train, start_train)
 from sparsity.core import pruner, schedules
 from sparsity.maxtext import launch, layout
 
@@ -74,19 +74,9 @@ def test_two_processes_equal_one_process_four_devices(multi):
 def test_killed_processes_resume_to_the_same_result(multi, tmp_path):
   ref_dir, _, _, _ = multi
   args = MULTI + ["run_name=killed", f"base_output_directory={tmp_path}"]
-  procs = [subprocess.Popen([sys.executable, os.path.join(ROOT, "MaxText", "train.py"), *launch.train_argv(args)],
-                            cwd=ROOT, env={**launch.process_env(i, 2, 2), "PYTHONPATH": ROOT},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+  procs = [start_train(launch.train_argv(args), env={**launch.process_env(i, 2, 2), "PYTHONPATH": ROOT})
            for i in range(2)]
-  marker = layout.items_dir(layout.checkpoints_dir(tmp_path / "killed"), 12)  # mid pruning: events 6..18
-  deadline = time.time() + 600
-  while not os.path.isdir(marker) and all(p.poll() is None for p in procs) and time.time() < deadline:
-    time.sleep(0.05)
-  for p in procs:
-    os.killpg(p.pid, signal.SIGKILL)
-    p.wait()
-  assert os.path.isdir(marker), "the processes never reached their step-12 checkpoint"
-  assert not os.path.exists(layout.summary_path(tmp_path / "killed")), "the run finished before the kill"
+  kill_at_checkpoint(procs, tmp_path / "killed", 12)  # mid pruning: events 6..18
   code, out = _launch(MULTI + ["run_name=killed"], tmp_path)  # the same command again: both resume
   assert code == 0, out[-6000:]
   a, b = read_summary(ref_dir, "two"), read_summary(tmp_path, "killed")

@@ -62,12 +62,7 @@ def schedule_from_summary(s: Any) -> schedules.Schedule:
 
 def find_manifests(directory: str) -> list[str]:
   """Every ``manifest.json`` under ``directory`` (sorted walk)."""
-  found = []
-  for root, dirs, files in os.walk(directory):
-    dirs.sort()
-    if MANIFEST_FILE in files:
-      found.append(os.path.join(root, MANIFEST_FILE))
-  return found
+  return results.find_files(directory, MANIFEST_FILE)
 
 
 def manifest_runs(paths: Iterable[str]) -> tuple[dict[str, dict[str, Any]], list[str]]:

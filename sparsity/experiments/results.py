@@ -64,14 +64,19 @@ def summary_to_row(summary: dict[str, Any], source: str = "") -> dict[str, Any]:
   return row
 
 
+def find_files(directory: str, name: str) -> list[str]:
+  """Every file called ``name`` under ``directory`` (sorted walk)."""
+  found = []
+  for root, dirs, files in os.walk(directory):
+    dirs.sort()
+    if name in files:
+      found.append(os.path.join(root, name))
+  return found
+
+
 def summary_files(path: str) -> list[str]:
   """Every run summary under directory ``path`` (sorted walk)."""
-  found = []
-  for root, dirs, files in os.walk(path):
-    dirs.sort()
-    if SUMMARY_FILE in files:
-      found.append(os.path.join(root, SUMMARY_FILE))
-  return found
+  return find_files(path, SUMMARY_FILE)
 
 
 def read_json(path: str) -> Any:
@@ -100,4 +105,4 @@ def load_runs(path: str) -> pd.DataFrame:
   return pd.DataFrame(rows)
 
 
-__all__ = ["SUMMARY_COLUMNS", "run_loss", "summary_to_row", "summary_files", "read_json", "load_runs"]
+__all__ = ["SUMMARY_COLUMNS", "run_loss", "summary_to_row", "find_files", "summary_files", "read_json", "load_runs"]

@@ -199,7 +199,9 @@ def _train_step(original, model, config, *args, **kwargs):
   new_state, metrics = original(model, config, *args, **kwargs)
   RUN.reached.add("train.train_step")
   if RUN.plan is not None and RUN.total:
-    step = new_state["optimizer"]["step"]
+    step = new_state
+    for key in layout.STATE_STEP:
+      step = step[key]
     step = jnp.asarray(getattr(step, "value", step)).astype(jnp.int32) - 1
     if RUN.plan.init_mask_from_zeros:
       metrics["scalar"].update(_fixed_mask_metrics(new_state, step))

@@ -88,6 +88,17 @@ def ckpt_mask_path(ckpt_path: str) -> str | None:
   return ckpt_path[len(prefix):] if ckpt_path.startswith(prefix) else None
 
 
+def train_state_tree(params: dict, opt_state: dict, step) -> dict:
+  """A pytree laid out like MaxText's train state (``model``, ``optimizer/{step, opt_state}``), for tests."""
+  state: dict = {STATE_PARAMS.rstrip("/"): params}
+  node = state
+  for key in STATE_OPT.rstrip("/").split("/")[:-1]:
+    node = node.setdefault(key, {})
+  node[STATE_STEP[-1]] = step
+  node[STATE_OPT.rstrip("/").split("/")[-1]] = opt_state
+  return state
+
+
 def checkpoint_tree(params: dict, masks: dict | None = None, count=None, inner_state=None, step=None) -> dict:
   """A pytree in MaxText's checkpoint layout from nested dicts (``params``, ``masks``, ``inner_state``).
 
@@ -127,5 +138,5 @@ __all__ = [
     "SUMMARY_FILE", "CHECKPOINTS", "ITEMS", "TENSORBOARD", "STATE_PARAMS", "STATE_OPT", "STATE_MASKS", "STATE_COUNT",
     "STATE_INNER", "STATE_STEP", "CKPT_PARAMS", "CKPT_OPT", "CKPT_MASKS", "CKPT_COUNT", "CKPT_STEP", "run_dir",
     "summary_path", "checkpoints_dir", "items_dir", "tensorboard_dir", "state_param_path", "state_mask_path",
-    "ckpt_param_path", "ckpt_mask_path", "checkpoint_tree", "conversion_key", "contraction_axis", "scan_axis",
+    "ckpt_param_path", "ckpt_mask_path", "train_state_tree", "checkpoint_tree", "conversion_key", "contraction_axis", "scan_axis",
 ]

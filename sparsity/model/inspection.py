@@ -129,7 +129,7 @@ def _schedule_state(summary: dict | None, count: int | None) -> dict[str, Any] |
     return None
   events = list(summary["prune_steps"])
   out = {
-      "source": "sparsity_summary.json",
+      "source": layout.SUMMARY_FILE,
       "sparsity_schedule": summary.get("sparsity_schedule"),
       "target_sparsity": summary.get("target_sparsity"),
       "steps": summary.get("steps"),
