@@ -11,6 +11,7 @@ reports, from MaxText's own per-step times (``metrics_file``), pooled over ``ROU
 * memory: peak resident memory of the sparse process / the dense one, and sparsity state bytes per weight.
 
   .venv/bin/python benchmarks/train_overhead.py [--sizes tiny,paper58m] [--steps N] [--rounds N]
+  .venv/bin/python benchmarks/train_overhead.py --structure 2:4     # the sparse runs at 2:4 (50%): N:M's rows
 """
 
 from __future__ import annotations
@@ -45,11 +46,13 @@ ROUNDS = {"tiny": 3, "paper58m": 2}
 STEPS = {"tiny": 200, "paper58m": 40}
 
 
-def run_once(size: str, sparsity: float, steps: int, interval: int, workdir: str, tag: str) -> dict:
+def run_once(size: str, sparsity: float, steps: int, interval: int, workdir: str, tag: str,
+             structure: str = "unstructured") -> dict:
   metrics = os.path.join(workdir, f"{tag}.metrics")
   compile_log = os.path.join(workdir, f"{tag}.compile")
   args = ["configs/sparse_base.yml", *SIZES[size], f"steps={steps}", f"pruning_interval={interval}",
-          f"target_sparsity={sparsity}", f"run_name={tag}", f"base_output_directory={workdir}",
+          f"target_sparsity={sparsity}", f"pruning_structure={structure}", f"run_name={tag}",
+          f"base_output_directory={workdir}",
           f"metrics_file={metrics}", "log_period=1000", "enable_checkpointing=false",
           "jax_cache_dir="]  # no persistent compilation cache: every run compiles
   env = dict(os.environ, JAX_PLATFORMS="cpu", COMPILE_LOG=compile_log, XLA_FLAGS="--xla_force_host_platform_device_count=1")
@@ -117,7 +120,10 @@ def main() -> None:
   ap.add_argument("--steps", type=int, default=0, help="steps per run (0: STEPS)")
   ap.add_argument("--interval", type=int, default=10)
   ap.add_argument("--rounds", type=int, default=0, help="rounds of dense, sparse, sparse, dense (0: ROUNDS)")
+  ap.add_argument("--structure", default="unstructured", help="pruning_structure of the sparse runs (N:M: target 1-N/M)")
   args = ap.parse_args()
+  target = 0.8 if args.structure == "unstructured" else 1 - int(args.structure.split(":")[0]) / int(
+      args.structure.split(":")[1])
   results = {}
   with tempfile.TemporaryDirectory() as work:
     for size in args.sizes.split(","):
@@ -125,14 +131,17 @@ def main() -> None:
       rounds = args.rounds or ROUNDS.get(size, 1)
       steps = args.steps or STEPS.get(size, 40)
       for i, kind in enumerate(["dense", "sparse", "sparse", "dense"] * rounds):
-        r = run_once(size, 0.8 if kind == "sparse" else 0.0, steps, args.interval, work, f"{size}_{kind}_{i}")
+        r = run_once(size, target if kind == "sparse" else 0.0, steps, args.interval, work, f"{size}_{kind}_{i}",
+                     args.structure)
         runs[kind].append(r)
         print(f"{size} {kind}: median step {statistics.median(r['step_seconds'].values()):.4f}s, "
               f"compile {r['compile_seconds']:.1f}s, peak RSS {r['peak_rss_bytes'] / 2**20:.0f} MiB", flush=True)
       events = runs["sparse"][0]["summary"]["prune_steps"]
       results[size] = analyse(runs["dense"], runs["sparse"], events, steps)
       print(json.dumps({size: results[size]}, indent=2), flush=True)
-  print("written to", common.write("train_overhead", {"pruning_interval": args.interval,
+  name = "train_overhead" + ("" if args.structure == "unstructured" else "_" + args.structure.replace(":", "of"))
+  print("written to", common.write(name, {"pruning_interval": args.interval, "pruning_structure": args.structure,
+                                                      "target_sparsity": target,
                                                       "steps": {k: args.steps or STEPS.get(k, 40) for k in results},
                                                       "rounds": {k: args.rounds or ROUNDS.get(k, 1) for k in results},
                                                       "sizes": {k: SIZES[k] for k in results}, "results": results}))
