@@ -21,7 +21,7 @@ NM = MODEL + ["vocab_size=1024", "pruning_structure=2:4", "enable_checkpointing=
 def _groups_along_contraction(w, path, m=4):
   """Non-zeros of every group of m consecutive weights along the kernel's input dimension, computed here from the
   kernel's shape (not from the project's layout module): MaxText kernels are (in..., out...), layers stacked on
-  axis 1; the attention output projection's input is (heads, head_dim), grouped along head_dim."""
+  axis 1 when scanned; the attention output projection's input is (heads, head_dim), grouped along head_dim."""
   axis = w.ndim - 2 if path.endswith("self_attention/out/kernel") else 0
   x = np.moveaxis(w != 0, axis, -1)
   return x.reshape(*x.shape[:-1], x.shape[-1] // m, m).sum(-1)
@@ -49,6 +49,16 @@ def test_the_readme_command_with_2_4_trains_and_every_group_holds_two(nm_run):
   assert code == 0, err[-2000:]
   r = json.loads(text)
   assert r["structure"] == {"n_of_m": "2:4", "tensors_checked": 8, "ok": True}
+
+
+def test_without_scan_layers_every_layers_kernels_hold_2_of_4(tmp_path):
+  run_train(NM + ["run_name=unscanned", "steps=12", "pruning_interval=3", "scan_layers=false", "checkpoint_period=1000"],
+            tmp_path)
+  state = final_state(tmp_path / "unscanned")
+  assert any(p.startswith("decoder/layers_1/") for p in state.masks) and len(state.masks) == 2 * 7 + 1
+  for path, mask in state.masks.items():
+    counts = _groups_along_contraction(state.params[path], path)
+    assert np.all(counts == 2), (path, np.unique(counts))
 
 
 def test_one_and_four_devices_end_with_the_same_2_4_masks(tmp_path):
