@@ -17,6 +17,10 @@ def test_the_study_specs_run_collect_and_report_in_miniature(tmp_path, c4_path):
   code, out, err = run_cli(["sweep", "configs/study/fig1.yml", "step_scale=0.01", "--select", FIG1, "--out", runs],
                            timeout=1800)
   assert code == 0, (out + err)[-4000:]
+  for spec, select in [("ablations", r"abl-score-b1-random-s0.8-seed0$"), ("fig4", r"fig4-b1-d0.0-p0.5$")]:
+    code, out, err = run_cli(["sweep", f"configs/study/{spec}.yml", "step_scale=0.01", "--select", select,
+                              "--out", runs], timeout=1800)
+    assert code == 0, (out + err)[-4000:]
   code, out, err = run_cli(["sweep", "configs/study/recovery.yml", "step_scale=0.01", f"runs_dir={runs}",
                             "--select", r"rec-w32-(r0.5|2of4)$", "--out", runs], timeout=1800)
   assert code == 0, (out + err)[-4000:]
@@ -41,4 +45,6 @@ def test_the_study_specs_run_collect_and_report_in_miniature(tmp_path, c4_path):
   files = json.loads(out)
   text = (tmp_path / "study" / "study.md").read_text()
   assert "## Figure 1" in text and "| b1 | 80% |" in text and "fig1_pairs" in files
+  assert "## Figure 4" in text and "| 0% | 50% |" in text
+  assert "## Ablations" in text and "| score | random-s0.8 | b1 | 1 |" in text
   assert "not fitted" in text  # 4 runs are too few for the 5-parameter laws: said, not hidden

@@ -132,6 +132,8 @@ def law_fits(df: pd.DataFrame) -> tuple[list[LawRow], list[str]]:
 def schedule_table(df: pd.DataFrame) -> pd.DataFrame:
   """Figure 4: the 80% runs of fig4.yml and fig1's (25, 50) run of budget b1, seed 0, by split."""
   runs = df[df["run_name"].str.startswith("fig4-")].copy()
+  if runs.empty:  # no fig4 run collected: no figure 4
+    return pd.DataFrame()
   ref = df[(df["run_name"] == "fig1-b1-sparse-w64-s0.8-seed0")].copy()
   if not ref.empty:
     ref["dense_fraction"], ref["pruning_fraction"] = 0.25, 0.5
@@ -143,6 +145,8 @@ def schedule_table(df: pd.DataFrame) -> pd.DataFrame:
 def ablation_table(df: pd.DataFrame) -> pd.DataFrame:
   """Each ablation's runs (mean over seeds) against the fig1 runs of the same model, budget, sparsity and seeds."""
   abl = df[df["run_name"].str.startswith("abl-")]
+  if abl.empty:  # no ablation run collected (the spec's labels are then absent from the table too)
+    return pd.DataFrame()
   rows = []
   for (ablation, tag, budget), g in abl.groupby(["ablation", "tag", "budget"], sort=False):
     kind, width, target = g["kind"].iloc[0], int(g["base_emb_dim"].iloc[0]), float(g["target_sparsity"].iloc[0])
@@ -157,6 +161,8 @@ def ablation_table(df: pd.DataFrame) -> pd.DataFrame:
 
 def ablation_pairs(df: pd.DataFrame) -> pd.DataFrame:
   """The learning-rate and schedule ablations as sparse-vs-dense pairs: the 80% run against its dense bracket."""
+  if "ablation" not in df:
+    return pd.DataFrame()
   abl = df[df["run_name"].str.startswith("abl-") & df["ablation"].isin(["lr", "schedule"])]
   rows = []
   for ablation, g in abl.groupby("ablation"):
