@@ -32,6 +32,13 @@ def test_the_study_specs_run_collect_and_report_in_miniature(tmp_path, c4_path):
   sparse = fig1.loc["fig1-b1-sparse-w64-s0.8-seed0"]
   assert sparse["steps"] == 6 and sparse["final_eval_step"] == 5  # evaluated once, after the last step
   assert sparse["sparsity"] == pytest.approx(0.8, abs=1e-5) and sparse["pruning_interval"] == 1
+  again = tmp_path / "again"  # a reader reruns one run from its spec: the same final eval loss, bit for bit
+  code, out, err = run_cli(["sweep", "configs/study/fig1.yml", "step_scale=0.01", "--select",
+                            r"fig1-b1-sparse-w64-s0.8-seed0$", "--out", again], timeout=1800)
+  assert code == 0, (out + err)[-4000:]
+  rerun = json.loads((again / "fig1-b1-sparse-w64-s0.8-seed0" / "sparsity_summary.json").read_text())
+  first = json.loads((runs / "fig1-b1-sparse-w64-s0.8-seed0" / "sparsity_summary.json").read_text())
+  assert rerun["final_eval_loss"] == first["final_eval_loss"] and rerun["sparsity"] == first["sparsity"]
   code, _, err = run_cli(["collect", runs, "--trajectories", "--out", tmp_path / "traj.csv"])
   assert code == 0, err
   traj = pd.read_csv(tmp_path / "traj.csv")

@@ -350,6 +350,26 @@ def test_cli_dry_runs_print_every_run(tmp_path):
   assert code == 2 and "--cluster" in err  # missing options: bad usage
 
 
+def test_cli_runs_several_specs_one_after_another(tmp_path):
+  """The study's one command: several SPEC files into one --out, overrides for all, --select and --limit across."""
+  study = os.path.join(repo.CONFIGS, "study")
+  specs = [os.path.join(study, f) for f in ("pilot.yml", "fig4.yml")]
+  code, out, err = run_cli(["sweep", *specs, "step_scale=0.5", "--dry-run", "--out", tmp_path, "--json"])
+  assert code == 0, err
+  names = [r["run_name"] for r in json.loads(out)]
+  assert len(names) == 3 + 9 and names[0].startswith("pilot-") and names[-1].startswith("fig4-")
+  assert all("steps=600" in r["command"] or "steps=300" in r["command"] for r in json.loads(out))
+  code, out, err = run_cli(["sweep", *specs, "--dry-run", "--out", tmp_path, "--json", "--select", "seed1|d0.0-",
+                            "--limit", "3"])
+  assert code == 0, err
+  assert [r["run_name"] for r in json.loads(out)] == ["pilot-sparse-w64-s0.8-seed1", "fig4-b1-d0.0-p0.25",
+                                                      "fig4-b1-d0.0-p0.5"]
+  code, _, err = run_cli(["sweep", *specs, "--dry-run", "--launcher", "xpk", "--cluster", "c"])
+  assert code == 2 and "one SPEC" in err
+  code, _, err = run_cli(["sweep", *specs, "--dry-run", "--select", "nothing-like-this"])
+  assert code == 2 and "pilot, fig4" in err
+
+
 # --- A real sweep: 2 x 2 tiny runs on the C4 slice ----------------------------------------------------------
 
 SCHEDULES = ("geometric", "cubic")

@@ -1,6 +1,6 @@
 """Experiment commands of ``python -m sparsity`` (see ``sparsity.cli`` for the common style).
 
-  sweep               SPEC [key=value ...] [--dry-run] [--launcher local|xpk] [--out DIR] [--select REGEX] [--json]
+  sweep               SPEC [SPEC ...] [key=value ...] [--dry-run] [--launcher local|xpk] [--out DIR] [--select REGEX] [--json]
   collect             DIR --out CSV|- [--manifest FILE ...] [--trajectories] [--json]
   report              CSV --out DIR [--law-file law.json] [--json]
   dense-sweep         --out YAML|- [--divisor N] [--sparsities S ...]
@@ -31,7 +31,9 @@ def _default_xpk_bin() -> str:
 
 @command("sweep", "run (or print) every run of a sweep file", overrides=True)
 def _sweep(p: argparse.ArgumentParser) -> Runner:
-  p.add_argument("spec", help="sweep YAML (configs/sweeps/*.yml); key=value words override every run")
+  p.add_argument("spec", nargs="+", metavar="SPEC",
+                 help="sweep YAML files (configs/sweeps/*.yml), run one after another into --out; key=value words "
+                 "override every run")
   p.add_argument("--dry-run", action="store_true", help="print each run's command instead of running it")
   p.add_argument("--launcher", choices=("local", "xpk"), default="local")
   p.add_argument("--out", "--output-dir", dest="out",
@@ -54,60 +56,82 @@ def _sweep(p: argparse.ArgumentParser) -> Runner:
   x.add_argument("--max-workload-name", type=int, default=40, help="workload name length limit (28 for super-slicing)")
 
   def run(args: argparse.Namespace) -> int:
-    from sparsity.experiments import sweep, xpk  # pylint: disable=import-outside-toplevel
+    from sparsity.experiments import sweep  # pylint: disable=import-outside-toplevel
 
     if args.limit is not None and args.limit < 0:
       raise UsageError("--limit must be >= 0")
-    spec = sweep.load_spec(args.spec)
-    runs = sweep.expand(spec, args.overrides)
+    paths = [w for w in args.spec if "=" not in w]
+    overrides = [w for w in args.spec if "=" in w] + args.overrides
+    if not paths:
+      raise UsageError("sweep needs at least one SPEC file")
+    if args.launcher == "xpk" and len(paths) > 1:
+      raise UsageError("--launcher xpk takes one SPEC (one workload set per sweep name)")
+    plans = [(spec, sweep.expand(spec, overrides)) for spec in map(sweep.load_spec, paths)]
     if args.select:
       try:
-        runs = [r for r in runs if re.search(args.select, r.name)]
+        plans = [(spec, [r for r in runs if re.search(args.select, r.name)]) for spec, runs in plans]
       except re.error as e:
         raise UsageError(f"--select is not a valid regular expression: {e}") from None
-      if not runs:
-        raise UsageError(f"--select {args.select!r} matches no run of {spec.name}")
+      if not any(runs for _, runs in plans):
+        raise UsageError(f"--select {args.select!r} matches no run of {', '.join(s.name for s, _ in plans)}")
     if args.limit is not None:
-      runs = runs[: args.limit]
-    if args.launcher == "local":
-      out = os.path.abspath(args.out or os.path.join("outputs", "sweeps", spec.name))
-      if args.dry_run:
-        cmds = sweep.local_commands(runs, out)
-        emit(args, [{"run_name": r.name, "command": c} for r, c in zip(runs, cmds)],
-             lambda: "\n".join(f"# {r.name}\n{shlex.join(c)}" for r, c in zip(runs, cmds)))
-        print(f"# {len(runs)} runs", file=sys.stderr)
-        return 0
+      left = args.limit
+      for i, (spec, runs) in enumerate(plans):
+        plans[i] = (spec, runs[:left])
+        left -= len(plans[i][1])
+    plans = [(spec, runs) for spec, runs in plans if runs]
+    if args.launcher == "xpk":
+      return _sweep_xpk(args, *plans[0])
+    default_out = os.path.join("outputs", "sweeps", plans[0][0].name)
+    out = os.path.abspath(args.out or default_out)
+    if args.dry_run:
+      pairs = [(r, c) for _, runs in plans for r, c in zip(runs, sweep.local_commands(runs, out))]
+      emit(args, [{"run_name": r.name, "command": c} for r, c in pairs],
+           lambda: "\n".join(f"# {r.name}\n{shlex.join(c)}" for r, c in pairs))
+      print(f"# {len(pairs)} runs", file=sys.stderr)
+      return 0
+    results, code = [], 0
+    for spec, runs in plans:  # one after another, each resumable
       sweep.write_manifest(out, sweep.manifest(spec, runs, {"launcher": "local", "output_dir": out}))
       outcome = sweep.run_local(runs, out, timeout=args.timeout)
-      emit(args, {"sweep": spec.name, "output_dir": out, "ok": outcome.ok, "skipped": outcome.skipped,
-                  "failed": outcome.failed}, f"sweep {spec.name}: {outcome.describe()}; outputs in {out}")
-      return outcome.exit_code
-    missing = [f"--{k.replace('_', '-')}" for k in ("cluster", "tpu_type", "docker_image", "output_bucket")
-               if not getattr(args, k)]
-    if missing:
-      raise UsageError(f"--launcher xpk needs {', '.join(missing)}")
-    opts = xpk.XpkOptions(cluster=args.cluster or "", tpu_type=args.tpu_type or "", docker_image=args.docker_image or "",
-                          output_bucket=args.output_bucket or "", num_slices=args.num_slices, project=args.project,
-                          zone=args.zone, extra_args=tuple(args.xpk_arg), max_name_length=args.max_workload_name,
-                          xpk_bin=args.xpk_bin or _default_xpk_bin())
-    cmds = xpk.commands(runs, spec.name, opts)
-    names = {r.name: xpk.workload_name(r.name, spec.name, opts.max_name_length) for r in runs}
-    if args.dry_run:
-      emit(args, [{"run_name": r.name, "workload": names[r.name], "command": c} for r, c in zip(runs, cmds)],
-           lambda: "\n".join(f"# {r.name} -> workload {names[r.name]}\n{shlex.join(c)}" for r, c in zip(runs, cmds)))
-      print(f"# {len(runs)} workloads", file=sys.stderr)
-      return 0
-    if args.out:
-      extra = {"launcher": "xpk", "output_dir": xpk.output_directory(opts.output_bucket, spec.name), "workloads": names}
-      sweep.write_manifest(args.out, sweep.manifest(spec, runs, extra))
-    outcome = xpk.submit(runs, cmds)
-    for f in outcome.failed:
-      print(f"xpk failed for {f['run_name']} (rc {f['returncode']}):\n{f['tail']}", file=sys.stderr)
-    emit(args, {"sweep": spec.name, "created": outcome.ok, "failed": outcome.failed},
-         f"sweep {spec.name}: {len(outcome.ok)} workloads created, {len(outcome.failed)} failed")
-    return outcome.exit_code
+      code = max(code, outcome.exit_code)
+      results.append({"sweep": spec.name, "output_dir": out, "ok": outcome.ok, "skipped": outcome.skipped,
+                      "failed": outcome.failed, "text": f"sweep {spec.name}: {outcome.describe()}; outputs in {out}"})
+    emit(args, [{k: v for k, v in r.items() if k != "text"} for r in results] if len(results) > 1
+         else {k: v for k, v in results[0].items() if k != "text"}, "\n".join(r["text"] for r in results))
+    return code
 
   return run
+
+
+def _sweep_xpk(args: argparse.Namespace, spec, runs) -> int:
+  """``sweep --launcher xpk``: one ``xpk workload create`` per run (printed with ``--dry-run``)."""
+  from sparsity.experiments import sweep, xpk  # pylint: disable=import-outside-toplevel
+
+  missing = [f"--{k.replace('_', '-')}" for k in ("cluster", "tpu_type", "docker_image", "output_bucket")
+             if not getattr(args, k)]
+  if missing:
+    raise UsageError(f"--launcher xpk needs {', '.join(missing)}")
+  opts = xpk.XpkOptions(cluster=args.cluster or "", tpu_type=args.tpu_type or "", docker_image=args.docker_image or "",
+                        output_bucket=args.output_bucket or "", num_slices=args.num_slices, project=args.project,
+                        zone=args.zone, extra_args=tuple(args.xpk_arg), max_name_length=args.max_workload_name,
+                        xpk_bin=args.xpk_bin or _default_xpk_bin())
+  cmds = xpk.commands(runs, spec.name, opts)
+  names = {r.name: xpk.workload_name(r.name, spec.name, opts.max_name_length) for r in runs}
+  if args.dry_run:
+    emit(args, [{"run_name": r.name, "workload": names[r.name], "command": c} for r, c in zip(runs, cmds)],
+         lambda: "\n".join(f"# {r.name} -> workload {names[r.name]}\n{shlex.join(c)}" for r, c in zip(runs, cmds)))
+    print(f"# {len(runs)} workloads", file=sys.stderr)
+    return 0
+  if args.out:
+    extra = {"launcher": "xpk", "output_dir": xpk.output_directory(opts.output_bucket, spec.name), "workloads": names}
+    sweep.write_manifest(args.out, sweep.manifest(spec, runs, extra))
+  outcome = xpk.submit(runs, cmds)
+  for f in outcome.failed:
+    print(f"xpk failed for {f['run_name']} (rc {f['returncode']}):\n{f['tail']}", file=sys.stderr)
+  emit(args, {"sweep": spec.name, "created": outcome.ok, "failed": outcome.failed},
+       f"sweep {spec.name}: {len(outcome.ok)} workloads created, {len(outcome.failed)} failed")
+  return outcome.exit_code
 
 
 @command("collect", "one CSV row per run from the run summaries under a directory")
