@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 
 import matplotlib.image
 import numpy as np
@@ -149,5 +150,10 @@ def test_cli_collect_and_report(runs_dir, tmp_path):
   assert code == 2 and "--force" in err  # the CSV exists: bad usage
   code, out, _ = run_cli(["collect", runs_dir, "--out", "-"])
   assert code == 0 and pd.read_csv(__import__("io").StringIO(out)).shape[0] == 18
+  some = set(df["run_name"][:3])
+  code, out, _ = run_cli(["collect", runs_dir, "--out", "-", "--select", "^(" + "|".join(map(re.escape, some)) + ")$"])
+  assert code == 0 and set(pd.read_csv(__import__("io").StringIO(out))["run_name"]) == some
+  code, _, err = run_cli(["collect", runs_dir, "--out", "-", "--select", "^no-such-run$"])
+  assert code == 1 and "matches no collected run" in err
   code, out, _ = run_cli(["report", csv, "--out", tmp_path / "rep", "--force", "--json"])
   assert code == 0 and set(json.loads(out)["figures"]) == set(report.FIGURES)

@@ -1,7 +1,7 @@
 """Experiment commands of ``python -m sparsity`` (see ``sparsity.cli`` for the common style).
 
   sweep               SPEC [SPEC ...] [key=value ...] [--dry-run] [--launcher local|xpk] [--out DIR] [--select REGEX] [--json]
-  collect             DIR --out CSV|- [--manifest FILE ...] [--trajectories] [--json]
+  collect             DIR --out CSV|- [--manifest FILE ...] [--trajectories] [--select REGEX] [--json]
   report              CSV --out DIR [--law-file law.json] [--json]
   dense-sweep         --out YAML|- [--divisor N] [--sparsities S ...]
   schedule-fractions  --target-sparsity S [--dense F] [--pruning F] [--schedule NAME] [--json]
@@ -134,6 +134,20 @@ def _sweep_xpk(args: argparse.Namespace, spec, runs) -> int:
   return outcome.exit_code
 
 
+def _select_runs(df, regex: str | None):
+  """The rows of ``df`` whose ``run_name`` matches ``regex`` (re.search); all rows without one."""
+  if not regex:
+    return df
+  try:
+    pattern = re.compile(regex)
+  except re.error as e:
+    raise UsageError(f"--select is not a valid regular expression: {e}") from None
+  keep = df[[bool(pattern.search(str(n))) for n in df["run_name"]]] if len(df) else df
+  if keep.empty:
+    raise ValueError(f"--select {regex!r} matches no collected run")
+  return keep.reset_index(drop=True)
+
+
 @command("collect", "one CSV row per run from the run summaries under a directory")
 def _collect(p: argparse.ArgumentParser) -> Runner:
   add_data(p, "a sweep's output directory (searched recursively)", positional=True)
@@ -141,6 +155,7 @@ def _collect(p: argparse.ArgumentParser) -> Runner:
   p.add_argument("--manifest", action="append", default=[], help="more manifest.json files to join")
   p.add_argument("--trajectories", action="store_true",
                  help="prune-and-recover runs: one row per evaluation (run_name, N0, rho, D, L0, loss), for fit --law p2")
+  p.add_argument("--select", help="only the runs whose name matches this regex (re.search), as in sweep --select")
   add_json(p)
 
   def run(args: argparse.Namespace) -> int:
@@ -148,7 +163,7 @@ def _collect(p: argparse.ArgumentParser) -> Runner:
 
     check_out(args.out, args.force)
     if args.trajectories:
-      df = collect.trajectories(data_path(args))
+      df = _select_runs(collect.trajectories(data_path(args)), args.select)
       if args.out != "-":
         write_text(df.to_csv(index=False), args.out)
       if args.json or args.out == "-":
@@ -156,7 +171,7 @@ def _collect(p: argparse.ArgumentParser) -> Runner:
       else:
         print(f"{df['run_name'].nunique()} runs, {len(df)} points -> {args.out}")
       return 0
-    df = collect.collect(data_path(args), args.manifest)
+    df = _select_runs(collect.collect(data_path(args), args.manifest), args.select)
     if args.out != "-":
       write_text(df.to_csv(index=False), args.out)
     missing = collect.missing_schedule_keys(df)
