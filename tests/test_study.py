@@ -38,7 +38,7 @@ def test_the_study_specs_run_collect_and_report_in_miniature(tmp_path, c4_path):
   assert code == 0, (out + err)[-4000:]
   rerun = json.loads((again / "fig1-b1-sparse-w64-s0.8-seed0" / "sparsity_summary.json").read_text())
   first = json.loads((runs / "fig1-b1-sparse-w64-s0.8-seed0" / "sparsity_summary.json").read_text())
-  assert rerun["final_eval_loss"] == first["final_eval_loss"] and rerun["sparsity"] == first["sparsity"]
+  assert rerun["final_eval_loss"] == first["final_eval_loss"] and rerun["final_sparsity"] == first["final_sparsity"]
   code, _, err = run_cli(["collect", runs, "--trajectories", "--out", tmp_path / "traj.csv"])
   assert code == 0, err
   traj = pd.read_csv(tmp_path / "traj.csv")
