@@ -21,9 +21,29 @@ def main() -> None:
 
   argv = cpu_defaults(sys.argv)
   from absl import app  # pylint: disable=import-outside-toplevel
+
+  app.run(_run_then_exit, argv=argv)
+
+
+def _run_then_exit(argv) -> None:
+  """MaxText's main through the hook; then, in a single process, leave without the interpreter's teardown.
+
+  Everything is written by then (checkpoints waited for, the summary, the logs flushed below). The teardown
+  only destroys TensorFlow's data threads, and on this machine that intermittently aborts the process
+  ("terminate called without an active exception", exit -6) after a run that succeeded. With several
+  processes the normal exit is kept (JAX's distributed shutdown runs at exit).
+  """
   from sparsity.maxtext import hook  # pylint: disable=import-outside-toplevel
 
-  app.run(hook.main, argv=argv)
+  hook.main(argv)
+  import jax  # pylint: disable=import-outside-toplevel
+  from absl import logging  # pylint: disable=import-outside-toplevel
+
+  if jax.process_count() == 1:
+    logging.flush()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)  # pylint: disable=protected-access
 
 
 if __name__ == "__main__":
