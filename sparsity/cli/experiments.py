@@ -68,10 +68,8 @@ def _sweep(p: argparse.ArgumentParser) -> Runner:
       raise UsageError("--launcher xpk takes one SPEC (one workload set per sweep name)")
     plans = [(spec, sweep.expand(spec, overrides)) for spec in map(sweep.load_spec, paths)]
     if args.select:
-      try:
-        plans = [(spec, [r for r in runs if re.search(args.select, r.name)]) for spec, runs in plans]
-      except re.error as e:
-        raise UsageError(f"--select is not a valid regular expression: {e}") from None
+      pattern = _select_pattern(args.select)
+      plans = [(spec, [r for r in runs if pattern.search(r.name)]) for spec, runs in plans]
       if not any(runs for _, runs in plans):
         raise UsageError(f"--select {args.select!r} matches no run of {', '.join(s.name for s, _ in plans)}")
     if args.limit is not None:
@@ -134,14 +132,19 @@ def _sweep_xpk(args: argparse.Namespace, spec, runs) -> int:
   return outcome.exit_code
 
 
+def _select_pattern(regex: str) -> "re.Pattern[str]":
+  """``--select``'s regex (sweep and collect), or a usage error."""
+  try:
+    return re.compile(regex)
+  except re.error as e:
+    raise UsageError(f"--select is not a valid regular expression: {e}") from None
+
+
 def _select_runs(df, regex: str | None):
   """The rows of ``df`` whose ``run_name`` matches ``regex`` (re.search); all rows without one."""
   if not regex:
     return df
-  try:
-    pattern = re.compile(regex)
-  except re.error as e:
-    raise UsageError(f"--select is not a valid regular expression: {e}") from None
+  pattern = _select_pattern(regex)
   keep = df[[bool(pattern.search(str(n))) for n in df["run_name"]]] if len(df) else df
   if keep.empty:
     raise ValueError(f"--select {regex!r} matches no collected run")
