@@ -9,6 +9,7 @@ import pytest
 
 from conftest import (TINY, final_state, kill_at_checkpoint, read_metrics, read_summary, read_tensorboard, run_train,
                       start_train)
+from sparsity.core import compute
 from sparsity.maxtext import layout
 
 pytestmark = pytest.mark.slow
@@ -32,6 +33,8 @@ def test_c4_tfds_sparse_run_summary_matches_logged_metrics(tmp_path, c4_path):
           "steps=16",
           "pruning_interval=2",
           "target_sparsity=0.8",
+          "prune_start_fraction=0.25",  # a step split, explicit: it wins over the compute split
+          "prune_end_fraction=0.75",
           "eval_interval=8",
           "eval_steps=2",
       ],
@@ -46,6 +49,7 @@ def test_c4_tfds_sparse_run_summary_matches_logged_metrics(tmp_path, c4_path):
   assert sorted(active) == list(range(16))
   # The schedule: start round(.25*16)=4, end round(.75*16)=12, every 2 steps.
   assert s["prune_steps"] == [4, 6, 8, 10, 12]
+  assert (s["schedule_split"], s["prune_start_fraction"], s["prune_end_fraction"]) == ("steps", 0.25, 0.75)
   assert s["steps"] == 16 and s["tokens"] == 16 * 4 * 64
   # Exact final count: round(0.2 * prunable) weights survive.
   kept = s["final_active_params"] - s["non_prunable_params"]
@@ -67,6 +71,29 @@ def test_c4_tfds_sparse_run_summary_matches_logged_metrics(tmp_path, c4_path):
   # N_avg by hand: the mean over the 16 steps of the logged active params.
   assert s["avg_active_params"] == pytest.approx(np.mean([active[i] for i in range(16)]), rel=1e-6)
   assert s["effective_flops"] < s["dense_flops"]
+
+
+def test_the_default_schedule_spends_the_papers_compute_split(tmp_path):
+  """sparse_base.yml's default (no step fractions set): 25% of the compute dense, 50% pruning, 25% recovery."""
+  run_train(SPARSE + ["vocab_size=1024", "run_name=split", "steps=120", "pruning_interval=10", "target_sparsity=0.8"],
+            tmp_path)
+  s = read_summary(tmp_path, "split")
+  assert s["schedule_split"] == "compute"
+  start, end = s["prune_start_fraction"], s["prune_end_fraction"]
+  assert (start, end) == compute.derived_step_fractions(120, 0.8, "geometric", 10, 0.25, 0.5)
+  assert s["prune_steps"][0] == round(start * 120) and s["prune_steps"][-1] == round(end * 120)
+  assert s["prune_steps"][1] - s["prune_steps"][0] == 10
+  f = s["compute_fractions"]
+  assert (f["dense"], f["pruning"], f["recovery"]) == pytest.approx((0.25, 0.5, 0.25), abs=0.01)
+  # the fractions by hand from the summary's events and counts: active prunable weights summed over the phases
+  prunable, spent = s["prunable_params"], [0, 0, 0]
+  for t in range(120):
+    done = [k for e, k in zip(s["prune_steps"], s["kept_after_events"]) if e <= t]
+    phase = 0 if t < s["prune_steps"][0] else 1 if t < s["prune_steps"][-1] else 2
+    spent[phase] += done[-1] if done else prunable
+  assert [f["dense"], f["pruning"], f["recovery"]] == pytest.approx([x / sum(spent) for x in spent], rel=1e-12)
+  assert s["effective_flops"] == pytest.approx(6 * s["tokens_per_step"] * sum(spent), rel=1e-12)
+  assert s["dense_flops"] == pytest.approx(6 * s["tokens_per_step"] * 120 * prunable, rel=1e-12)
 
 
 def test_c4_grain_sparse_run(tmp_path, c4_path):

@@ -9,7 +9,7 @@ import optax
 import pytest
 
 import sparsity
-from sparsity.core import accounting, pruner, schedules
+from sparsity.core import accounting, compute, pruner, schedules
 from sparsity.core.config import DEFAULT_PRUNABLE
 from sparsity.core.paths import flatten, unnest
 
@@ -100,7 +100,11 @@ def test_plan_from_config_keys_uses_the_same_names():
   plan = sparsity.PrunePlan.from_config(keys)
   assert (plan.pruning_scope, plan.pruning_score, plan.pruning_seed, plan.non_prunable_params) == (
       "per_tensor", "random", 3, "query")
-  assert plan.schedule == schedules.make_schedule(40, 0.6, interval=5)
+  # no step fractions set: derived from the compute split (sparsity.core.compute)
+  start, end = compute.derived_step_fractions(40, 0.6, "geometric", 5, 0.25, 0.5)
+  assert plan.schedule == schedules.make_schedule(40, 0.6, "geometric", start, end, 5)
+  assert sparsity.PrunePlan.from_config(Config(target_sparsity=0.6, prune_start_fraction=0.5)).schedule == \
+      schedules.make_schedule(40, 0.6, "geometric", 0.5, 0.75, 100)  # one step fraction set: the other's default
 
 
 @pytest.mark.parametrize("scope", ["global", "per_tensor"])
@@ -259,16 +263,20 @@ def test_accounting_step_metrics_against_hand_computation():
     m = jax.jit(acc.step_metrics)(jnp.int32(s))
     assert float(m["sparsity/active_params"]) == want_active[s]
     assert float(m["sparsity/avg_active_params"]) == pytest.approx(np.mean(want_active[: s + 1]))
-    assert float(m["sparsity/effective_flops"]) == pytest.approx(6 * 1000 * sum(want_active[: s + 1]))
+    # compute: 6 x tokens x active *prunable* weights (sparsity.core.compute), the 10 non-prunable ones not counted
+    assert float(m["sparsity/effective_flops"]) == pytest.approx(6 * 1000 * sum(a - 10 for a in want_active[: s + 1]))
     assert float(m["sparsity/density"]) == pytest.approx((want_active[s] - 10) / 100)
   summ = acc.summary()
   assert summ["avg_active_params"] == 506 / 8 and summ["avg_active_prunable_params"] == 506 / 8 - 10
-  assert summ["effective_flops"] == 6 * 1000 * 506 and summ["dense_flops"] == 6 * 1000 * 8 * 110
+  assert summ["effective_flops"] == 6 * 1000 * 426 and summ["dense_flops"] == 6 * 1000 * 8 * 100
+  # dense: steps 0-1 (2 x 100); pruning: steps 2-3 (2 x 63); recovery: from the last event, steps 4-7 (4 x 25)
+  assert summ["compute_fractions"] == {"dense": 200 / 426, "pruning": 126 / 426, "recovery": 100 / 426}
   assert summ["final_active_params"] == 35 and summ["final_sparsity"] == 0.75 and summ["tokens"] == 8000
   # a run that stopped after 3 steps: counts over the steps it trained
   short = acc.summary(steps_trained=3)
   assert short["steps_trained"] == 3 and short["tokens"] == 3000 and short["steps"] == 8
   assert short["avg_active_params"] == (110 + 110 + 73) / 3 and short["final_active_params"] == 73
+  assert short["compute_fractions"] == {"dense": 200 / 263, "pruning": 63 / 263, "recovery": 0.0}
 
 
 @pytest.mark.parametrize("target", [0.63, 0.8, 0.95])

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from conftest import ROOT, run_cli
-from sparsity.core import accounting, schedules
+from sparsity.core import accounting, compute, schedules
 from sparsity.experiments import collect, report, sweep
 from sparsity.maxtext import layout, loop
 from sparsity.science import compute_fractions, planning
@@ -73,7 +73,10 @@ def test_collect_joins_the_manifest(runs_dir, tmp_path):
   df = collect.collect(str(runs_dir), [manifest]).set_index("run_name")
   row = df.loc["w512-s0.5-n1000"]
   assert (row["budget"], row["dense_fraction"], row["pruning_interval"]) == ("tiny", 0.3, 7)
-  assert (row["prune_start_fraction"], row["prune_end_fraction"]) == (0.25, 0.75)  # from the run's config file
+  # From the run's config file: sparse_base.yml sets no step fractions, so the trainer derives them (400 steps,
+  # target auto = 0.8, geometric, interval 7 from the spec).
+  want = compute.derived_step_fractions(400, 0.8, "geometric", 7)
+  assert (row["prune_start_fraction"], row["prune_end_fraction"]) == want
   assert pd.isna(df.loc["w512-s0.8-n1000", "budget"])
 
 

@@ -129,7 +129,8 @@ def test_data_that_runs_out_ends_with_a_summary_of_the_steps_trained(tmp_path, c
   # middle of the pruning phase (events every 25 steps from 75 to 225).
   out = run_train(["configs/sparse_base.yml", *TINY, *C4_TFDS, "tokenizer_path=tokenizer.llama2",
                    "max_target_length=256", "per_device_batch_size=8", "steps=300", "pruning_interval=25",
-                   "eval_interval=1000", "eval_steps=4", "run_name=out"], tmp_path)
+                   "prune_start_fraction=0.25", "prune_end_fraction=0.75", "eval_interval=1000", "eval_steps=4",
+                   "run_name=out"], tmp_path)
   s = read_summary(tmp_path, "out")
   assert s["stopped_early"] and s["data_ran_out"] and "run out of training data" in s["stop_reason"]
   assert not s["target_reached"] and "before its pruning schedule ended" in out.stdout + out.stderr

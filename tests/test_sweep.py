@@ -18,7 +18,7 @@ from conftest import C4, ROOT, TINY, run_cli
 from sparsity import repo
 from sparsity.experiments import collect, dense_sweep, report, sweep, xpk
 from sparsity.science import compute_fractions, planning
-from sparsity.core import schedules
+from sparsity.core import compute, schedules
 from sparsity.maxtext import layout, yaml_chain
 
 SWEEPS = os.path.join(ROOT, "configs", "sweeps")
@@ -420,7 +420,8 @@ def test_real_sweep_runs_collects_and_reports(tiny_sweep):
     with open(sweep.summary_path(str(out), n)) as f:
       summaries[n] = json.load(f)
   assert summaries["tiny-s0.5-cubic"]["sparsity_schedule"] == "cubic"
-  assert summaries["tiny-s0.5-geometric"]["prune_steps"] == [2, 4, 6]
+  assert summaries["tiny-s0.5-geometric"]["prune_steps"] == [1, 3, 5]  # the compute split of sparse_base.yml
+  assert summaries["tiny-s0.5-geometric"]["schedule_split"] == "compute"
   assert summaries["tiny-s0.0-geometric"]["prune_steps"] == []
 
   csv = tmp / "results.csv"
@@ -438,7 +439,8 @@ def test_real_sweep_runs_collects_and_reports(tiny_sweep):
     assert row["sparsity"] == pytest.approx(s["final_sparsity"]) and row["target_sparsity"] == s["target_sparsity"]
     assert row["sparsity_schedule"] == s["sparsity_schedule"]
     # schedule keys joined from the manifest / the run's config: what the run actually used
-    assert (row["prune_start_fraction"], row["prune_end_fraction"], row["pruning_interval"]) == (0.25, 0.75, 2)
+    want = compute.derived_step_fractions(8, s["target_sparsity"], s["sparsity_schedule"], 2)
+    assert (row["prune_start_fraction"], row["prune_end_fraction"], row["pruning_interval"]) == (*want, 2)
     # the rebuilt curve has the summary's N_avg
     assert report.curve_average(row) == pytest.approx(s["avg_active_params"], rel=1e-12)
 

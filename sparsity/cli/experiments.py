@@ -1,10 +1,10 @@
 """Experiment commands of ``python -m sparsity`` (see ``sparsity.cli`` for the common style).
 
-  sweep               SPEC [SPEC ...] [key=value ...] [--dry-run] [--launcher local|xpk] [--out DIR] [--select REGEX] [--json]
+  sweep               SPEC [SPEC ...] [key=value ...] [--dry-run] [--launcher local|xpk [--compile-first]] [--out DIR] [--select REGEX] [--json]
   collect             DIR --out CSV|- [--manifest FILE ...] [--trajectories] [--select REGEX] [--json]
   report              CSV --out DIR [--law-file law.json] [--json]
   dense-sweep         --out YAML|- [--divisor N] [--sparsities S ...]
-  schedule-fractions  --target-sparsity S [--dense F] [--pruning F] [--schedule NAME] [--json]
+  schedule-fractions  --target-sparsity S [--dense F] [--pruning F] [--schedule NAME] [--steps N [--interval P]] [--json]
   tokenizer           DATA --vocab-size N --out FILE.model [--dataset-name NAME] [--count-split S] [--json]
   study               CSV [--trajectories CSV] --out DIR [--json]
 """
@@ -54,6 +54,10 @@ def _sweep(p: argparse.ArgumentParser) -> Runner:
   x.add_argument("--xpk-bin", default=None, help="xpk executable (default: xpk on PATH, else .venv-xpk/bin/xpk)")
   x.add_argument("--xpk-arg", action="append", default=[], help="extra xpk argument, e.g. --xpk-arg=--priority=high")
   x.add_argument("--max-workload-name", type=int, default=40, help="workload name length limit (28 for super-slicing)")
+  x.add_argument("--compile-first", action="store_true",
+                 help="before submitting, compile every run for --tpu-type x --num-slices on this host "
+                 "(MaxText/train_compile.py; needs the TPU runtime setup.sh installs) and submit nothing if any run "
+                 "does not fit in HBM or does not compile")
 
   def run(args: argparse.Namespace) -> int:
     from sparsity.experiments import sweep  # pylint: disable=import-outside-toplevel
@@ -116,6 +120,21 @@ def _sweep_xpk(args: argparse.Namespace, spec, runs) -> int:
                         xpk_bin=args.xpk_bin or _default_xpk_bin())
   cmds = xpk.commands(runs, spec.name, opts)
   names = {r.name: xpk.workload_name(r.name, spec.name, opts.max_name_length) for r in runs}
+  if args.compile_first:
+    import tempfile  # pylint: disable=import-outside-toplevel
+
+    with tempfile.TemporaryDirectory() as tmp:
+      rows = xpk.compile_check(runs, opts.tpu_type, opts.num_slices, tmp)
+    for r in rows:
+      state = ("fits" if r["fits"] else "DOES NOT FIT: " + ", ".join(r["over_hbm"])) if r["fits"] is not None \
+          else "DID NOT COMPILE: " + r["error"].replace("\n", " | ")
+      peak = "" if r["peak_bytes"] is None else f" (peak {r['peak_bytes'] / 1e9:.2f} GB per chip)"
+      print(f"compile {r['run_name']} for {opts.tpu_type} x {opts.num_slices}: {state}{peak}", file=sys.stderr)
+    bad = [r["run_name"] for r in rows if not r["fits"]]
+    if bad:
+      print(f"sweep {spec.name}: nothing submitted; {len(bad)} of {len(rows)} runs would not fit or did not compile "
+            f"on {opts.tpu_type}: {', '.join(bad)}", file=sys.stderr)
+      return 3
   if args.dry_run:
     emit(args, [{"run_name": r.name, "workload": names[r.name], "command": c} for r, c in zip(runs, cmds)],
          lambda: "\n".join(f"# {r.name} -> workload {names[r.name]}\n{shlex.join(c)}" for r, c in zip(runs, cmds)))
@@ -241,15 +260,29 @@ def _schedule_fractions(p: argparse.ArgumentParser) -> Runner:
   p.add_argument("--dense", type=float, default=0.25, help="fraction of compute trained dense (paper: 0.25)")
   p.add_argument("--pruning", type=float, default=0.5, help="fraction of compute spent pruning (paper: 0.5)")
   p.add_argument("--schedule", default="geometric")
+  p.add_argument("--steps", type=int, help="the run's steps: with --interval, the fractions the trainer derives for "
+                 "this run (sparsity.core.compute.derived_step_fractions); without, the continuous conversion")
+  p.add_argument("--interval", type=int, default=100, help="pruning_interval, with --steps (default 100)")
   add_json(p)
 
   def run(args: argparse.Namespace) -> int:
-    from sparsity.science import compute_fractions  # pylint: disable=import-outside-toplevel
+    from sparsity.core import compute, schedules  # pylint: disable=import-outside-toplevel
 
-    start, end = compute_fractions.step_fractions(args.target_sparsity, args.dense, args.pruning, args.schedule)
+    if args.steps is None:
+      start, end = compute.step_fractions(args.target_sparsity, args.dense, args.pruning, args.schedule)
+    else:
+      start, end = compute.derived_step_fractions(args.steps, args.target_sparsity, args.schedule, args.interval,
+                                                  args.dense, args.pruning)
     result = {"target_sparsity": args.target_sparsity, "sparsity_schedule": args.schedule,
               "prune_start_fraction": start, "prune_end_fraction": end}
-    emit(args, result, " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items()))
+    if args.steps is not None:
+      sched = schedules.make_schedule(args.steps, args.target_sparsity, args.schedule, start, end, args.interval)
+      result["compute_fractions"] = dict(zip(compute.PHASES, compute.measured_fractions(sched)))
+    text = " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items()
+                    if k != "compute_fractions")
+    if "compute_fractions" in result:
+      text += "\ncompute: " + ", ".join(f"{v:.1%} {k}" for k, v in result["compute_fractions"].items())
+    emit(args, result, text)
     return 0
 
   return run

@@ -174,8 +174,9 @@ def plan_report(config: Any, law_file: str | None = None, match_dense: bool = Fa
       raise ValueError("--sparse-equivalent needs --law-file (a fitted avg_param or chinchilla law)")
     found = planning.find_sparse_equivalent(
         fit, inputs["shape"], inputs["steps"], inputs["tokens_per_step"], divisor=divisor,
-        sparsity_schedule=inputs["sparsity_schedule"], prune_start_fraction=inputs["prune_start_fraction"],
-        prune_end_fraction=inputs["prune_end_fraction"], pruning_interval=inputs["pruning_interval"],
+        sparsity_schedule=inputs["sparsity_schedule"], pruning_interval=inputs["pruning_interval"],
+        **{k: inputs[k] for k in ("prune_start_fraction", "prune_end_fraction", "dense_compute_fraction",
+                                  "pruning_compute_fraction")},
     )
     best = found["best"]
     p["sparse_equivalent"] = {
@@ -207,7 +208,9 @@ def format_plan(p: dict[str, Any]) -> str:
       f"params: total {p['total_params']:,}  prunable {p['prunable_params']:,}  "
       f"non-prunable {p['non_prunable_params']:,}",
       f"schedule: {p['sparsity_schedule']} to {p['target_sparsity']:.3g} sparsity, {p['num_prune_events']} events "
-      + (f"(steps {p['prune_steps'][0]}..{p['prune_steps'][-1]})" if p["prune_steps"] else "(dense)"),
+      + (f"(steps {p['prune_steps'][0]}..{p['prune_steps'][-1]}); compute {p['compute_fractions']['dense']:.1%} dense, "
+         f"{p['compute_fractions']['pruning']:.1%} pruning, {p['compute_fractions']['recovery']:.1%} recovery "
+         f"({p['schedule_split']} split)" if p["prune_steps"] else "(dense)"),
       f"final active params {p['final_params']:,} (prunable sparsity {p['final_sparsity']:.4f})",
       f"average active params {p['avg_active_params']:,.0f} (prunable {p['avg_active_prunable_params']:,.0f}); "
       f"compression avg/final {p['compression_rate']:.3f}",

@@ -6,4 +6,5 @@
   config      the sparsity keys (pydantic), the names every layer uses
   pruner      ``pruned(inner, plan)``: the optax transformation holding the masks; events as pure functions
   accounting  active parameters, N_avg and effective FLOPs per step, exact from the events' counts
+  compute     the one definition of training compute; the paper's compute split as the run's step fractions
 """

@@ -14,6 +14,8 @@ from typing import Any, Sequence
 import jax.numpy as jnp
 import numpy as np
 
+from sparsity.core import compute
+
 
 @dataclasses.dataclass(frozen=True)
 class Accounting:
@@ -74,10 +76,11 @@ class Accounting:
     cum = jnp.asarray(np.array(before, np.float64), jnp.float32)[j] + (step - starts_a[j] + 1).astype(jnp.float32) * act
     n = (step + 1).astype(jnp.float32)
     return {
-        "sparsity/density": (act - self.non_prunable) / max(self.prunable, 1),
+        # Counts enter as Python floats: an int past 2**31 cannot meet a traced value (JAX's 32-bit integers).
+        "sparsity/density": (act - float(self.non_prunable)) / float(max(self.prunable, 1)),
         "sparsity/active_params": act,
         "sparsity/avg_active_params": cum / n,
-        "sparsity/effective_flops": 6.0 * self.tokens_per_step * cum,
+        "sparsity/effective_flops": compute.flops(cum - n * float(self.non_prunable), float(self.tokens_per_step)),
     }
 
   def summary(self, steps_trained: int | None = None, final_kept: int | None = None) -> dict[str, Any]:
@@ -91,6 +94,7 @@ class Accounting:
     kept = self.active_at(last) - self.non_prunable if final_kept is None else int(final_kept)
     cum = self.cumulative_active(last)
     avg = cum / trained if trained else float("nan")
+    phases = compute.phase_param_steps(trained, self.prune_steps, self.kept, self.prunable)
     return {
         "steps": self.steps,
         "steps_trained": trained,
@@ -105,8 +109,9 @@ class Accounting:
         "final_active_params": kept + self.non_prunable,
         "avg_active_params": avg,
         "avg_active_prunable_params": avg - self.non_prunable,
-        "effective_flops": 6.0 * self.tokens_per_step * cum,
-        "dense_flops": 6.0 * self.tokens_per_step * trained * self.total,
+        "effective_flops": compute.flops(sum(phases), self.tokens_per_step),
+        "dense_flops": compute.flops(trained * self.prunable, self.tokens_per_step),
+        "compute_fractions": dict(zip(compute.PHASES, compute.fractions(phases))),
     }
 
 

@@ -12,6 +12,7 @@ from typing import Literal
 
 import pydantic
 
+from sparsity.core import compute
 from sparsity.core.schedules import SCHEDULES
 
 # Linear-layer kernels of MaxText's decoders: attention q/k/v/out, MLP wi/wo, and the untied output
@@ -44,7 +45,8 @@ def structure_target(structure: str) -> float:
 
 
 class SparsityKeys(pydantic.BaseModel):
-  """Sparse pre-training keys (paper: dense 25%, gradual pruning every 100 steps until 75%, then fixed mask)."""
+  """Sparse pre-training keys (paper: dense for 25% of the compute, pruning every 100 steps over the next 50%, then
+  a fixed mask)."""
 
   target_sparsity: float = pydantic.Field(
       0.0, ge=0.0, lt=1.0, description="Final fraction of prunable weights set to zero; 0 trains densely; 'auto': "
@@ -53,8 +55,18 @@ class SparsityKeys(pydantic.BaseModel):
   sparsity_schedule: Literal[SCHEDULES] = pydantic.Field(  # type: ignore[valid-type]
       "geometric", description="Density after each pruning event: geometric (paper), cubic, linear, one_shot."
   )
-  prune_start_fraction: float = pydantic.Field(0.25, ge=0.0, le=1.0, description="First event at this fraction of steps.")
-  prune_end_fraction: float = pydantic.Field(0.75, ge=0.0, le=1.0, description="Last event at this fraction of steps.")
+  dense_compute_fraction: float = pydantic.Field(
+      compute.DENSE_COMPUTE_FRACTION, ge=0.0, le=1.0, description="Fraction of the training compute trained dense "
+      "(paper: 0.25); with pruning_compute_fraction it sets the step fractions unless those are set.")
+  pruning_compute_fraction: float = pydantic.Field(
+      compute.PRUNING_COMPUTE_FRACTION, ge=0.0, le=1.0, description="Fraction of the training compute spent pruning "
+      "(paper: 0.5); the rest is recovery with a fixed mask.")
+  prune_start_fraction: float | None = pydantic.Field(
+      None, ge=0.0, le=1.0, description="First event at this fraction of steps; unset: derived from the compute "
+      "fractions (sparsity.core.compute.step_split).")
+  prune_end_fraction: float | None = pydantic.Field(
+      None, ge=0.0, le=1.0, description="Last event at this fraction of steps; unset: derived from the compute "
+      "fractions, or 0.75 when only prune_start_fraction is set.")
   pruning_interval: int = pydantic.Field(100, gt=0, description="Steps between pruning events (the paper's P).")
   pruning_scope: Literal[SCOPES] = pydantic.Field(  # type: ignore[valid-type]
       "global", description="One magnitude threshold over all prunable weights, or one per tensor."
@@ -124,11 +136,17 @@ class SparsityKeys(pydantic.BaseModel):
 
   @pydantic.model_validator(mode="after")
   def _ordered_fractions(self):
-    if self.prune_start_fraction > self.prune_end_fraction:
-      raise ValueError(
-          f"prune_start_fraction ({self.prune_start_fraction}) must be <= prune_end_fraction "
-          f"({self.prune_end_fraction})"
-      )
+    if self.prune_start_fraction is None and self.prune_end_fraction is None:
+      return self  # derived from the compute split: ordered by construction
+    start, end, _ = compute.step_split(self)
+    if start > end:
+      default = " (its default when only prune_start_fraction is set)" if self.prune_end_fraction is None else ""
+      raise ValueError(f"prune_start_fraction ({start}) must be <= prune_end_fraction ({end}{default})")
+    return self
+
+  @pydantic.model_validator(mode="after")
+  def _valid_compute_split(self):
+    compute.check_split(self.dense_compute_fraction, self.pruning_compute_fraction)
     return self
 
 

@@ -154,13 +154,17 @@ def make_schedule(
 
 
 def schedule_from_config(config) -> Schedule:
-  """The schedule of a MaxText config (anything with the sparsity keys and ``steps`` as attributes)."""
+  """The schedule of a MaxText config (anything with the sparsity keys and ``steps`` as attributes), with the step
+  fractions of ``sparsity.core.compute.step_split`` (derived from the compute split unless set)."""
+  from sparsity.core import compute  # pylint: disable=import-outside-toplevel  (compute builds on this module)
+
+  split = compute.step_split(config)
   return make_schedule(
       steps=int(config.steps),
       target_sparsity=float(config.target_sparsity),
       schedule=str(config.sparsity_schedule),
-      start_fraction=float(config.prune_start_fraction),
-      end_fraction=float(config.prune_end_fraction),
+      start_fraction=split.prune_start_fraction,
+      end_fraction=split.prune_end_fraction,
       interval=int(config.pruning_interval),
   )
 

@@ -22,20 +22,23 @@ import functools
 import json
 import math
 import os
+import types
 from typing import Any, Iterable
 
 import pandas as pd
 import yaml
 
 from sparsity.science import compute_fractions
-from sparsity.core import schedules
+from sparsity.core import compute, schedules
+from sparsity.core.config import SPARSITY_KEYS, SparsityKeys
 from sparsity.maxtext import yaml_chain
 from sparsity.experiments import results
 from sparsity.experiments.sweep import MANIFEST_FILE
 
 SUMMARY_EXTRAS = ("final_train_loss", "final_eval_loss", "final_eval_step", "target_sparsity", "final_sparsity",
                   "sparsity_schedule", "steps", "steps_trained", "stopped_early", "tokens_per_step", "prune_steps", "prunable_params", "non_prunable_params",
-                  "total_params", "final_active_params", "avg_active_params", "effective_flops", "dense_flops")
+                  "total_params", "final_active_params", "avg_active_params", "effective_flops", "dense_flops",
+                  "schedule_split")
 SCHEDULE_KEYS = ("prune_start_fraction", "prune_end_fraction", "pruning_interval", "sparsity_schedule",
                  "target_sparsity")
 JOINED_KEYS = SCHEDULE_KEYS + ("learning_rate",)
@@ -84,7 +87,7 @@ def _chain(path: str, mtime: float) -> dict[str, Any]:  # pylint: disable=unused
 
 def config_values(entry: dict[str, Any]) -> dict[str, Any]:
   """The run's config keys: its manifest ``base`` file's YAML chain with its ``overrides`` applied ({} if the
-  file is gone)."""
+  file is gone), with the step fractions the trainer uses (``step_fractions_of``)."""
   base = entry.get("base")
   if not base or not os.path.isfile(base):
     return {}
@@ -95,7 +98,20 @@ def config_values(entry: dict[str, Any]) -> dict[str, Any]:
       values[key] = yaml.safe_load(text)
     except yaml.YAMLError:
       values[key] = text
-  return values
+  return {**values, **step_fractions_of(values)}
+
+
+def step_fractions_of(values: dict[str, Any]) -> dict[str, Any]:
+  """``prune_start_fraction``, ``prune_end_fraction`` and ``schedule_split`` of config ``values`` as the trainer
+  resolves them (``sparsity.core.compute.step_split``), or {} if the values do not say (no sparse run in them)."""
+  try:
+    keys = SparsityKeys(**{k: v for k, v in values.items() if k in SPARSITY_KEYS})
+    steps = int(values["steps"])
+  except (KeyError, TypeError, ValueError):
+    return {}
+  if keys.target_sparsity == 0:
+    return {}
+  return compute.step_split(types.SimpleNamespace(**dict(keys), steps=steps))._asdict()
 
 
 def _missing(v: Any) -> bool:

@@ -24,7 +24,7 @@ import os
 import jax
 import jax.numpy as jnp
 
-from sparsity.core import accounting, pruner, threshold
+from sparsity.core import accounting, compute, pruner, threshold
 from sparsity.core.paths import flatten, shape_of, size_of
 from sparsity.maxtext import checkpoint, layout, modules
 from sparsity.maxtext.config import config_class
@@ -220,7 +220,7 @@ def _fixed_mask_metrics(state, step):
       "sparsity/density": kept / max(acc.prunable, 1),
       "sparsity/active_params": active,
       "sparsity/avg_active_params": active,
-      "sparsity/effective_flops": 6.0 * acc.tokens_per_step * active * (step + 1).astype(jnp.float32),
+      "sparsity/effective_flops": compute.flops(kept * (step + 1).astype(jnp.float32), acc.tokens_per_step),
   }
 
 

@@ -12,8 +12,10 @@ At the end, on every process (each computation on global arrays is a collective)
 1. if evaluation is configured and MaxText's last evaluation was not after the last trained step, the final
    weights are evaluated with MaxText's own eval step and eval data (``final_evaluation``);
 2. the final masks are counted and checked against the accounting;
-3. process 0 writes ``sparsity_summary.json`` (``layout.SUMMARY_FILE``): counts, N_avg and FLOPs over the steps
-   actually trained, the final losses, every evaluation (``eval_history``), and why the run stopped early if it did.
+3. process 0 writes ``sparsity_summary.json`` (``layout.SUMMARY_FILE``): counts, N_avg, FLOPs and the compute spent
+   dense / pruning / recovering (``compute_fractions``, ``sparsity.core.compute``) over the steps actually trained,
+   the step fractions used and whether they came from the compute split (``schedule_split``), the final losses,
+   every evaluation (``eval_history``), and why the run stopped early if it did.
 
 Prune and recover: a run that starts at step 0 from ``load_parameters_path`` with a pruning (or zero-masking)
 event at step 0 and evaluation configured evaluates the loaded weights before the event (``loss_before_pruning``,
@@ -29,12 +31,14 @@ from typing import Any
 import jax
 import numpy as np
 
+from sparsity.core import compute
 from sparsity.maxtext import events as events_lib
 from sparsity.maxtext import layout, modules
 from sparsity.maxtext.hook import RUN
 
 # Settings that later tools (collect, report) group runs by.
-RUN_SETTINGS = ("prune_start_fraction", "prune_end_fraction", "pruning_interval", "pruning_scope", "pruning_score",
+# prune_start_fraction / prune_end_fraction: as used (sparsity.core.compute.step_split), with schedule_split.
+RUN_SETTINGS = ("dense_compute_fraction", "pruning_compute_fraction", "pruning_interval", "pruning_scope", "pruning_score",
                 "pruning_structure", "init_mask_from_zeros",
                 "learning_rate", "per_device_batch_size", "global_batch_size_to_train_on", "max_target_length")
 TRAIN_STEP_PROGRAMS = ("p_train_step", "p_train_step_dropless", "p_train_step_first_phase")
@@ -225,6 +229,7 @@ def finish(config, state, record: LoopRecord) -> dict | None:
                        for e in record.evals],
       "recovery": record.recovery,
       **{k: getattr(config, k) for k in RUN_SETTINGS},
+      **compute.step_split(config)._asdict(),  # prune_start_fraction, prune_end_fraction, schedule_split
   }
   if jax.process_index() != 0:
     return None

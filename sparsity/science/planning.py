@@ -7,8 +7,8 @@ Conventions (the paper's section 4 and Table 1):
   ``wi_1``, ``wo`` in every layer, plus the output projection ``logits_dense`` when embeddings are untied.
 * Non-prunable = the token embedding and the RMSNorm scales (2 per layer + the final norm).
 * Active parameters during a step = exact kept prunable count (``Schedule.keep_counts``) + non-prunable.
-* Effective training compute = ``sum over steps of 6 * active params * tokens per step`` = ``6 N_avg D``
-  (the paper's "effective compute", linear in density as in Frantar et al. 2023).
+* Effective training compute = ``sum over steps of 6 * active prunable params * tokens per step`` (the paper's
+  "effective compute", linear in density as in Frantar et al. 2023; the one definition, ``sparsity.core.compute``).
 * Inference FLOPs per token = ``2 * final active params``.
 
 ``PAPER_MODELS`` are the three shapes of Table 1 (vocab 32000, untied, MLP = 4 x width, head_dim 64):
@@ -29,9 +29,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import types
 from typing import Any, Iterable, Mapping, Sequence
 
-from sparsity.core import schedules
+from sparsity.core import compute, schedules
 
 # Hidden sizes of matched dense shapes are multiples of lcm(heads, WIDTH_DIVISOR): brackets about 15% apart in
 # parameters at the paper's sizes. One default for every command (plan --match-dense, dense-sweep).
@@ -51,6 +52,10 @@ class ModelShape:
     num_layers: decoder layers (``base_num_decoder_layers``).
     vocab: vocabulary size (``vocab_size``).
     tied_embeddings: output projection shares the token embedding (``logits_via_embedding``).
+    num_experts: routed experts per layer (``num_experts``); 1: a dense MLP (LLaMA). With more, every layer's MLP is
+      a Mixtral-style mixture of experts: ``num_experts`` SwiGLU experts of width ``moe_mlp_dim`` and a router.
+    experts_per_token: experts each token is routed to (``num_experts_per_tok``).
+    moe_mlp_dim: an expert's hidden size (``base_moe_mlp_dim``); 0: ``mlp_dim``.
   """
 
   emb: int
@@ -61,6 +66,9 @@ class ModelShape:
   num_layers: int
   vocab: int = 32000
   tied_embeddings: bool = False
+  num_experts: int = 1
+  experts_per_token: int = 1
+  moe_mlp_dim: int = 0
 
 
 PAPER_MODELS: dict[str, ModelShape] = {
@@ -75,19 +83,45 @@ def param_counts(shape: ModelShape) -> dict[str, int]:
 
   Returns:
     ``total``, ``prunable``, ``non_prunable`` and the parts ``attention`` (all layers), ``mlp`` (all
-    layers), ``logits_dense`` (0 when tied), ``embedding``, ``norms``.
+    layers: the dense MLPs, or every routed expert), ``logits_dense`` (0 when tied), ``embedding``, ``norms``,
+    ``router`` (the MoE routers, not pruned; 0 when dense), ``experts`` (the routed experts' weights, = ``mlp``
+    for a mixture of experts, else 0) and ``active_per_token`` / ``active_prunable_per_token``: the parameters one
+    token's forward pass uses (all but the ``num_experts - experts_per_token`` experts it is not routed to; = the
+    totals when dense).
   """
   e, L = shape.emb, shape.num_layers
   q, kv = shape.num_query_heads * shape.head_dim, shape.num_kv_heads * shape.head_dim
   attention = L * (e * q + 2 * e * kv + q * e)
-  mlp = L * 3 * e * shape.mlp_dim
+  moe = int(shape.num_experts) > 1
+  mlp = L * 3 * e * (int(shape.num_experts) * (shape.moe_mlp_dim or shape.mlp_dim) if moe else shape.mlp_dim)
+  router = L * e * int(shape.num_experts) if moe else 0
   logits = 0 if shape.tied_embeddings else e * shape.vocab
   embedding = shape.vocab * e
   norms = (2 * L + 1) * e
   prunable = attention + mlp + logits
-  non_prunable = embedding + norms
+  non_prunable = embedding + norms + router
+  experts = mlp if moe else 0
+  idle = experts - experts * int(shape.experts_per_token) // int(shape.num_experts) if moe else 0
   return {"total": prunable + non_prunable, "prunable": prunable, "non_prunable": non_prunable,
-          "attention": attention, "mlp": mlp, "logits_dense": logits, "embedding": embedding, "norms": norms}
+          "attention": attention, "mlp": mlp, "logits_dense": logits, "embedding": embedding, "norms": norms,
+          "router": router, "experts": experts, "active_per_token": prunable + non_prunable - idle,
+          "active_prunable_per_token": prunable - idle}
+
+
+def _per_token(counts: Mapping[str, int], shape: ModelShape, final_prunable: int) -> dict[str, Any]:
+  """A mixture of experts' per-token counts of a plan: the law's N counts every expert (``total_params``, the
+  parameters stored and pruned), a token's forward pass only its experts' share. After pruning, the per-token
+  figure assumes the experts keep the prunable weights' average density (global pruning does not promise that)."""
+  if not counts["experts"]:
+    return {}
+  share = int(shape.experts_per_token) / int(shape.num_experts)
+  density = final_prunable / counts["prunable"]
+  return {"moe": {"num_experts": int(shape.num_experts), "experts_per_token": int(shape.experts_per_token),
+                  "routed_expert_params": counts["experts"], "router_params": counts["router"],
+                  "active_params_per_token": counts["active_per_token"],
+                  "experts_share_per_token": share,
+                  "final_active_params_per_token": counts["non_prunable"] + density * counts["active_prunable_per_token"],
+                  "law_params": "total_params (every expert; the per-token counts are for FLOPs per token)"}}
 
 
 def plan(
@@ -96,9 +130,11 @@ def plan(
     tokens_per_step: int,
     target_sparsity: float = 0.0,
     sparsity_schedule: str = "geometric",
-    prune_start_fraction: float = 0.25,
-    prune_end_fraction: float = 0.75,
+    prune_start_fraction: float | None = None,
+    prune_end_fraction: float | None = None,
     pruning_interval: int = 100,
+    dense_compute_fraction: float = compute.DENSE_COMPUTE_FRACTION,
+    pruning_compute_fraction: float = compute.PRUNING_COMPUTE_FRACTION,
 ) -> dict[str, Any]:
   """Parameter and compute accounting of one run, from the same schedule code the trainer uses.
 
@@ -106,15 +142,17 @@ def plan(
     shape: model shape.
     steps: training steps.
     tokens_per_step: global batch size x sequence length.
-    target_sparsity, sparsity_schedule, prune_start_fraction, prune_end_fraction, pruning_interval: the
-      trainer's sparsity keys (see ``sparsity.core.schedules.make_schedule``).
+    target_sparsity, sparsity_schedule, prune_start_fraction, prune_end_fraction, pruning_interval,
+      dense_compute_fraction, pruning_compute_fraction: the trainer's sparsity keys (the step fractions: None
+      derives them from the compute fractions, ``sparsity.core.compute.step_split``).
 
   Returns:
     A JSON-serialisable dict: ``total_params``, ``prunable_params``, ``non_prunable_params``,
     ``final_params`` (active at the end), ``final_prunable_params``, ``avg_active_params``,
     ``avg_active_prunable_params``, ``compression_rate`` (avg / final), ``tokens``, ``steps``,
-    ``tokens_per_step``, ``training_flops`` (``6 N_avg D``), ``dense_training_flops`` (``6 N_total D``),
-    ``compute_fraction`` (their ratio), ``prune_steps``, ``num_prune_events``, ``final_sparsity``
+    ``tokens_per_step``, ``training_flops`` and ``dense_training_flops`` (``sparsity.core.compute.flops``: 6 x
+    tokens x active prunable weights, summed over steps; dense: all prunable weights), ``compute_fraction`` (their
+    ratio), ``compute_fractions`` (dense / pruning / recovery), ``schedule_split``, ``prune_steps``, ``num_prune_events``, ``final_sparsity``
     (of the prunable weights, exact), ``final_total_sparsity`` (of all weights),
     ``inference_flops_per_token`` (``2 * final_params``), ``dense_inference_flops_per_token``,
     ``tokens_per_prunable_param``, ``chinchilla_multiple`` (tokens / (20 * prunable)), the schedule keys,
@@ -124,9 +162,15 @@ def plan(
     raise ValueError(f"tokens_per_step must be positive, got {tokens_per_step}")
   counts = param_counts(shape)
   prunable, non_prunable, total = counts["prunable"], counts["non_prunable"], counts["total"]
+  split = compute.step_split(types.SimpleNamespace(
+      steps=steps, target_sparsity=target_sparsity, sparsity_schedule=sparsity_schedule,
+      pruning_interval=pruning_interval, prune_start_fraction=prune_start_fraction,
+      prune_end_fraction=prune_end_fraction, dense_compute_fraction=dense_compute_fraction,
+      pruning_compute_fraction=pruning_compute_fraction))
   sched = schedules.make_schedule(int(steps), float(target_sparsity), str(sparsity_schedule),
-                                  float(prune_start_fraction), float(prune_end_fraction), int(pruning_interval))
+                                  split.prune_start_fraction, split.prune_end_fraction, int(pruning_interval))
   keep = sched.keep_counts(prunable)
+  phases = compute.phase_param_steps(int(steps), sched.prune_steps, keep, prunable)
   final_prunable = keep[-1] if keep else prunable
   avg = sched.average_active(prunable, non_prunable)
   avg_prunable = sched.average_active(prunable, 0)
@@ -144,9 +188,10 @@ def plan(
       "tokens": tokens,
       "steps": int(steps),
       "tokens_per_step": int(tokens_per_step),
-      "training_flops": 6.0 * avg * tokens,
-      "dense_training_flops": 6.0 * total * tokens,
-      "compute_fraction": avg / total,
+      "training_flops": compute.flops(sum(phases), int(tokens_per_step)),
+      "dense_training_flops": compute.flops(int(steps) * prunable, int(tokens_per_step)),
+      "compute_fraction": sum(phases) / (int(steps) * prunable),
+      "compute_fractions": dict(zip(compute.PHASES, compute.fractions(phases))),
       "prune_steps": list(sched.prune_steps),
       "num_prune_events": len(sched.prune_steps),
       "final_sparsity": 1.0 - final_prunable / prunable,
@@ -157,10 +202,10 @@ def plan(
       "chinchilla_multiple": tokens / (20.0 * prunable),
       "target_sparsity": float(target_sparsity),
       "sparsity_schedule": str(sparsity_schedule),
-      "prune_start_fraction": float(prune_start_fraction),
-      "prune_end_fraction": float(prune_end_fraction),
+      **split._asdict(),
       "pruning_interval": int(pruning_interval),
       "shape": dataclasses.asdict(shape),
+      **_per_token(counts, shape, final_prunable),
   }
 
 
@@ -287,9 +332,11 @@ def find_sparse_equivalent(
     widths: Iterable[int] | None = None,
     divisor: int = WIDTH_DIVISOR,
     sparsity_schedule: str = "geometric",
-    prune_start_fraction: float = 0.25,
-    prune_end_fraction: float = 0.75,
+    prune_start_fraction: float | None = None,
+    prune_end_fraction: float | None = None,
     pruning_interval: int = 100,
+    dense_compute_fraction: float = compute.DENSE_COMPUTE_FRACTION,
+    pruning_compute_fraction: float = compute.PRUNING_COMPUTE_FRACTION,
     compute_rtol: float = 0.02,
     loss_tolerance: float = 0.0,
 ) -> dict[str, Any]:
@@ -297,7 +344,7 @@ def find_sparse_equivalent(
 
   Candidates are every start width (default: multiples of ``width_step`` from the baseline width up to
   4x it; shapes via ``scale_shape``) times every target sparsity, with the same steps, tokens per step and
-  schedule. A candidate is feasible when ``|training_flops / dense_flops - 1| <= compute_rtol`` and its
+  schedule keys (``plan``'s: the step fractions derived per target from the compute split unless given). A candidate is feasible when ``|training_flops / dense_flops - 1| <= compute_rtol`` and its
   predicted loss is ``<= dense loss + loss_tolerance``. The best feasible one has the fewest final
   parameters (ties: lower predicted loss, then smaller width).
 
@@ -317,7 +364,7 @@ def find_sparse_equivalent(
     shape = scale_shape(dense_shape, int(w))
     for s in sparsities:
       p = plan(shape, steps, tokens_per_step, float(s), sparsity_schedule, prune_start_fraction,
-               prune_end_fraction, pruning_interval)
+               prune_end_fraction, pruning_interval, dense_compute_fraction, pruning_compute_fraction)
       loss = predict_loss(fit, p)
       ratio = p["training_flops"] / base["training_flops"]
       feasible = abs(ratio - 1.0) <= compute_rtol and loss <= base["predicted_loss"] + loss_tolerance
@@ -332,11 +379,20 @@ def find_sparse_equivalent(
 _CONFIG_KEYS = ("base_emb_dim", "base_num_query_heads", "base_num_kv_heads", "head_dim", "base_mlp_dim",
                 "base_num_decoder_layers", "vocab_size", "logits_via_embedding", "steps",
                 "global_batch_size_to_train_on", "max_target_length", "target_sparsity", "sparsity_schedule",
-                "prune_start_fraction", "prune_end_fraction", "pruning_interval")
+                "pruning_interval")
+# Optional: unset step fractions (None or absent) are derived from the compute fractions (defaults: the paper's).
+_SPLIT_KEYS = {"prune_start_fraction": None, "prune_end_fraction": None,
+               "dense_compute_fraction": compute.DENSE_COMPUTE_FRACTION,
+               "pruning_compute_fraction": compute.PRUNING_COMPUTE_FRACTION}
+
+
+# The decoders ``param_counts`` describes: LLaMA's (Mistral's is the same; Mixtral's with ``num_experts`` experts).
+PLAN_FAMILIES = ("llama2", "mistral", "mixtral")
 
 
 def config_to_plan_inputs(config: Any) -> dict[str, Any]:
-  """Keyword arguments of ``plan`` read from a MaxText-style config (attributes as in ``_CONFIG_KEYS``).
+  """Keyword arguments of ``plan`` read from a MaxText-style config (attributes as in ``_CONFIG_KEYS``, and
+  optionally ``_SPLIT_KEYS``).
 
   ``base_*`` values are used as given (MaxText's ``global_parameter_scale`` is not applied);
   ``tokens_per_step = global_batch_size_to_train_on * max_target_length``.
@@ -348,15 +404,23 @@ def config_to_plan_inputs(config: Any) -> dict[str, Any]:
   if missing:
     raise ValueError(f"config lacks {missing}")
   c = config
+  block = getattr(c, "decoder_block", "llama2")
+  block = str(getattr(block, "value", block))
+  if block not in PLAN_FAMILIES:
+    raise ValueError(f"plan counts the parameters of LLaMA-shaped decoders (decoder_block {', '.join(PLAN_FAMILIES)}); "
+                     f"decoder_block={block!r} has other layers (read a run's counts from its sparsity_summary.json)")
+  experts = int(getattr(c, "num_experts", 1) or 1)
   shape = ModelShape(emb=int(c.base_emb_dim), num_query_heads=int(c.base_num_query_heads),
                      num_kv_heads=int(c.base_num_kv_heads), head_dim=int(c.head_dim), mlp_dim=int(c.base_mlp_dim),
                      num_layers=int(c.base_num_decoder_layers), vocab=int(c.vocab_size),
-                     tied_embeddings=bool(c.logits_via_embedding))
+                     tied_embeddings=bool(c.logits_via_embedding), num_experts=experts,
+                     experts_per_token=int(getattr(c, "num_experts_per_tok", 1) or 1) if experts > 1 else 1,
+                     moe_mlp_dim=int(getattr(c, "base_moe_mlp_dim", 0) or 0) if experts > 1 else 0)
   return {"shape": shape, "steps": int(c.steps),
           "tokens_per_step": int(c.global_batch_size_to_train_on) * int(c.max_target_length),
           "target_sparsity": float(c.target_sparsity), "sparsity_schedule": str(c.sparsity_schedule),
-          "prune_start_fraction": float(c.prune_start_fraction), "prune_end_fraction": float(c.prune_end_fraction),
-          "pruning_interval": int(c.pruning_interval)}
+          "pruning_interval": int(c.pruning_interval),
+          **{k: getattr(c, k, default) for k, default in _SPLIT_KEYS.items()}}
 
 
 __all__ = ["WIDTH_DIVISOR", "ModelShape", "PAPER_MODELS", "param_counts", "plan", "law_inputs", "predict_loss", "scale_shape",
