@@ -1,6 +1,6 @@
 """Experiment commands of ``python -m sparsity`` (see ``sparsity.cli`` for the common style).
 
-  sweep               SPEC [SPEC ...] [key=value ...] [--dry-run] [--launcher local|xpk [--compile-first]] [--out DIR] [--select REGEX] [--json]
+  sweep               SPEC [SPEC ...] [key=value ...] [--dry-run] [--launcher local|xpk] [--out DIR] [--select REGEX] [--json]
   collect             DIR --out CSV|- [--manifest FILE ...] [--trajectories] [--select REGEX] [--json]
   report              CSV --out DIR [--law-file law.json] [--json]
   dense-sweep         --out YAML|- [--divisor N] [--sparsities S ...]
@@ -54,10 +54,6 @@ def _sweep(p: argparse.ArgumentParser) -> Runner:
   x.add_argument("--xpk-bin", default=None, help="xpk executable (default: xpk on PATH, else .venv-xpk/bin/xpk)")
   x.add_argument("--xpk-arg", action="append", default=[], help="extra xpk argument, e.g. --xpk-arg=--priority=high")
   x.add_argument("--max-workload-name", type=int, default=40, help="workload name length limit (28 for super-slicing)")
-  x.add_argument("--compile-first", action="store_true",
-                 help="before submitting, compile every run for --tpu-type x --num-slices on this host "
-                 "(MaxText/train_compile.py; needs the TPU runtime setup.sh installs) and submit nothing if any run "
-                 "does not fit in HBM or does not compile")
 
   def run(args: argparse.Namespace) -> int:
     from sparsity.experiments import sweep  # pylint: disable=import-outside-toplevel
@@ -120,21 +116,6 @@ def _sweep_xpk(args: argparse.Namespace, spec, runs) -> int:
                         xpk_bin=args.xpk_bin or _default_xpk_bin())
   cmds = xpk.commands(runs, spec.name, opts)
   names = {r.name: xpk.workload_name(r.name, spec.name, opts.max_name_length) for r in runs}
-  if args.compile_first:
-    import tempfile  # pylint: disable=import-outside-toplevel
-
-    with tempfile.TemporaryDirectory() as tmp:
-      rows = xpk.compile_check(runs, opts.tpu_type, opts.num_slices, tmp)
-    for r in rows:
-      state = ("fits" if r["fits"] else "DOES NOT FIT: " + ", ".join(r["over_hbm"])) if r["fits"] is not None \
-          else "DID NOT COMPILE: " + r["error"].replace("\n", " | ")
-      peak = "" if r["peak_bytes"] is None else f" (peak {r['peak_bytes'] / 1e9:.2f} GB per chip)"
-      print(f"compile {r['run_name']} for {opts.tpu_type} x {opts.num_slices}: {state}{peak}", file=sys.stderr)
-    bad = [r["run_name"] for r in rows if not r["fits"]]
-    if bad:
-      print(f"sweep {spec.name}: nothing submitted; {len(bad)} of {len(rows)} runs would not fit or did not compile "
-            f"on {opts.tpu_type}: {', '.join(bad)}", file=sys.stderr)
-      return 3
   if args.dry_run:
     emit(args, [{"run_name": r.name, "workload": names[r.name], "command": c} for r, c in zip(runs, cmds)],
          lambda: "\n".join(f"# {r.name} -> workload {names[r.name]}\n{shlex.join(c)}" for r, c in zip(runs, cmds)))
