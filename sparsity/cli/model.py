@@ -1,6 +1,6 @@
 """Commands on a trained model: ``inspect``, ``export`` and ``generate`` (see ``sparsity.cli`` for the style).
 
-  inspect   CHECKPOINT_DIR [--step N] [--json] [--prunable REGEX] [--structure N:M]
+  inspect   CHECKPOINT_DIR [--step N] [--json] [--prunable REGEX] [--structure N:M] [--decoder-block NAME]
   export    CHECKPOINT_DIR --config CONFIG [key=value ...] --out DIR [--format hf|compressed|compressed-24] [--json]
   generate  CHECKPOINT_DIR --config CONFIG [key=value ...] [--prompt TEXT] [--max-new-tokens N] [--json]
 
@@ -14,7 +14,6 @@ import contextlib
 import sys
 
 from sparsity.cli import Runner, add_json, add_out, check_out, command, emit
-from sparsity.core.config import DEFAULT_PRUNABLE
 
 
 def _checkpoint_args(p: argparse.ArgumentParser, verb: str, config: bool = True) -> None:
@@ -29,8 +28,10 @@ def _checkpoint_args(p: argparse.ArgumentParser, verb: str, config: bool = True)
 @command("inspect", "per-tensor and total sparsity and pruning state of a MaxText checkpoint")
 def _inspect(p: argparse.ArgumentParser) -> Runner:
   _checkpoint_args(p, "read", config=False)
-  p.add_argument("--prunable", default=DEFAULT_PRUNABLE,
-                 help="regex of prunable parameter paths, for a checkpoint without masks (default: linear kernels)")
+  p.add_argument("--prunable", help="regex of prunable parameter paths, for a checkpoint without masks (default: the "
+                 "linear layers of every MaxText family, sparsity/maxtext/families.py)")
+  p.add_argument("--decoder-block", help="the model's family, for the N:M check's contraction axes (default: the run "
+                 "summary's)")
   p.add_argument("--structure", help="N:M (e.g. 2:4) to check every prunable tensor for along its contraction axis "
                  "(default: the run summary's pruning_structure)")
 
@@ -38,7 +39,7 @@ def _inspect(p: argparse.ArgumentParser) -> Runner:
     from sparsity.model import inspection  # pylint: disable=import-outside-toplevel
 
     with contextlib.redirect_stdout(sys.stderr):  # Orbax/absl may print; keep stdout for the report
-      r = inspection.report(args.checkpoint, args.step, args.prunable, args.structure)
+      r = inspection.report(args.checkpoint, args.step, args.prunable, args.structure, args.decoder_block)
     emit(args, r, lambda: inspection.format_report(r))
     return 0
 

@@ -8,7 +8,7 @@ import pydantic
 
 from sparsity.core import schedules
 from sparsity.core.config import SparsityKeys
-from sparsity.maxtext import modules
+from sparsity.maxtext import families, modules
 
 
 @functools.cache
@@ -17,6 +17,11 @@ def config_class():
 
   class SparseMaxTextConfig(modules.types().MaxTextConfig, SparsityKeys):
     """MaxText config + sparse pre-training keys."""
+
+    # The default follows sparsity.maxtext.families: every MaxText family's linear layers, experts included.
+    prunable_params: str = pydantic.Field(
+        families.default_prunable(), description="Regex (re.search) over parameter paths like "
+        "'decoder/layers/mlp/wi_0/kernel'; default: the linear layers of every family in sparsity/maxtext/families.py.")
 
     @pydantic.model_validator(mode="after")
     def _schedule_fits_run(self):

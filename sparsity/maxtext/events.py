@@ -27,15 +27,20 @@ def host_value(x) -> np.ndarray:
   return np.asarray(jax.device_get(x))
 
 
-def mask_leaves(state) -> list:
-  """The pruning masks inside a train state, in leaf order."""
+def mask_leaves(state, select=None) -> list:
+  """The pruning masks inside a train state, in leaf order (``select(param_path)``: only those it accepts)."""
   flat = jax.tree_util.tree_flatten_with_path(state)[0]
-  return [x for p, x in flat if layout.state_mask_path(path_str(p)) is not None]
+  paths = [(layout.state_mask_path(path_str(p)), x) for p, x in flat]
+  return [x for p, x in paths if p is not None and (select is None or select(p))]
 
 
-def count_kept(state) -> int:
-  """True entries over every mask of a train state: a collective, so every process must call it."""
-  return threshold.wide_to_python(tuple(host_value(v) for v in jax.jit(threshold.count_true)(mask_leaves(state))))
+def count_kept(state, select=None) -> int:
+  """True entries over every mask of a train state (``select(param_path)``: only the masks it accepts): a collective,
+  so every process must call it."""
+  leaves = mask_leaves(state, select)
+  if not leaves:
+    return 0
+  return threshold.wide_to_python(tuple(host_value(v) for v in jax.jit(threshold.count_true)(leaves)))
 
 
 @jax.jit

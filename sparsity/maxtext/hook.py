@@ -26,8 +26,9 @@ import jax.numpy as jnp
 
 from sparsity.core import accounting, compute, pruner, threshold
 from sparsity.core.paths import flatten, shape_of, size_of
-from sparsity.maxtext import checkpoint, layout, modules
+from sparsity.maxtext import checkpoint, families, layout, modules
 from sparsity.maxtext.config import config_class
+from sparsity.maxtext.events import count_kept as mask_kept
 from sparsity.maxtext.events import mask_leaves
 
 # name -> (module getter, attribute, leading parameter names it must accept)
@@ -75,6 +76,8 @@ class Run:
     self.plan: pruner.PrunePlan | None = None
     self.config = None
     self.prunable_sizes: list[int] = []
+    self.model: dict = {}
+    self._prunable_by_path: dict[str, int] = {}
     self.total = 0
     self.in_train_loop = False
     self.reached: set[str] = set()
@@ -104,6 +107,25 @@ class Run:
         tokens_per_step=int(cfg.global_batch_size_to_train_on) * int(cfg.max_target_length),
     )
 
+  def model_summary(self, state, final_kept: int) -> dict:
+    """The summary's ``model`` (``_model_counts``) with, for a mixture of experts, the routed experts' final kept
+    weights and the final active parameters of one token (non-expert active + k/E of the routed experts' active,
+    i.e. the expectation under uniform routing). Counts masks: a collective, every process calls it."""
+    out = dict(self.model)
+    moe = out.get("moe")
+    if moe and self.plan is not None:
+      fam = families.FAMILIES.get(out["decoder_block"])
+      is_expert = lambda p: getattr(families.classify(p, fam), "kind", None) == families.EXPERTS  # noqa: E731
+      prunable_routed = sum(n for p, n in self._prunable_by_path.items() if is_expert(p))
+      routed_kept = (mask_kept(state, is_expert) if self.plan.masks_needed else prunable_routed)
+      routed_final = moe["routed_expert_params"] - prunable_routed + routed_kept
+      final_active = final_kept + self.total - self.prunable
+      moe = dict(moe, routed_expert_active_params=routed_final,
+                 final_active_params_per_token=final_active - routed_final
+                 + routed_final * moe["experts_per_token"] / moe["num_experts"])
+      out["moe"] = moe
+    return out
+
   def require(self, *names: str) -> None:
     """Raises naming the extension points of a sparse run that were not reached."""
     missing = [n for n in names if n not in self.reached]
@@ -132,7 +154,8 @@ def _initialize(original, argv, *args, **kwargs):
 
 def _get_optimizer(original, config, learning_rate_schedule, model=None, mesh=None):
   inner = original(config, learning_rate_schedule, model, mesh=mesh)
-  plan = pruner.PrunePlan.from_config(config, group_axis=layout.contraction_axis)
+  plan = pruner.PrunePlan.from_config(config, group_axis=families.GroupAxis(_decoder_block(config),
+                                                                        int(config.param_scan_axis)))
   RUN.plan, RUN.config = plan, config
   RUN.reached.add("optimizers.get_optimizer")
   if plan.masks_needed and not RUN.in_train_loop:
@@ -147,15 +170,45 @@ def _get_optimizer(original, config, learning_rate_schedule, model=None, mesh=No
     flat, _ = flatten(params, _is_variable)
     chosen = pruner.prunable_paths(params, plan, _is_variable)
     by_path = dict(flat)
+    fam = _check_family(config, plan, [p for p, _ in flat])
     if plan.nm is not None and mesh is not None:
       _check_groups_within_shards(plan, {p: by_path[p] for p in chosen}, mesh, config)
     RUN.prunable_sizes = [size_of(by_path[p]) for p in chosen]
     RUN.total = sum(size_of(x) for _, x in flat)
+    RUN.model = _model_counts(config, fam, {p: size_of(x) for p, x in flat}, chosen)
+    RUN._prunable_by_path = {p: size_of(by_path[p]) for p in chosen}  # pylint: disable=protected-access
     if config.enable_checkpointing:
       _check_resume(config, {p: shape_of(x) for p, x in flat}, chosen if plan.masks_needed else [])
     return tx.init(params)
 
   return type(tx)(init, tx.update)
+
+
+def _decoder_block(config) -> str:
+  return str(getattr(config.decoder_block, "value", config.decoder_block))
+
+
+def _check_family(config, plan: pruner.PrunePlan, paths: list[str]):
+  """The run's family description (None if not described); with the default ``prunable_params`` a sparse run of a
+  family the description does not cover, or with a parameter it does not describe, stops here naming it."""
+  block = _decoder_block(config)
+  if plan.masks_needed and config.prunable_params == families.default_prunable():
+    return families.check_params(block, paths, config.prunable_params)
+  return families.FAMILIES.get(block)
+
+
+def _model_counts(config, fam, sizes: dict[str, int], chosen: list[str]) -> dict:
+  """The summary's ``model``: family, parameters and prunable parameters by kind, and for a mixture of experts the
+  routed experts' parameters and the parameters one token uses."""
+  out = {"decoder_block": _decoder_block(config), "param_scan_axis": int(config.param_scan_axis),
+         "params_by_kind": families.kind_counts(fam, sizes),
+         "prunable_params_by_kind": families.kind_counts(fam, {p: sizes[p] for p in chosen})}
+  experts, k = int(config.num_experts), int(config.num_experts_per_tok)
+  if experts > 1:
+    routed = out["params_by_kind"].get(families.EXPERTS, 0)
+    out["moe"] = {"num_experts": experts, "experts_per_token": k, "routed_expert_params": routed,
+                  "active_params_per_token": sum(sizes.values()) - routed + routed * k // experts}
+  return out
 
 
 def _check_groups_within_shards(plan: pruner.PrunePlan, params: dict, mesh, config) -> None:

@@ -117,16 +117,18 @@ def conversion_key(param_path: str) -> str:
   return "params-" + param_path.replace("/", "-")
 
 
-def contraction_axis(param_path: str, shape: tuple) -> int:
+def contraction_axis(param_path: str, shape: tuple, decoder_block=None, scan_axis: int = 1) -> int:
   """The axis of a MaxText kernel along which it contracts its input (where N:M groups lie).
 
-  MaxText's dense kernels are ``(in..., out...)``, with the stacked-layers axis inserted at 1 under
-  ``scan_layers``: query/key/value ``(emb, [layers,] heads, head_dim)``, MLP ``wi_0/wi_1`` ``(emb, [layers,] mlp)``
-  and ``wo`` ``(mlp, [layers,] emb)``, ``logits_dense`` ``(emb, vocab)``: axis 0. The attention output projection
-  ``out`` is ``(heads, [layers,] head_dim, emb)``: its input is heads x head_dim, whose consecutive entries are
-  along head_dim, the axis before the last.
+  From the per-family description in ``sparsity.maxtext.families`` (``decoder_block``: the model's family; without
+  it every family describing the path must agree). E.g. query/key/value ``(emb, [layers,] heads, head_dim)``, MLP
+  ``wi_0`` ``(emb, [layers,] mlp)`` and ``wo`` ``(mlp, [layers,] emb)``, ``logits_dense`` ``(emb, vocab)``: axis 0;
+  the attention output projection ``(heads, [layers,] head_dim, emb)``: head_dim; a routed expert's
+  ``(experts, [layers,] in, out)``: ``in``.
   """
-  return len(shape) - 2 if param_path.endswith("/out/kernel") or param_path == "out/kernel" else 0
+  from sparsity.maxtext import families  # pylint: disable=import-outside-toplevel
+
+  return families.contraction_axis(param_path, shape, decoder_block, scan_axis)
 
 
 def scan_axis(param_path: str, scan_layers: bool, param_scan_axis: int = 1) -> int | None:

@@ -228,6 +228,7 @@ def finish(config, state, record: LoopRecord) -> dict | None:
       "eval_history": [{"step": e["step"], "tokens": (e["step"] + 1) * acc.tokens_per_step, "loss": e["loss"]}
                        for e in record.evals],
       "recovery": record.recovery,
+      "model": RUN.model_summary(state, kept),  # family, counts by kind, experts (sparsity.maxtext.families)
       **{k: getattr(config, k) for k in RUN_SETTINGS},
       **compute.step_split(config)._asdict(),  # prune_start_fraction, prune_end_fraction, schedule_split
   }

@@ -1,5 +1,8 @@
 """``python -m sparsity export``: a MaxText checkpoint as a Hugging Face ``LlamaForCausalLM`` directory.
 
+Supported families (``EXPORT_FAMILIES``): ``decoder_block=llama2`` (LLaMA 2 and 3 shapes, with the settings
+``check_supported`` lists); any other family is refused with an error naming it before anything is written.
+
 What is written (``--format hf``): ``config.json`` (transformers' own ``LlamaConfig``), ``generation_config.json``,
 ``model.safetensors`` with the masks applied (every pruned weight exactly +0.0), ``tokenizer.model`` (the
 SentencePiece model of the run), ``tokenizer.json`` + ``tokenizer_config.json`` (transformers' conversion of
@@ -60,15 +63,22 @@ def _val(x):
   return getattr(x, "value", x)
 
 
+# The model families (``decoder_block``, ``sparsity.maxtext.families``) export writes: LLaMA (2 and 3 shapes).
+EXPORT_FAMILIES = ("llama2",)
+
+
 def check_supported(config) -> Shape:
-  """The model's shape; a ValueError naming every setting a Hugging Face LLaMA cannot represent."""
+  """The model's shape; a ValueError naming the family if export does not support it (``EXPORT_FAMILIES``), or
+  every setting a Hugging Face LLaMA cannot represent."""
   problems = []
 
   def need(ok, what):
     if not ok:
       problems.append(what)
 
-  need(_val(config.decoder_block) == "llama2", f"decoder_block={_val(config.decoder_block)!r} (need 'llama2')")
+  block = str(_val(config.decoder_block))
+  need(block in EXPORT_FAMILIES, f"decoder_block={block!r} (the {block} family is not supported by export"
+       + (", a mixture of experts" if int(config.num_experts) > 1 else "") + f"; supported: {', '.join(EXPORT_FAMILIES)})")
   need(list(config.mlp_activations) == ["silu", "linear"], f"mlp_activations={list(config.mlp_activations)} (need ['silu', 'linear'])")
   need(int(config.num_experts) == 1, f"num_experts={config.num_experts} (need 1: dense MLP)")
   need(not config.logits_via_embedding, "logits_via_embedding=true (tied embeddings are not supported; need false)")
@@ -85,8 +95,9 @@ def check_supported(config) -> Shape:
   need(int(config.param_scan_axis) == 1 or not config.scan_layers, f"param_scan_axis={config.param_scan_axis} (need 1)")
   if problems:
     raise ValueError(
-        "unsupported model for a Hugging Face LLaMA export (only llama2-style decoders: SwiGLU MLP, RMSNorm, "
-        "rotate-half RoPE, untied output projection): " + "; ".join(problems)
+        "unsupported model for a Hugging Face LLaMA export (export supports the LLaMA family, decoder_block=llama2, "
+        "with only llama2-style decoders: SwiGLU MLP, RMSNorm, rotate-half RoPE, untied output projection; inspect "
+        "reads every family's checkpoint): " + "; ".join(problems)
     )
   return Shape(
       emb=int(config.emb_dim), layers=int(config.num_decoder_layers), q_heads=int(config.num_query_heads),

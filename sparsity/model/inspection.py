@@ -7,7 +7,9 @@ checkpoint), and, when the run's ``sparsity_summary.json`` is beside it, the sch
 
 N:M structure: with ``structure='N:M'`` (or, by default, the ``pruning_structure`` the run's summary records), each
 prunable tensor is checked independently of the masks: every group of M consecutive weights along its
-contraction axis (``sparsity.maxtext.layout.contraction_axis``) must hold at most N non-zeros.
+contraction axis must hold at most N non-zeros. The axis comes from the family description
+(``sparsity.maxtext.families``) of the run's ``decoder_block``, which the summary records (without a summary, every
+family describing a path must agree on its axis).
 """
 
 from __future__ import annotations
@@ -17,13 +19,15 @@ from typing import Any
 
 import numpy as np
 
-from sparsity.core.config import DEFAULT_PRUNABLE, UNSTRUCTURED, parse_structure
+from sparsity.core.config import UNSTRUCTURED, parse_structure
 from sparsity.maxtext import checkpoint as ckpt
-from sparsity.maxtext import layout
+from sparsity.maxtext import families, layout
+
+DEFAULT_PRUNABLE = families.default_prunable()
 
 
-def report(path: str, step: int | None = None, prunable: str = DEFAULT_PRUNABLE,
-           structure: str | None = None) -> dict[str, Any]:
+def report(path: str, step: int | None = None, prunable: str | None = None,
+           structure: str | None = None, decoder_block: str | None = None) -> dict[str, Any]:
   """The inspection of one checkpoint step as a JSON-ready dict.
 
   Args:
@@ -31,10 +35,11 @@ def report(path: str, step: int | None = None, prunable: str = DEFAULT_PRUNABLE,
     step: the step to read (default: the latest).
     prunable: regex of prunable parameter paths, used only for a checkpoint without masks.
     structure: 'N:M' to check every prunable tensor for (default: the run summary's ``pruning_structure``).
+    decoder_block: the model's family, for the contraction axes (default: the run summary's).
   """
   where = ckpt.locate(path, step)
   state = ckpt.load(where.items_dir)
-  return build_report(where, state, prunable, structure)
+  return build_report(where, state, prunable, structure, decoder_block)
 
 
 def max_nonzeros_per_group(w: np.ndarray, axis: int, m: int) -> int:
@@ -45,8 +50,8 @@ def max_nonzeros_per_group(w: np.ndarray, axis: int, m: int) -> int:
   return int(x.reshape(*x.shape[:-1], x.shape[-1] // m, m).sum(-1).max()) if x.size else 0
 
 
-def build_report(where: ckpt.Located, state: ckpt.ModelState, prunable: str = DEFAULT_PRUNABLE,
-                 structure: str | None = None):
+def build_report(where: ckpt.Located, state: ckpt.ModelState, prunable: str | None = None,
+                 structure: str | None = None, decoder_block: str | None = None):
   has_masks = bool(state.masks)
   unknown = sorted(set(state.masks) - set(state.params))
   if unknown:
@@ -55,6 +60,10 @@ def build_report(where: ckpt.Located, state: ckpt.ModelState, prunable: str = DE
   if structure is None and summary and summary.get("pruning_structure", UNSTRUCTURED) != UNSTRUCTURED:
     structure = summary["pruning_structure"]
   nm = parse_structure(structure) if structure else None
+  model = (summary or {}).get("model") or {}
+  decoder_block = decoder_block or model.get("decoder_block")
+  scan_axis = int(model.get("param_scan_axis", 1))
+  prunable = DEFAULT_PRUNABLE if prunable is None else prunable
   tensors = []
   for name in sorted(state.params):
     w = state.params[name]
@@ -81,7 +90,7 @@ def build_report(where: ckpt.Located, state: ckpt.ModelState, prunable: str = DE
     row["active"] = row["size"] - row["pruned"]
     row["sparsity"] = row["pruned"] / w.size if w.size else 0.0
     if nm is not None and is_prunable:
-      axis = layout.contraction_axis(name, w.shape)
+      axis = layout.contraction_axis(name, w.shape, decoder_block, scan_axis)
       most = max_nonzeros_per_group(w, axis, nm[1])
       row["structure"] = {"n_of_m": f"{nm[0]}:{nm[1]}", "axis": axis, "max_nonzeros_per_group": most,
                           "ok": most <= nm[0]}

@@ -52,6 +52,10 @@ class ModelShape:
     num_layers: decoder layers (``base_num_decoder_layers``).
     vocab: vocabulary size (``vocab_size``).
     tied_embeddings: output projection shares the token embedding (``logits_via_embedding``).
+    num_experts: routed experts per layer (``num_experts``); 1: a dense MLP (LLaMA). With more, every layer's MLP is
+      a Mixtral-style mixture of experts: ``num_experts`` SwiGLU experts of width ``moe_mlp_dim`` and a router.
+    experts_per_token: experts each token is routed to (``num_experts_per_tok``).
+    moe_mlp_dim: an expert's hidden size (``base_moe_mlp_dim``); 0: ``mlp_dim``.
   """
 
   emb: int
@@ -62,6 +66,9 @@ class ModelShape:
   num_layers: int
   vocab: int = 32000
   tied_embeddings: bool = False
+  num_experts: int = 1
+  experts_per_token: int = 1
+  moe_mlp_dim: int = 0
 
 
 PAPER_MODELS: dict[str, ModelShape] = {
@@ -76,19 +83,45 @@ def param_counts(shape: ModelShape) -> dict[str, int]:
 
   Returns:
     ``total``, ``prunable``, ``non_prunable`` and the parts ``attention`` (all layers), ``mlp`` (all
-    layers), ``logits_dense`` (0 when tied), ``embedding``, ``norms``.
+    layers: the dense MLPs, or every routed expert), ``logits_dense`` (0 when tied), ``embedding``, ``norms``,
+    ``router`` (the MoE routers, not pruned; 0 when dense), ``experts`` (the routed experts' weights, = ``mlp``
+    for a mixture of experts, else 0) and ``active_per_token`` / ``active_prunable_per_token``: the parameters one
+    token's forward pass uses (all but the ``num_experts - experts_per_token`` experts it is not routed to; = the
+    totals when dense).
   """
   e, L = shape.emb, shape.num_layers
   q, kv = shape.num_query_heads * shape.head_dim, shape.num_kv_heads * shape.head_dim
   attention = L * (e * q + 2 * e * kv + q * e)
-  mlp = L * 3 * e * shape.mlp_dim
+  moe = int(shape.num_experts) > 1
+  mlp = L * 3 * e * (int(shape.num_experts) * (shape.moe_mlp_dim or shape.mlp_dim) if moe else shape.mlp_dim)
+  router = L * e * int(shape.num_experts) if moe else 0
   logits = 0 if shape.tied_embeddings else e * shape.vocab
   embedding = shape.vocab * e
   norms = (2 * L + 1) * e
   prunable = attention + mlp + logits
-  non_prunable = embedding + norms
+  non_prunable = embedding + norms + router
+  experts = mlp if moe else 0
+  idle = experts - experts * int(shape.experts_per_token) // int(shape.num_experts) if moe else 0
   return {"total": prunable + non_prunable, "prunable": prunable, "non_prunable": non_prunable,
-          "attention": attention, "mlp": mlp, "logits_dense": logits, "embedding": embedding, "norms": norms}
+          "attention": attention, "mlp": mlp, "logits_dense": logits, "embedding": embedding, "norms": norms,
+          "router": router, "experts": experts, "active_per_token": prunable + non_prunable - idle,
+          "active_prunable_per_token": prunable - idle}
+
+
+def _per_token(counts: Mapping[str, int], shape: ModelShape, final_prunable: int) -> dict[str, Any]:
+  """A mixture of experts' per-token counts of a plan: the law's N counts every expert (``total_params``, the
+  parameters stored and pruned), a token's forward pass only its experts' share. After pruning, the per-token
+  figure assumes the experts keep the prunable weights' average density (global pruning does not promise that)."""
+  if not counts["experts"]:
+    return {}
+  share = int(shape.experts_per_token) / int(shape.num_experts)
+  density = final_prunable / counts["prunable"]
+  return {"moe": {"num_experts": int(shape.num_experts), "experts_per_token": int(shape.experts_per_token),
+                  "routed_expert_params": counts["experts"], "router_params": counts["router"],
+                  "active_params_per_token": counts["active_per_token"],
+                  "experts_share_per_token": share,
+                  "final_active_params_per_token": counts["non_prunable"] + density * counts["active_prunable_per_token"],
+                  "law_params": "total_params (every expert; the per-token counts are for FLOPs per token)"}}
 
 
 def plan(
@@ -172,6 +205,7 @@ def plan(
       **split._asdict(),
       "pruning_interval": int(pruning_interval),
       "shape": dataclasses.asdict(shape),
+      **_per_token(counts, shape, final_prunable),
   }
 
 
@@ -352,6 +386,10 @@ _SPLIT_KEYS = {"prune_start_fraction": None, "prune_end_fraction": None,
                "pruning_compute_fraction": compute.PRUNING_COMPUTE_FRACTION}
 
 
+# The decoders ``param_counts`` describes: LLaMA's (Mistral's is the same; Mixtral's with ``num_experts`` experts).
+PLAN_FAMILIES = ("llama2", "mistral", "mixtral")
+
+
 def config_to_plan_inputs(config: Any) -> dict[str, Any]:
   """Keyword arguments of ``plan`` read from a MaxText-style config (attributes as in ``_CONFIG_KEYS``, and
   optionally ``_SPLIT_KEYS``).
@@ -366,10 +404,18 @@ def config_to_plan_inputs(config: Any) -> dict[str, Any]:
   if missing:
     raise ValueError(f"config lacks {missing}")
   c = config
+  block = getattr(c, "decoder_block", "llama2")
+  block = str(getattr(block, "value", block))
+  if block not in PLAN_FAMILIES:
+    raise ValueError(f"plan counts the parameters of LLaMA-shaped decoders (decoder_block {', '.join(PLAN_FAMILIES)}); "
+                     f"decoder_block={block!r} has other layers (read a run's counts from its sparsity_summary.json)")
+  experts = int(getattr(c, "num_experts", 1) or 1)
   shape = ModelShape(emb=int(c.base_emb_dim), num_query_heads=int(c.base_num_query_heads),
                      num_kv_heads=int(c.base_num_kv_heads), head_dim=int(c.head_dim), mlp_dim=int(c.base_mlp_dim),
                      num_layers=int(c.base_num_decoder_layers), vocab=int(c.vocab_size),
-                     tied_embeddings=bool(c.logits_via_embedding))
+                     tied_embeddings=bool(c.logits_via_embedding), num_experts=experts,
+                     experts_per_token=int(getattr(c, "num_experts_per_tok", 1) or 1) if experts > 1 else 1,
+                     moe_mlp_dim=int(getattr(c, "base_moe_mlp_dim", 0) or 0) if experts > 1 else 0)
   return {"shape": shape, "steps": int(c.steps),
           "tokens_per_step": int(c.global_batch_size_to_train_on) * int(c.max_target_length),
           "target_sparsity": float(c.target_sparsity), "sparsity_schedule": str(c.sparsity_schedule),
