@@ -1,4 +1,6 @@
-"""Exact top-k: heavy ties, already-pruned weights, wide counts past 2**31, sharded equals unsharded."""
+"""Exact top-k, in every histogram form: heavy ties, already-pruned weights, wide counts past 2**31, sharded equals unsharded."""
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -16,14 +18,40 @@ def _reference(keys, k):
   return ref
 
 
-@jax.jit
-def _top_k(keys, hi, lo):
-  return T.top_k_masks(keys, (hi, lo))
+@functools.partial(jax.jit, static_argnames="radix")
+def _top_k(keys, hi, lo, radix=None):
+  return T.top_k_masks(keys, (hi, lo), radix=radix)
 
 
-def _run(keys, k):
-  masks = _top_k([jnp.asarray(x) for x in keys], jnp.int32(k >> 16), jnp.int32(k & 0xFFFF))
+def _run(keys, k, radix=None):
+  masks = _top_k([jnp.asarray(x) for x in keys], jnp.int32(k >> 16), jnp.int32(k & 0xFFFF), radix=radix)
   return np.concatenate([np.asarray(m).ravel() for m in masks])
+
+
+RADIXES = [T.SCATTER_RADIX, T.TPU_RADIX, T.Radix(2, "compare", False), T.Radix(8, "compare", True)]
+
+
+@pytest.mark.parametrize("radix", RADIXES, ids=lambda r: f"{r.digit_bits}bit-{r.histogram}")
+@pytest.mark.parametrize("high", [2, 300, 2**31])
+def test_every_histogram_form_selects_the_reference_keys(high, radix):
+  # The TPU form (compare-and-sum, 4-bit digits, unrolled) runs on the CPU too: same keys as a stable sort.
+  rng = np.random.default_rng(high + radix.digit_bits)
+  shapes = [(7, 5), (13,), (4, 3, 2)]
+  for _ in range(4):
+    keys = [rng.integers(0, high, size=s).astype(np.uint32) for s in shapes]
+    alive = sum(int((x != 0).sum()) for x in keys)
+    k = int(rng.integers(1, alive + 1))
+    np.testing.assert_array_equal(_run(keys, k, radix), _reference(keys, k))
+
+
+def test_the_program_lowered_for_a_tpu_has_no_scatter_and_the_cpu_one_does():
+  keys = [jax.ShapeDtypeStruct((64, 8), jnp.uint32), jax.ShapeDtypeStruct((32,), jnp.uint32)]
+  i32 = jax.ShapeDtypeStruct((), jnp.int32)
+  f = jax.jit(lambda ks, hi, lo: T.top_k_masks(ks, (hi, lo)))
+  cpu = f.trace(keys, i32, i32).lower(lowering_platforms=("cpu",)).as_text()
+  tpu = f.trace(keys, i32, i32).lower(lowering_platforms=("tpu",)).as_text()
+  assert "scatter" in cpu
+  assert "scatter" not in tpu and "reduce" in tpu
 
 
 @pytest.mark.parametrize("high", [2, 5, 300, 2**31])

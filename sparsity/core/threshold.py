@@ -1,10 +1,14 @@
 """Exact top-k selection over a pytree of weights, without gathering or sorting them.
 
 The k largest scores over many arrays are found by a radix selection on 32-bit keys: each pass
-histograms one 8-bit digit of the keys that still match the prefix chosen so far, so four passes pin the
-k-th largest key exactly. Every pass is elementwise work plus a 256-bin histogram per array, so under
-``jit`` with sharded arrays each device histograms its own shard and only 256 counts per array cross
-devices. Nothing of the arrays' size is gathered, and the work is linear in the number of weights.
+histograms one digit of the keys that still match the prefix chosen so far, so a fixed number of passes pins
+the k-th largest key exactly. Every pass is elementwise work plus a small histogram per array, so under
+``jit`` with sharded arrays each device histograms its own shard and only the bins' counts cross devices.
+Nothing of the arrays' size is gathered, and the work is linear in the number of weights.
+
+The histogram's form is chosen per backend when the program is lowered (``jax.lax.platform_dependent``):
+on CPU and GPU a scatter-add of 8-bit digits (4 passes); on TPU, where a scatter whose indices collide is
+serialised, a fused compare-and-sum of 4-bit digits (8 passes, 16 compares per key). Both select the same keys.
 
 Keys are ``uint32``; key 0 means "not a candidate" (already pruned) and is never selected. Scores that
 tie at the threshold are broken deterministically by position: earlier leaves first, then lower flat
@@ -17,13 +21,11 @@ bits, so counts that sum over arrays are carried as two int32 limbs ``(hi, lo)``
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
 
-DIGIT_BITS = 8
-NUM_BINS = 1 << DIGIT_BITS
 _LIMB = 16
 _LIMB_MASK = (1 << _LIMB) - 1
 MAX_CHUNK = (1 << 31) - 1
@@ -76,7 +78,7 @@ def wide_to_python(a: Wide) -> int:
 
 
 def _wide_suffix_sums(hist: Wide) -> Wide:
-  """``out[d] = sum(hist[d:])`` for a wide histogram of NUM_BINS bins (lo sums stay < 2**24)."""
+  """``out[d] = sum(hist[d:])`` for a wide histogram of at most 256 bins (lo sums stay < 2**24)."""
   hi = jnp.cumsum(hist[0][::-1])[::-1]
   lo = jnp.cumsum(hist[1][::-1])[::-1]
   return wide_norm(hi, lo)
@@ -85,6 +87,33 @@ def _wide_suffix_sums(hist: Wide) -> Wide:
 # --------------------------------------------------------------------------------------------------
 # Radix selection.
 # --------------------------------------------------------------------------------------------------
+
+
+class Radix(NamedTuple):
+  """How a selection pass histograms its digit (every form selects exactly the same keys).
+
+  Attributes:
+    digit_bits: bits of the key resolved per pass (32 / digit_bits passes).
+    histogram: 'scatter' (a scatter-add into the bins: one visit per key) or 'compare' (each key compared with
+      every bin value and the matches summed: a fused reduction, 2**digit_bits compares per key, no scatter).
+    unrolled: the passes as straight-line code (so that XLA's cost analysis counts every pass) rather than a
+      rolled loop (compiled once).
+  """
+
+  digit_bits: int
+  histogram: str
+  unrolled: bool
+
+  @property
+  def bins(self) -> int:
+    return 1 << self.digit_bits
+
+
+# CPU and GPU: scatter-adds are cheap there, and 8-bit digits need only 4 passes.
+SCATTER_RADIX = Radix(8, "scatter", False)
+# TPU serialises scatters with colliding indices (all of a histogram's); 16 compares per key per pass keep the
+# vector units' work near the cost of reading the weights, in 8 passes.
+TPU_RADIX = Radix(4, "compare", True)
 
 
 def chunks(x) -> list:
@@ -104,29 +133,76 @@ def _as_key_fn(k):
   return k if callable(k) else (lambda _dep, k=k: k)
 
 
-def _pass_histogram(key_fns, shift, prefix) -> Wide:
-  """Histogram of digit ``(key >> shift) & 0xFF`` over keys whose higher bits equal ``prefix``, all arrays.
+def _histogram(digit, radix: Radix):
+  """int32 counts of each value ``0 <= d < radix.bins`` in ``digit`` (the value ``radix.bins`` is not counted)."""
+  if radix.histogram == "scatter":
+    # Indexing with an array of the keys' own shape (no ravel): a sharded array is histogrammed in place; int16
+    # indices halve the index buffer; the out-of-range bin is dropped.
+    return jnp.zeros((radix.bins,), jnp.int32).at[digit.astype(jnp.int16)].add(jnp.int32(1), mode="drop")
+  # One fused reduction over the array: nothing of the array's size is built, no two keys write the same place.
+  small = digit.astype(jnp.uint8) if radix.bins < 256 else digit
+  hits = small[..., None] == jnp.arange(radix.bins, dtype=small.dtype)
+  return jnp.sum(hits.astype(jnp.int32), axis=tuple(range(digit.ndim)))
+
+
+def _pass_histogram(key_fns, shift, prefix, radix: Radix) -> Wide:
+  """Histogram of digit ``(key >> shift) % bins`` over keys whose higher bits equal ``prefix``, all arrays.
 
   Arrays are visited one after another, each chained to the previous one's histogram, so that XLA keeps the
-  per-array index buffer of only one array alive at a time.
+  per-array buffers of only one array alive at a time.
   """
-  total = (jnp.zeros((NUM_BINS,), jnp.int32),) * 2
+  total = (jnp.zeros((radix.bins,), jnp.int32),) * 2
   dep = prefix
   for key_fn in key_fns:
     keys = key_fn(dep)
     for part in chunks(keys):
-      # Keys off the prefix (for the first pass every key matches: a shift by 32 gives 0) go to an
-      # out-of-range bin that the scatter drops, so no weights array is built; int16 indices halve the buffer.
-      match = (part >> (shift + DIGIT_BITS)) == prefix
-      digit = jnp.where(match, (part >> shift) & (NUM_BINS - 1), NUM_BINS).astype(jnp.int16)
-      # Indexing with an array of the keys' own shape (no ravel): a sharded array is histogrammed in place.
-      h = jnp.zeros((NUM_BINS,), jnp.int32).at[digit].add(jnp.int32(1), mode="drop")
+      # Keys off the prefix (for the first pass every key matches: a shift by 32 gives 0) go to the bin past the
+      # last, which is not counted.
+      match = (part >> (shift + radix.digit_bits)) == prefix
+      digit = jnp.where(match, (part >> shift) & jnp.uint32(radix.bins - 1), jnp.uint32(radix.bins))
+      h = _histogram(digit, radix)
       total = wide_add(total, wide_from_int32(h))
       dep = h
   return total
 
 
-def kth_largest_key(keys: Sequence, k: Wide):
+def _kth_largest_key(key_fns, k: Wide, radix: Radix):
+  passes = 32 // radix.digit_bits
+  bins = radix.bins
+
+  def one_pass(i, carry):
+    prefix, rem_hi, rem_lo = carry
+    shift = jnp.uint32(32 - radix.digit_bits) - jnp.uint32(radix.digit_bits) * jnp.asarray(i).astype(jnp.uint32)
+    hist = _pass_histogram(key_fns, shift, prefix, radix)
+    suffix = _wide_suffix_sums(hist)  # suffix[d] = number of candidates with digit >= d
+    remaining = (rem_hi, rem_lo)
+    ok = wide_ge(suffix, (jnp.broadcast_to(rem_hi, (bins,)), jnp.broadcast_to(rem_lo, (bins,))))
+    # Largest digit with suffix[d] >= remaining. Keys equal to 0 (not candidates) only ever fall in bin 0 of a
+    # zero prefix; since k does not exceed the number of non-zero keys, the path never ends at key 0.
+    d = jnp.sum(ok.astype(jnp.int32)) - 1
+    nxt = jnp.minimum(d + 1, bins - 1)
+    above = (jnp.where(d + 1 < bins, suffix[0][nxt], 0), jnp.where(d + 1 < bins, suffix[1][nxt], 0))
+    rem_hi, rem_lo = wide_sub(remaining, above)
+    return (prefix << radix.digit_bits) | d.astype(jnp.uint32), rem_hi, rem_lo
+
+  carry = (jnp.uint32(0), k[0], k[1])
+  if radix.unrolled:
+    for i in range(passes):
+      carry = one_pass(i, carry)
+  else:  # a rolled loop: the pass is compiled once, not once per digit
+    carry = jax.lax.fori_loop(0, passes, one_pass, carry)
+  prefix, rem_hi, rem_lo = carry
+  return prefix, (rem_hi, rem_lo)
+
+
+def _per_backend(fn, radix: Radix | None):
+  """``fn(radix)`` with the given radix, or with the one that suits the backend being compiled for (TPU or not)."""
+  if radix is not None:
+    return fn(radix)
+  return jax.lax.platform_dependent(tpu=lambda: fn(TPU_RADIX), default=lambda: fn(SCATTER_RADIX))
+
+
+def kth_largest_key(keys: Sequence, k: Wide, radix: Radix | None = None):
   """The k-th largest key over all arrays (1-based) and how many keys equal to it are needed.
 
   Args:
@@ -134,32 +210,14 @@ def kth_largest_key(keys: Sequence, k: Wide):
       being held in memory; ``dep`` is a token to order the computation after); key 0 marks entries that
       cannot be selected.
     k: wide count, ``1 <= k <=`` number of non-zero keys (not checked).
+    radix: the histogram form (``SCATTER_RADIX``, ``TPU_RADIX``); by default the one for the backend compiled for.
 
   Returns:
     ``(t, need)``: uint32 threshold ``t`` and a wide count ``need >= 1``: selecting every key ``> t`` and
     ``need`` of the keys ``== t`` selects exactly ``k`` keys.
   """
   key_fns = [_as_key_fn(x) for x in keys]
-  passes = 32 // DIGIT_BITS
-
-  def one_pass(i, carry):
-    prefix, rem_hi, rem_lo = carry
-    shift = jnp.uint32(32 - DIGIT_BITS) - jnp.uint32(DIGIT_BITS) * i.astype(jnp.uint32)
-    hist = _pass_histogram(key_fns, shift, prefix)
-    suffix = _wide_suffix_sums(hist)  # suffix[d] = number of candidates with digit >= d
-    remaining = (rem_hi, rem_lo)
-    ok = wide_ge(suffix, (jnp.broadcast_to(rem_hi, (NUM_BINS,)), jnp.broadcast_to(rem_lo, (NUM_BINS,))))
-    # Largest digit with suffix[d] >= remaining. Keys equal to 0 (not candidates) only ever fall in bin 0 of a
-    # zero prefix; since k does not exceed the number of non-zero keys, the path never ends at key 0.
-    d = jnp.sum(ok.astype(jnp.int32)) - 1
-    nxt = jnp.minimum(d + 1, NUM_BINS - 1)
-    above = (jnp.where(d + 1 < NUM_BINS, suffix[0][nxt], 0), jnp.where(d + 1 < NUM_BINS, suffix[1][nxt], 0))
-    rem_hi, rem_lo = wide_sub(remaining, above)
-    return (prefix << DIGIT_BITS) | d.astype(jnp.uint32), rem_hi, rem_lo
-
-  # A rolled loop: the pass is compiled once, not four times.
-  prefix, rem_hi, rem_lo = jax.lax.fori_loop(0, passes, one_pass, (jnp.uint32(0), k[0], k[1]))
-  return prefix, (rem_hi, rem_lo)
+  return _per_backend(lambda r: _kth_largest_key(key_fns, k, r), radix)
 
 
 def _flat_index(shape):
@@ -172,18 +230,23 @@ def _flat_index(shape):
   return flat
 
 
-def top_k_masks(keys: Sequence, k: Wide) -> list:
+def top_k_masks(keys: Sequence, k: Wide, radix: Radix | None = None) -> list:
   """Boolean masks selecting exactly the ``k`` largest keys over all arrays (ties: earlier position first).
 
   ``keys`` are uint32 arrays or functions ``dep -> array`` (see ``kth_largest_key``). ``k`` must not exceed
-  the number of non-zero keys; entries with key 0 are never selected.
+  the number of non-zero keys; entries with key 0 are never selected. ``radix``: as for ``kth_largest_key``
+  (the masks are the same whatever the form).
 
   Keys above the threshold ``t`` are all kept; of the keys equal to ``t``, arrays are filled in order, so at
   most one array (the boundary) keeps only some of its ties: the first ones by position, found by a second
   selection over position keys that only runs when such a partial array exists.
   """
   key_fns = [_as_key_fn(x) for x in keys]
-  t, need = kth_largest_key(key_fns, k)
+  return _per_backend(lambda r: _top_k_masks(key_fns, k, r), radix)
+
+
+def _top_k_masks(key_fns, k: Wide, radix: Radix) -> list:
+  t, need = _kth_largest_key(key_fns, k, radix)
   parts = []  # (array index, chunk index, chunk shape)
   ties, dep = [], t
   for j, key_fn in enumerate(key_fns):
@@ -219,7 +282,7 @@ def top_k_masks(keys: Sequence, k: Wide) -> list:
   pos_fns = [lambda dep, n=n: position_keys(n, dep) for n in range(len(parts))]
   t2 = jax.lax.cond(
       any_partial,
-      lambda q: kth_largest_key(pos_fns, wide_from_int32(q))[0],
+      lambda q: _kth_largest_key(pos_fns, wide_from_int32(q), radix._replace(unrolled=False))[0],
       lambda q: jnp.uint32(0xFFFFFFFF),
       boundary_quota,
   )
