@@ -1,8 +1,10 @@
 """Every MaxText model family, pruned: the README's per-family table and the parameter inventory the tests check.
 
   .venv/bin/python benchmarks/families.py inventory   # results/families/params.json: each family's parameters
-  .venv/bin/python benchmarks/families.py table [--only mixtral,deepseek] [--steps 16]
-                                                       # results/families/table.{json,md}: ~1.5 h on 2 CPU cores
+  .venv/bin/python benchmarks/families.py table [--only mixtral,deepseek] [--steps 16] [--name table-b]
+                                                       # results/families/table.{json,md}: ~2 h on 2 CPU cores
+  .venv/bin/python benchmarks/families.py render      # merges results/families/table*.json (parallel runners)
+  .venv/bin/python benchmarks/families.py experts --steps 120   # results/families/expert_density.json
 
 ``inventory`` builds each family's tiny model abstractly with MaxText's own model code (no training) and writes every
 parameter's path, shape and MaxText's logical axis names, with and without ``scan_layers``: the fast tests check the
@@ -14,7 +16,11 @@ family-specific settings kept, MaxText's synthetic data) with ``MaxText/train.py
 unstructured to 0.8 and 2:4. For each it records: trains (exit 0 and a summary), final count exact (the checkpoint's
 masks, read with NumPy, keep exactly the schedule's count, and every pruned weight is zero), the N:M check of
 ``inspect`` (2:4 runs), and resume (the run directory copied without its last checkpoint and summary and the same
-command run again: it restarts from the middle checkpoint and must end with the same masks and loss).
+command run again: it restarts at the step after the middle checkpoint with the uninterrupted run's loss there and ends
+with the schedule's exact count; whether its final masks and loss are bit-identical is recorded apart).
+
+``experts`` trains a tiny Mixtral (4 experts, top 2) on the C4 slice, globally pruned to 80%, and writes the density
+of every expert's matrices, per layer, from its final checkpoint.
 """
 
 from __future__ import annotations
@@ -262,12 +268,77 @@ def markdown(rows: list[dict]) -> str:
   return "\n".join(lines) + "\n"
 
 
+EXPERT_RUN = ["decoder_block=mixtral", "num_experts=4", "num_experts_per_tok=2", "base_emb_dim=64",
+              "base_num_query_heads=4", "base_num_kv_heads=4", "head_dim=16", "base_mlp_dim=256", "base_moe_mlp_dim=256",
+              "base_num_decoder_layers=2", "max_target_length=64", "vocab_size=1024",
+              "tokenizer_path=configs/study/c4_bpe_1024.model", "dataset_type=tfds",
+              "dataset_path=../shared/data/c4_en_minimal", "dataset_name=c4/en:3.1.0", "eval_dataset_name=c4/en:3.1.0",
+              "target_sparsity=0.8", "pruning_interval=5", "enable_checkpointing=true", "async_checkpointing=false",
+              "checkpoint_period=100000", "log_period=1000"]
+
+
+def expert_density(steps: int, work: str) -> dict:
+  """A tiny Mixtral (4 experts, top 2) pruned globally to 80% on the C4 slice: density of every expert's matrices
+  (per layer) in the final checkpoint, beside the other kernels'."""
+  import numpy as np  # pylint: disable=import-outside-toplevel
+
+  from sparsity.maxtext import families, layout  # pylint: disable=import-outside-toplevel
+
+  args = [os.path.join(ROOT, "configs", "sparse_base.yml"), *EXPERT_RUN, f"steps={steps}", "run_name=experts",
+          f"base_output_directory={work}"]
+  log = os.path.join(work, "experts.log")
+  if _train(args, log) != 0:
+    raise RuntimeError(f"the run failed: {_reason(log)}")
+  state = _masks_and_params(layout.run_dir(work, "experts"))
+  fam = families.family("mixtral")
+  out = {"command": "benchmarks/families.py experts", "overrides": EXPERT_RUN + [f"steps={steps}"], "experts": {},
+         "other_kernels": {}}
+  for p, m in sorted(state.masks.items()):
+    w = families.classify(p, fam)
+    if w.kind == families.EXPERTS:  # (experts, layers, in, out): density per [layer][expert]
+      out["experts"][p] = np.round(m.mean(axis=(2, 3)).T, 4).tolist()
+    else:
+      out["other_kernels"][p] = round(float(m.mean()), 4)
+  dens = np.array(list(out["experts"].values()))  # (matrix, layer, expert)
+  out["experts_overall"] = round(float(sum(state.masks[p].sum() for p in out["experts"])
+                                       / sum(state.masks[p].size for p in out["experts"])), 4)
+  out["expert_matrix_density_min_max"] = [round(float(dens.min()), 4), round(float(dens.max()), 4)]
+  per_expert = dens.mean(axis=0)  # (layer, expert): the expert's three matrices together (same sizes)
+  out["per_expert_density"] = np.round(per_expert, 4).tolist()
+  return out
+
+
+def _order(d):
+  return list(SPECS).index(d["family"]) if d["family"] in SPECS else 99, d["structure"] == "2:4"
+
+
+def _write(path: str, rows: list[dict], steps: int) -> None:
+  rows = sorted(rows, key=_order)
+  with open(path, "w", encoding="utf-8") as f:
+    json.dump({"command": "benchmarks/families.py table", "steps": steps, "rows": rows}, f, indent=1)
+  with open(os.path.splitext(path)[0] + ".md", "w", encoding="utf-8") as f:
+    f.write(markdown(rows))
+
+
+def render() -> None:
+  """table.json and table.md from every results/families/table*.json (later files win for the same row)."""
+  rows, steps = {}, None
+  for name in sorted(os.listdir(OUT)):
+    if name.startswith("table") and name.endswith(".json"):
+      data = json.load(open(os.path.join(OUT, name), encoding="utf-8"))
+      steps = data.get("steps", steps)
+      for r in data["rows"]:
+        rows[(r["family"], r["structure"])] = r
+  _write(os.path.join(OUT, "table.json"), list(rows.values()), steps)
+
+
 def main(argv=None) -> int:
   ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  ap.add_argument("what", choices=("inventory", "table"))
+  ap.add_argument("what", choices=("inventory", "table", "render", "experts"))
   ap.add_argument("--only", help="comma-separated rows (default: all)")
   ap.add_argument("--steps", type=int, default=16)
   ap.add_argument("--keep", help="keep the runs in this directory (default: a temporary one)")
+  ap.add_argument("--name", default="table", help="results file name (several runners: table-a, table-b, then render)")
   args = ap.parse_args(argv)
   rows = args.only.split(",") if args.only else list(SPECS)
   os.makedirs(OUT, exist_ok=True)
@@ -275,19 +346,24 @@ def main(argv=None) -> int:
     with open(os.path.join(OUT, "params.json"), "w", encoding="utf-8") as f:
       json.dump(inventory(rows), f, indent=None, separators=(",", ":"))
     return 0
+  if args.what == "render":  # merge results/families/table*.json into table.json and table.md
+    render()
+    return 0
+  if args.what == "experts":
+    work = args.keep or tempfile.mkdtemp(prefix="families-")
+    os.makedirs(work, exist_ok=True)
+    with open(os.path.join(OUT, "expert_density.json"), "w", encoding="utf-8") as f:
+      json.dump(expert_density(args.steps, work), f, indent=1)
+    return 0
   work = args.keep or tempfile.mkdtemp(prefix="families-")
   os.makedirs(work, exist_ok=True)
-  path = os.path.join(OUT, "table.json")
+  path = os.path.join(OUT, f"{args.name}.json")
   done = json.load(open(path, encoding="utf-8"))["rows"] if os.path.exists(path) else []
   for row in rows:
     for structure in STRUCTURES:
       r = run_row(row, structure, args.steps, work)
       done = [d for d in done if (d["family"], d["structure"]) != (row, structure)] + [r]
-      done.sort(key=lambda d: (list(SPECS).index(d["family"]) if d["family"] in SPECS else 99, d["structure"] == "2:4"))
-      with open(path, "w", encoding="utf-8") as f:
-        json.dump({"command": "benchmarks/families.py table", "steps": args.steps, "rows": done}, f, indent=1)
-      with open(os.path.join(OUT, "table.md"), "w", encoding="utf-8") as f:
-        f.write(markdown(done))
+      _write(path, done, args.steps)
       print(row, structure, {k: r.get(k) for k in ("trains", "count_exact", "inspect_nm", "resume", "reason", "seconds")},
             flush=True)
   if not args.keep:

@@ -195,3 +195,29 @@ def test_the_shard_check_covers_expert_parallelism():
     hook._check_groups_within_shards(plan, {**experts, **query}, mesh, config)  # pylint: disable=protected-access
   ok = {"decoder/layers/self_attention/query/kernel": Var((32, 2, 4, 8), ("embed_attn", "layers", "q_heads", "kv"))}
   hook._check_groups_within_shards(plan, ok, mesh, config)  # pylint: disable=protected-access
+
+
+def test_plan_counts_every_expert_and_the_per_token_share():
+  from sparsity.science import planning  # pylint: disable=import-outside-toplevel
+
+  shape = planning.ModelShape(64, 4, 4, 16, 128, 2, 1024, False, num_experts=8, experts_per_token=2, moe_mlp_dim=64)
+  c = planning.param_counts(shape)
+  experts = 2 * 8 * 3 * 64 * 64  # layers x experts x (wi_0, wi_1, wo) x emb x expert width
+  assert c["experts"] == c["mlp"] == experts and c["router"] == 2 * 64 * 8
+  assert c["total"] == c["attention"] + experts + c["logits_dense"] + c["embedding"] + c["norms"] + c["router"]
+  assert c["active_per_token"] == c["total"] - experts * 6 // 8
+  dense = planning.param_counts(planning.ModelShape(64, 4, 4, 16, 128, 2, 1024, False))
+  assert dense["experts"] == dense["router"] == 0 and dense["active_per_token"] == dense["total"]
+  p = planning.plan(shape, 100, 512, 0.5, pruning_interval=10)
+  assert p["total_params"] == c["total"] and p["moe"]["routed_expert_params"] == experts
+  assert p["moe"]["law_params"].startswith("total_params")
+  assert p["moe"]["final_active_params_per_token"] == pytest.approx(c["non_prunable"] + 0.5 * c["active_prunable_per_token"])
+  cfg = types.SimpleNamespace(base_emb_dim=64, base_num_query_heads=4, base_num_kv_heads=4, head_dim=16, base_mlp_dim=128,
+                              base_num_decoder_layers=2, vocab_size=1024, logits_via_embedding=False, steps=100,
+                              global_batch_size_to_train_on=8, max_target_length=64, target_sparsity=0.5,
+                              sparsity_schedule="geometric", pruning_interval=10, prune_start_fraction=0.25,
+                              prune_end_fraction=0.75, decoder_block="mixtral", num_experts=8, num_experts_per_tok=2,
+                              base_moe_mlp_dim=64)
+  assert planning.config_to_plan_inputs(cfg)["shape"] == shape
+  with pytest.raises(ValueError, match="decoder_block='deepseek' has other layers"):
+    planning.config_to_plan_inputs(types.SimpleNamespace(**{**vars(cfg), "decoder_block": "deepseek"}))

@@ -115,6 +115,7 @@ def build_report(where: ckpt.Located, state: ckpt.ModelState, prunable: str | No
           "mask_violations": sum(t.get("pruned_nonzero", 0) for t in tensors),
       },
       "schedule": schedule,
+      "decoder_block": decoder_block,
       "structure": None if nm is None else {
           "n_of_m": f"{nm[0]}:{nm[1]}", "tensors_checked": sum("structure" in t for t in tensors),
           "ok": all(t["structure"]["ok"] for t in tensors if "structure" in t)},
