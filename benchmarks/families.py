@@ -16,8 +16,8 @@ family-specific settings kept, MaxText's synthetic data) with ``MaxText/train.py
 unstructured to 0.8 and 2:4. For each it records: trains (exit 0 and a summary), final count exact (the checkpoint's
 masks, read with NumPy, keep exactly the schedule's count, and every pruned weight is zero), the N:M check of
 ``inspect`` (2:4 runs), and resume (the run directory copied without its last checkpoint and summary and the same
-command run again: it restarts at the step after the middle checkpoint with the uninterrupted run's loss there and ends
-with the schedule's exact count; whether its final masks and loss are bit-identical is recorded apart).
+command run again: it must restart at the step after the middle checkpoint with the uninterrupted run's loss there,
+keep the schedule's exact count and end with the uninterrupted run's masks and loss bit for bit).
 
 ``experts`` trains a tiny Mixtral (4 experts, top 2) on the C4 slice, globally pruned to 80%, and writes the density
 of every expert's matrices, per layer, from its final checkpoint.
@@ -235,8 +235,8 @@ def run_row(row: str, structure: str, steps: int, work: str) -> dict:
   first = min(resumed) if resumed else None
   kept2 = sum(int(np.count_nonzero(m)) for m in state2.masks.values())
   # Resumed: continues at the step after the middle checkpoint with the same state (its first loss is the
-  # uninterrupted run's), trains to the end and keeps the schedule's exact count. Identical final masks and loss
-  # are recorded apart: MaxText's MoE training is not bit-reproducible on CPU (two identical runs differ).
+  # uninterrupted run's), trains to the end and keeps the schedule's exact count; and (resume_identical) ends with
+  # the uninterrupted run's masks and loss bit for bit.
   out.update(resume=bool(first == saved[-2] + 1 and resumed[first] == straight.get(first)
                          and kept2 == want and s2["steps_trained"] == s["steps_trained"]),
              resume_identical=bool(same_masks and s2["final_train_loss"] == s["final_train_loss"]),
@@ -261,8 +261,8 @@ def markdown(rows: list[dict]) -> str:
     allk = (r.get("model") or {}).get("params_by_kind", {})
     exp = "—" if not allk.get("experts") else _mark(kinds.get("experts") == allk.get("experts"))
     nm = _mark(r.get("inspect_nm")) if r["structure"] == "2:4" else "—"
-    resume = _mark(r.get("resume")) + (" (not bit-identical)" if r.get("resume") and not r.get("resume_identical")
-                                        else "")
+    resume = _mark(r.get("resume") and r.get("resume_identical")) + (
+        " (restarts, not bit-identical)" if r.get("resume") and not r.get("resume_identical") else "")
     lines.append(f"| {fam} | {r['structure']} | yes | {r['prunable_params']:,} / {r['total_params']:,} | {exp} | "
                  f"{_mark(r['count_exact'])} | {nm} | {resume} |")
   return "\n".join(lines) + "\n"

@@ -160,8 +160,11 @@ def test_a_family_or_parameter_the_description_misses_is_an_error_naming_it():
 
 
 def test_routers_can_be_included_by_regex():
-  regex = families.default_prunable() + r"|(^|/)gate/kernel$"
-  assert re.search(regex, "decoder/layers/MoeBlock_0/gate/kernel")
+  regex = families.extend_default(r"+(^|/)gate/kernel$")  # prunable_params='+(^|/)gate/kernel$'
+  assert regex.startswith(families.default_prunable())
+  assert re.search(regex, "decoder/layers/MoeBlock_0/gate/kernel") and re.search(regex, "decoder/layers/MoeBlock_0/wi_0")
+  assert not re.search(regex, "token_embedder/embedding")
+  assert families.extend_default("mlp/wi_0") == "mlp/wi_0"
   assert families.contraction_axis("decoder/layers/MoeBlock_0/gate/kernel", (64, 2, 4), "mixtral") == 0
 
 

@@ -21,7 +21,13 @@ def config_class():
     # The default follows sparsity.maxtext.families: every MaxText family's linear layers, experts included.
     prunable_params: str = pydantic.Field(
         families.default_prunable(), description="Regex (re.search) over parameter paths like "
-        "'decoder/layers/mlp/wi_0/kernel'; default: the linear layers of every family in sparsity/maxtext/families.py.")
+        "'decoder/layers/mlp/wi_0/kernel'; default: the linear layers of every family in sparsity/maxtext/families.py; "
+        "'+REGEX': that default and REGEX (e.g. '+(^|/)gate/kernel$' adds the MoE routers).")
+
+    @pydantic.field_validator("prunable_params", mode="before")
+    @classmethod
+    def _plus_default(cls, v):
+      return families.extend_default(v) if isinstance(v, str) else v
 
     @pydantic.model_validator(mode="after")
     def _schedule_fits_run(self):

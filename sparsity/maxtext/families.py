@@ -266,6 +266,12 @@ def default_prunable() -> str:
   return "|".join(f"(?:{p})" for p in pats)
 
 
+def extend_default(regex: str) -> str:
+  """``prunable_params`` as MaxText runs take it: '+REGEX' is the default and REGEX (a regex cannot start with '+'),
+  e.g. '+(^|/)gate/kernel$' also prunes the MoE routers; anything else is itself."""
+  return f"{default_prunable()}|(?:{regex[1:]})" if regex.startswith("+") else regex
+
+
 def check_params(decoder_block, paths, prunable_params: str | None = None) -> Family:
   """The family of a model whose parameters are ``paths``; a ValueError naming the family and every parameter its
   description does not cover (with the default ``prunable_params``, pruning would otherwise silently skip it), or, when
@@ -296,4 +302,4 @@ def kind_counts(fam: Family | None, sizes: dict[str, int]) -> dict[str, int]:
 
 
 __all__ = ["Weight", "Family", "WEIGHTS", "FAMILIES", "NON_LINEAR", "KINDS", "LINEAR_KINDS", "family", "classify",
-           "contraction_axis", "GroupAxis", "batch_axes", "unstacked_axis", "default_prunable", "check_params", "kind_counts"]
+           "contraction_axis", "GroupAxis", "batch_axes", "unstacked_axis", "default_prunable", "extend_default", "check_params", "kind_counts"]
