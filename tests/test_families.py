@@ -224,3 +224,22 @@ def test_plan_counts_every_expert_and_the_per_token_share():
   assert planning.config_to_plan_inputs(cfg)["shape"] == shape
   with pytest.raises(ValueError, match="decoder_block='deepseek' has other layers"):
     planning.config_to_plan_inputs(types.SimpleNamespace(**{**vars(cfg), "decoder_block": "deepseek"}))
+
+
+def test_a_sparse_run_of_an_undescribed_family_stops_naming_it():
+  """The hook's check at optimizer init: with the default prunable_params a sparse run needs its family described
+  (no silent attention-only pruning); with a regex of the user's own, it does not."""
+  from sparsity.core import pruner, schedules  # pylint: disable=import-outside-toplevel
+  from sparsity.maxtext import hook  # pylint: disable=import-outside-toplevel
+
+  plan = pruner.PrunePlan(schedules.make_schedule(10, 0.5), families.default_prunable())
+  paths = ["decoder/layers/self_attention/query/kernel", "decoder/layers/MoeBlock_0/wi_0"]
+  cfg = types.SimpleNamespace(decoder_block="transformer_x", prunable_params=families.default_prunable())
+  with pytest.raises(ValueError, match="decoder_block='transformer_x' is not described"):
+    hook._check_family(cfg, plan, paths)  # pylint: disable=protected-access
+  cfg = types.SimpleNamespace(decoder_block="mixtral", prunable_params=families.default_prunable())
+  with pytest.raises(ValueError, match="decoder_block=mixtral: parameters .*MoeBlock_0/wi_9"):
+    hook._check_family(cfg, plan, paths + ["decoder/layers/MoeBlock_0/wi_9"])  # pylint: disable=protected-access
+  assert hook._check_family(cfg, plan, paths).decoder_block == "mixtral"  # pylint: disable=protected-access
+  cfg = types.SimpleNamespace(decoder_block="transformer_x", prunable_params="query")
+  assert hook._check_family(cfg, plan, paths) is None  # pylint: disable=protected-access
