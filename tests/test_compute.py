@@ -100,8 +100,10 @@ def test_explicit_step_fractions_win():
     (dict(dense_compute_fraction=0.6, pruning_compute_fraction=0.5), "with a sum <= 1"),
     (dict(dense_compute_fraction=-0.1), "dense_compute_fraction"),
     (dict(pruning_compute_fraction=1.5), "pruning_compute_fraction"),
-    (dict(prune_start_fraction=0.9), r"prune_start_fraction \(0.9\) must be <= prune_end_fraction \(0.75 \(its "
-                                     r"default when only prune_start_fraction is set\)\)"),
+    (dict(prune_start_fraction=0.9), r"prune_start_fraction \(0.9\) must be <= prune_end_fraction \(0.75\) "
+                                     r"\(prune_end_fraction is unset: its step default when the other one is set\)"),
+    (dict(prune_end_fraction=0.1), r"prune_start_fraction \(0.25\) must be <= prune_end_fraction \(0.1\) "
+                                   r"\(prune_start_fraction is unset"),
     (dict(prune_start_fraction=0.6, prune_end_fraction=0.5), r"prune_start_fraction \(0.6\) must be <= "),
 ])
 def test_bad_values_are_clear_errors(kwargs, message):

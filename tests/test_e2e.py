@@ -246,6 +246,7 @@ def test_killed_run_resumes_to_the_same_result(tmp_path):
         ("sparsity_schedule=exponential", "sparsity_schedule"),
         ("pruning_interval=0", "pruning_interval"),
         ("prune_start_fraction=0.9", "prune_start_fraction"),
+        ("dense_compute_fraction=0.75", "need dense_compute_fraction and pruning_compute_fraction in [0, 1] with a sum"),
         ("prunable_params=nothing_matches_this", "matches no parameter"),
         ("prunable_params=(unclosed", "not a valid regular expression"),
         ("sparsity_typo=0.5", "sparsity_typo"),

@@ -140,8 +140,10 @@ class SparsityKeys(pydantic.BaseModel):
       return self  # derived from the compute split: ordered by construction
     start, end, _ = compute.step_split(self)
     if start > end:
-      default = " (its default when only prune_start_fraction is set)" if self.prune_end_fraction is None else ""
-      raise ValueError(f"prune_start_fraction ({start}) must be <= prune_end_fraction ({end}{default})")
+      unset = "prune_end_fraction" if self.prune_end_fraction is None else \
+          "prune_start_fraction" if self.prune_start_fraction is None else None
+      note = f" ({unset} is unset: its step default when the other one is set)" if unset else ""
+      raise ValueError(f"prune_start_fraction ({start}) must be <= prune_end_fraction ({end}){note}")
     return self
 
   @pydantic.model_validator(mode="after")
