@@ -352,8 +352,9 @@ def main(argv=None) -> int:
   if args.what == "experts":
     work = args.keep or tempfile.mkdtemp(prefix="families-")
     os.makedirs(work, exist_ok=True)
+    result = expert_density(args.steps, work)
     with open(os.path.join(OUT, "expert_density.json"), "w", encoding="utf-8") as f:
-      json.dump(expert_density(args.steps, work), f, indent=1)
+      json.dump(result, f, indent=1)
     return 0
   work = args.keep or tempfile.mkdtemp(prefix="families-")
   os.makedirs(work, exist_ok=True)

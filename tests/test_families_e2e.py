@@ -121,3 +121,26 @@ def test_deepseek_prunes_mla_and_routed_and_shared_experts(tmp_path):
   kinds = s["model"]["prunable_params_by_kind"]
   assert set(kinds) == {"attention", "mlp", "experts", "shared_experts", "output"}
   assert kinds["experts"] == sum(state.params[p].size for p in want[:3])
+
+
+def test_the_committed_inventory_is_what_maxtext_builds(tmp_path):
+  """results/families/params.json (what the fast tests check the description against) is current: rebuilt here
+  for a few families in a subprocess (benchmarks/families.py inventory), it is the same."""
+  import os  # pylint: disable=import-outside-toplevel
+  import shutil  # pylint: disable=import-outside-toplevel
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+
+  from conftest import ROOT, cpu_env  # pylint: disable=import-outside-toplevel
+
+  committed = os.path.join(ROOT, "results", "families", "params.json")
+  shutil.copy(committed, tmp_path / "committed.json")
+  code = ("import json, sys; sys.path.insert(0, sys.argv[1]); from benchmarks import families as f; "
+          "json.dump(f.inventory(sys.argv[2].split(',')), open(sys.argv[3], 'w'))")
+  out = subprocess.run([sys.executable, "-c", code, ROOT, "mixtral,deepseek,qwen3_next", str(tmp_path / "now.json")],
+                       cwd=ROOT, env=cpu_env(), capture_output=True, text=True, timeout=600, check=False)
+  assert out.returncode == 0, out.stderr[-3000:]
+  now = json.loads((tmp_path / "now.json").read_text())["families"]
+  old = json.loads((tmp_path / "committed.json").read_text())["families"]
+  for row, entry in now.items():
+    assert entry == old[row], row
