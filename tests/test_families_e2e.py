@@ -38,7 +38,7 @@ def test_the_issue_command_prunes_every_expert_kernel(mixtral):
   assert s["total_params"] == counts["total"] == 557_888
   assert s["prunable_params"] == counts["prunable"] == 393_216 + 98_304  # experts + attention and output
   m = s["model"]
-  assert m["decoder_block"] == "mixtral"
+  assert m["decoder_block"] == "mixtral" and set(EXPERTS) <= set(m["prunable_tensors"]) and ROUTER not in m["prunable_tensors"]
   assert m["prunable_params_by_kind"] == {"experts": 393_216, "attention": 32_768, "output": 65_536}
   assert m["params_by_kind"]["router"] == 512 and "router" not in m["prunable_params_by_kind"]
   assert m["moe"]["active_params_per_token"] == counts["active_per_token"] == 557_888 - 393_216 // 2

@@ -202,7 +202,8 @@ def _model_counts(config, fam, sizes: dict[str, int], chosen: list[str]) -> dict
   routed experts' parameters and the parameters one token uses."""
   out = {"decoder_block": _decoder_block(config), "param_scan_axis": int(config.param_scan_axis),
          "params_by_kind": families.kind_counts(fam, sizes),
-         "prunable_params_by_kind": families.kind_counts(fam, {p: sizes[p] for p in chosen})}
+         "prunable_params_by_kind": families.kind_counts(fam, {p: sizes[p] for p in chosen}),
+         "prunable_tensors": list(chosen)}
   experts, k = int(config.num_experts), int(config.num_experts_per_tok)
   if experts > 1:
     routed = out["params_by_kind"].get(families.EXPERTS, 0)
