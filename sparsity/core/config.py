@@ -15,8 +15,10 @@ import pydantic
 from sparsity.core import compute
 from sparsity.core.schedules import SCHEDULES
 
-# Linear-layer kernels of MaxText's decoders: attention q/k/v/out, MLP wi/wo, and the untied output
-# projection. Embeddings and norm scales are not matched (paper, section 4).
+# Dense kernels named like MaxText's LLaMA decoder (attention q/k/v/out, MLP wi/wo, the untied output projection):
+# the default of the core (``PrunePlan``). MaxText runs default to every model family's linear layers, experts
+# included (``sparsity.maxtext.families``, set in ``sparsity.maxtext.config``). Embeddings and norm scales are not
+# matched (paper, section 4).
 DEFAULT_PRUNABLE = r"(^|/)(query|key|value|out|wi|wi_0|wi_1|wo|logits_dense)/kernel$"
 SCOPES = ("global", "per_tensor")
 SCORES = ("magnitude", "random")
