@@ -12,7 +12,7 @@ import pytest
 
 from conftest import (C4_TFDS, ROOT, TINY, cpu_env, final_state, kill_at_checkpoint, read_summary, read_tensorboard,
                       run_cli, run_train, start_train)
-from sparsity.core import pruner, schedules
+from sparsity.core import compute, pruner, schedules
 from sparsity.maxtext import launch, layout
 
 pytestmark = pytest.mark.slow
@@ -156,7 +156,10 @@ def test_per_tensor_scope_ends_with_the_counts_it_keeps(tmp_path, target):
                       "pruning_scope=per_tensor", "enable_checkpointing=true", "async_checkpointing=false",
                       "checkpoint_period=100"], tmp_path)
   s, state = read_summary(tmp_path, "pt"), final_state(tmp_path / "pt")
-  sched = schedules.make_schedule(30, target, interval=5)
+  assert s["schedule_split"] == "compute"  # sparse_base.yml's default: the step fractions of the compute split
+  sched = schedules.make_schedule(30, target, "geometric", s["prune_start_fraction"], s["prune_end_fraction"], 5)
+  assert (s["prune_start_fraction"], s["prune_end_fraction"]) == \
+      compute.derived_step_fractions(30, target, "geometric", 5)
   sizes = {n: m.size for n, m in state.masks.items()}
   assert len({*sizes.values()}) >= 3  # tensors of several sizes (attention, MLP, output projection)
   for name, mask in state.masks.items():

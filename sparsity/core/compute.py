@@ -121,7 +121,8 @@ def mean_pruning_density(target_sparsity: float, schedule: str = "geometric") ->
 
 
 def step_fractions(target_sparsity: float, dense_fraction: float = DENSE_COMPUTE_FRACTION,
-                   pruning_fraction: float = PRUNING_COMPUTE_FRACTION, schedule: str = "geometric") -> tuple[float, float]:
+                   pruning_fraction: float = PRUNING_COMPUTE_FRACTION,
+                   schedule: str = "geometric") -> tuple[float, float]:
   """``(prune_start_fraction, prune_end_fraction)`` of compute fractions ``(t_d, t_s)`` for a continuous schedule.
 
   With final density ``d = 1 - S`` and ``m`` the mean density while pruning (``mean_pruning_density``), a run
