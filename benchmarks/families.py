@@ -55,7 +55,7 @@ SPECS: dict[str, list[str]] = {
     "deepseek": ["model_name=deepseek3-tiny", "first_num_dense_layers=1", *MOE, "q_lora_rank=32", "kv_lora_rank=16",
                  "qk_nope_head_dim=16", "qk_rope_head_dim=8", "v_head_dim=16"],
     "deepseek4": ["model_name=deepseek4-tiny", "base_num_decoder_layers=4", "compress_ratios=[0,0,4,128]",
-                  "first_num_hash_layers=1", *MOE],
+                  "first_num_hash_layers=1", *MOE, "head_dim=32"],  # head_dim = its qk_rope_head_dim
     "gemma": ["model_name=gemma-2b"],
     "gemma2": ["model_name=gemma2-2b"],
     "gemma3": ["model_name=gemma3-4b", "base_num_decoder_layers=6", "use_multimodal=false"],
@@ -342,9 +342,15 @@ def main(argv=None) -> int:
   args = ap.parse_args(argv)
   rows = args.only.split(",") if args.only else list(SPECS)
   os.makedirs(OUT, exist_ok=True)
-  if args.what == "inventory":
-    with open(os.path.join(OUT, "params.json"), "w", encoding="utf-8") as f:
-      json.dump(inventory(rows), f, indent=None, separators=(",", ":"))
+  if args.what == "inventory":  # (--only: those rows replaced in the existing file)
+    path = os.path.join(OUT, "params.json")
+    result = inventory(rows)
+    if args.only and os.path.exists(path):
+      old = json.load(open(path, encoding="utf-8"))
+      old["families"].update(result["families"])
+      result = {**old, "families": {k: old["families"][k] for k in SPECS if k in old["families"]}}
+    with open(path, "w", encoding="utf-8") as f:
+      json.dump(result, f, indent=None, separators=(",", ":"))
     return 0
   if args.what == "render":  # merge results/families/table*.json into table.json and table.md
     render()
