@@ -321,14 +321,16 @@ def _write(path: str, rows: list[dict], steps: int) -> None:
 
 
 def render() -> None:
-  """table.json and table.md from every results/families/table*.json (later files win for the same row)."""
+  """table.json and table.md from every results/families/table*.json (table-*.json after table.json: their rows win)."""
   rows, steps = {}, None
-  for name in sorted(os.listdir(OUT)):
-    if name.startswith("table") and name.endswith(".json"):
-      data = json.load(open(os.path.join(OUT, name), encoding="utf-8"))
-      steps = data.get("steps", steps)
-      for r in data["rows"]:
-        rows[(r["family"], r["structure"])] = r
+  names = sorted(n for n in os.listdir(OUT) if n.startswith("table-") and n.endswith(".json"))
+  if os.path.exists(os.path.join(OUT, "table.json")):
+    names.insert(0, "table.json")
+  for name in names:
+    data = json.load(open(os.path.join(OUT, name), encoding="utf-8"))
+    steps = data.get("steps", steps)
+    for r in data["rows"]:
+      rows[(r["family"], r["structure"])] = r
   _write(os.path.join(OUT, "table.json"), list(rows.values()), steps)
 
 
