@@ -54,8 +54,9 @@ SPECS: dict[str, list[str]] = {
     "mixtral": ["model_name=mixtral-8x7b", *MOE],
     "deepseek": ["model_name=deepseek3-tiny", "first_num_dense_layers=1", *MOE, "q_lora_rank=32", "kv_lora_rank=16",
                  "qk_nope_head_dim=16", "qk_rope_head_dim=8", "v_head_dim=16"],
-    "deepseek4": ["model_name=deepseek4-tiny", "base_num_decoder_layers=4", "compress_ratios=[0,0,4,16]",
-                  "first_num_hash_layers=1", *MOE, "head_dim=32"],  # head_dim = its rope head dim; ratio 16: 4 compressed positions of 64
+    "deepseek4": ["model_name=deepseek4-tiny", "base_num_decoder_layers=4", "compress_ratios=[0,0,4,128]",
+                  "first_num_hash_layers=1", *MOE, "head_dim=32", "max_target_length=256"],
+    # (head_dim: its rope head dim; 256 tokens: its heavily compressed attention needs 128 per compressed position)
     "gemma": ["model_name=gemma-2b"],
     "gemma2": ["model_name=gemma2-2b"],
     "gemma3": ["model_name=gemma3-4b", "base_num_decoder_layers=6", "use_multimodal=false"],
