@@ -55,8 +55,9 @@ SPECS: dict[str, list[str]] = {
     "deepseek": ["model_name=deepseek3-tiny", "first_num_dense_layers=1", *MOE, "q_lora_rank=32", "kv_lora_rank=16",
                  "qk_nope_head_dim=16", "qk_rope_head_dim=8", "v_head_dim=16"],
     "deepseek4": ["model_name=deepseek4-tiny", "base_num_decoder_layers=4", "compress_ratios=[0,0,4,128]",
-                  "first_num_hash_layers=1", *MOE, "head_dim=32", "max_target_length=256"],
-    # (head_dim: its rope head dim; 256 tokens: its heavily compressed attention needs 128 per compressed position)
+                  "first_num_hash_layers=1", *MOE, "head_dim=32", "base_num_kv_heads=1", "max_target_length=256"],
+    # (its own head_dim = rope head dim and single kv head; 256 tokens: its heavily compressed attention compresses
+    # 128 positions into one)
     "gemma": ["model_name=gemma-2b"],
     "gemma2": ["model_name=gemma2-2b"],
     "gemma3": ["model_name=gemma3-4b", "base_num_decoder_layers=6", "use_multimodal=false"],
