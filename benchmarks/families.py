@@ -332,7 +332,8 @@ def render() -> None:
     data = json.load(open(os.path.join(OUT, name), encoding="utf-8"))
     steps = data.get("steps", steps)
     for r in data["rows"]:
-      rows[(r["family"], r["structure"])] = r
+      if r.get("overrides") == SPECS.get(r["family"]):  # a row run with other overrides is stale
+        rows[(r["family"], r["structure"])] = r
   _write(os.path.join(OUT, "table.json"), list(rows.values()), steps)
 
 
