@@ -26,24 +26,36 @@ def main() -> None:
 
 
 def _run_then_exit(argv) -> None:
-  """MaxText's main through the hook; then, in a single process, leave without the interpreter's teardown.
+  """MaxText's main through the hook; then, in a single process, leave without the interpreter's teardown: exit
+  code 0 after a run that ended without an exception, 1 after one that raised (a failed run: its summary says
+  ``failed``, see ``sparsity.maxtext.status``), with the traceback printed.
 
   Everything is written by then (checkpoints waited for, the summary, the logs flushed below). The teardown
   only destroys TensorFlow's data threads, and on this machine that intermittently aborts the process
   ("terminate called without an active exception", exit -6) after a run that succeeded. With several
-  processes the normal exit is kept (JAX's distributed shutdown runs at exit).
+  processes the normal exit is kept (JAX's distributed shutdown runs at exit; an exception exits non-zero).
   """
-  from sparsity.maxtext import hook  # pylint: disable=import-outside-toplevel
+  import traceback  # pylint: disable=import-outside-toplevel
 
-  hook.main(argv)
   import jax  # pylint: disable=import-outside-toplevel
   from absl import logging  # pylint: disable=import-outside-toplevel
+
+  from sparsity.maxtext import hook  # pylint: disable=import-outside-toplevel
+
+  code = 0
+  try:
+    hook.main(argv)
+  except Exception:  # pylint: disable=broad-except
+    if jax.process_count() > 1:
+      raise
+    traceback.print_exc()
+    code = 1
 
   if jax.process_count() == 1:
     logging.flush()
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(0)  # pylint: disable=protected-access
+    os._exit(code)  # pylint: disable=protected-access
 
 
 if __name__ == "__main__":

@@ -42,12 +42,35 @@ compiled = lowered.compile()
 sharded_out = f(ws, als)
 sharded = [np.asarray(m) for m in sharded_out]
 hlo = compiled.as_text()
-# Every all-gather / all-to-all in the compiled program, with its result size in elements.
-collectives = []
-for m in re.finditer(r"= (\w+)\[([\d,]*)\][^=]*? (all-gather|all-to-all|all-reduce|collective-permute)\(", hlo):
-  dims = [int(d) for d in m.group(2).split(",") if d]
-  collectives.append({"op": m.group(3), "dtype": m.group(1), "elements": int(np.prod(dims)) if dims else 1})
+COLLECTIVE = re.compile(r"=\s*(.*?)\s(all-gather|all-to-all|ragged-all-to-all|all-reduce|reduce-scatter|"
+                        r"collective-permute|collective-broadcast)(-start|-done)?\(")
+
+
+def collectives_of(text):
+  """Every collective instruction of an HLO text (synchronous, or the -start/-done halves of an asynchronous one, whose
+  result is a tuple), with its largest result array in elements."""
+  out = []
+  for line in text.splitlines():
+    m = COLLECTIVE.search(line)
+    if not m:
+      continue
+    shapes = re.findall(r"(\w+)\[([\d,]*)\]", m.group(1))
+    sizes = [int(np.prod([int(d) for d in dims.split(",") if d])) if dims else 1 for _, dims in shapes]
+    out.append({"op": m.group(2), "async": m.group(3) or "", "dtype": shapes[0][0] if shapes else "",
+                "elements": max(sizes, default=0)})
+  return out
+
+
+# The parser itself, on a program that must gather (a sharded weight made whole on every device) and on the
+# asynchronous form TPU programs print (a tuple result, ``all-gather-start(``): "no all-gather" can fail.
+gather = jax.jit(lambda x: x, out_shardings=NamedSharding(mesh, P())).lower(ws["logits"]).compile().as_text()
+async_line = ("  %all-gather-start = (f32[16,512]{1,0}, f32[64,512]{1,0}) all-gather-start(f32[16,512]{1,0} %p), "
+              "channel_id=1, replica_groups=[1,4]<=[4], dimensions={0}, use_global_device_ids=true")
+collectives = collectives_of(hlo)
 print(json.dumps({
+    "control_gather": collectives_of(gather),
+    "control_async": collectives_of(async_line),
+    "control_elements": int(np.prod(shapes["logits"])),
     "equal": all(np.array_equal(a, b) for a, b in zip(single, sharded)),
     "kept": int(sum(m.sum() for m in sharded)),
     "k": k,

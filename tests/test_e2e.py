@@ -242,14 +242,17 @@ def test_killed_run_resumes_to_the_same_result(tmp_path):
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("target_sparsity=1.5", "target_sparsity"),
-        ("sparsity_schedule=exponential", "sparsity_schedule"),
-        ("pruning_interval=0", "pruning_interval"),
-        ("prune_start_fraction=0.9", "prune_start_fraction"),
+        # The validation's own words (the key alone also appears in MaxText's echo of its config and argv).
+        ("target_sparsity=1.5", "target_sparsity\n  Input should be less than 1 [type=less_than, input_value=1.5"),
+        ("sparsity_schedule=exponential",
+         "sparsity_schedule\n  Input should be 'geometric', 'cubic', 'linear' or 'one_shot' [type=literal_error, "
+         "input_value='exponential'"),
+        ("pruning_interval=0", "pruning_interval\n  Input should be greater than 0 [type=greater_than, input_value=0"),
+        ("prune_start_fraction=0.9", "prune_start_fraction (0.9) must be <= prune_end_fraction (0.75)"),
         ("dense_compute_fraction=0.75", "need dense_compute_fraction and pruning_compute_fraction in [0, 1] with a sum"),
         ("prunable_params=nothing_matches_this", "matches no parameter"),
         ("prunable_params=(unclosed", "not a valid regular expression"),
-        ("sparsity_typo=0.5", "sparsity_typo"),
+        ("sparsity_typo=0.5", "'sparsity_typo' not in 'target_sparsity', 'sparsity_schedule'"),
     ],
 )
 def test_bad_config_fails_before_compiling_with_a_clear_message(tmp_path, override, message):

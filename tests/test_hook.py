@@ -10,9 +10,9 @@ import optax
 import pytest
 
 import sparsity
-from sparsity.core import pruner, schedules
+from sparsity.core import pruner, schedules, threshold
 from sparsity.core.paths import flatten, nest, unnest
-from sparsity.maxtext import events, hook, layout, loop
+from sparsity.maxtext import events, hook, layout, loop, status
 
 PARAMS = {
     "decoder": {"layers": {"mlp": {"wi_0": {"kernel": (8, 2, 16)}, "wo": {"kernel": (16, 2, 8)}},
@@ -115,14 +115,17 @@ def test_a_sparse_run_that_misses_an_extension_point_stops_naming_it():
 def test_run_accounting_follows_the_scope():
   run = hook.Run()
   run.config = type("C", (), {"global_batch_size_to_train_on": 4, "max_target_length": 16})()
-  run.prunable_sizes, run.total = [1000, 10, 333], 2000
-  sched = schedules.make_schedule(30, 0.8, interval=5)
-  for scope in ("global", "per_tensor"):
+  run.prunable_sizes, run.total = [3, 3, 3], 20
+  sched = schedules.Schedule(10, (2, 4), (0.5, 0.25))
+  # By hand: one threshold over 9 weights keeps round(4.5) = 5, then round(2.25) = 2; per tensor each of the three
+  # keeps round(1.5) = 2, then round(0.75) = 1 (ties round half up).
+  for scope, kept in (("global", (5, 2)), ("per_tensor", (6, 3))):
     run.plan = sparsity.PrunePlan(sched, pruning_scope=scope)
     acc = run.accounting()
-    assert acc.kept == pruner.kept_after_events(run.plan, run.prunable_sizes) and acc.non_prunable == 657
-    assert acc.tokens_per_step == 64
-  assert run.accounting(fixed_kept=500).active_at(0) == 500 + 657
+    assert acc.kept == kept and acc.prune_steps == (2, 4) and acc.non_prunable == 11, scope
+    assert acc.tokens_per_step == 64 and acc.active_at(3) == kept[0] + 11
+  fixed = run.accounting(fixed_kept=7)
+  assert (fixed.prune_steps, fixed.kept, fixed.active_at(0)) == ((0,), (7,), 7 + 11)
 
 
 def test_maxtext_eval_rule():
@@ -172,3 +175,89 @@ def test_launch_sets_maxtexts_multi_process_variables():
   assert launch.train_argv(["c.yml", "hardware=cpu"]) == ["c.yml", "hardware=cpu", "skip_jax_distributed_system=false"]
   assert launch.Result([0, 3], 1, 1.0).exit_code == 3 and launch.Result([-15, 3], 1, 1.0).exit_code == 3
   assert launch.Result([0, 0], None, 1.0).exit_code == 0 and launch.Result([-9, 0], 0, 1.0).exit_code == 1
+
+
+# --- How a run ends (sparsity.maxtext.status, loop.end_of_run) and the fine-tuning count -----------------------
+
+
+def _maxtext_stop(exc):
+  """The StopTraining MaxText's own data loader raises when ``next(iterator)`` raises ``exc``."""
+  from maxtext.common import data_loader  # pylint: disable=import-outside-toplevel
+
+  stop = hook.modules.exceptions().StopTraining
+  try:
+    with data_loader.loader_exception_guard(type("C", (), {"elastic_enabled": False})()):
+      raise exc
+  except stop as e:
+    return e
+  raise AssertionError("MaxText's loader guard did not raise StopTraining")
+
+
+def test_the_end_of_data_is_told_from_a_failing_data_pipeline():
+  out_of_data = _maxtext_stop(StopIteration())
+  assert status.of_stop(str(out_of_data), out_of_data.__context__) == status.DATA_EXHAUSTED
+  corrupt = _maxtext_stop(OSError("corrupted record at 10356"))
+  assert "data" in str(corrupt).lower()  # what the old rule ("data" in the reason) took for the end of the data
+  assert status.of_stop(str(corrupt), corrupt.__context__) == status.FAILED
+  assert status.of_stop(str(corrupt)) == status.FAILED  # also from the message alone (older summaries)
+  assert status.of_stop(str(out_of_data)) == status.DATA_EXHAUSTED
+  assert status.of_stop("Target loss self.config.target_eval_loss=2.5 is achieved.") == status.TARGET_EVAL_LOSS
+  assert status.of_stop("Job received termination signal (SIGTERM).") == status.PREEMPTED
+  assert status.of_stop("something MaxText does not say today") == status.FAILED
+  cfg = type("C", (), {"steps": 10})()
+  rec = loop.LoopRecord()
+  rec.stop_reason, rec.stop_cause = str(corrupt), corrupt.__context__
+  assert loop.end_of_run(cfg, rec, 4) == (status.FAILED, "OSError: corrupted record at 10356")
+  rec.stop_reason, rec.stop_cause = str(out_of_data), out_of_data.__context__
+  assert loop.end_of_run(cfg, rec, 4) == (status.DATA_EXHAUSTED, None)
+  rec.stop_reason, rec.stop_cause = "Target loss self.config.target_eval_loss=2.5 is achieved.", None
+  assert loop.end_of_run(cfg, rec, 4) == (status.TARGET_EVAL_LOSS, None)
+  assert loop.end_of_run(cfg, rec, 10) == (status.COMPLETED, None)  # reached by the last step's evaluation
+  assert loop.end_of_run(cfg, loop.LoopRecord(), 10) == (status.COMPLETED, None)
+  end, why = loop.end_of_run(cfg, loop.LoopRecord(), 7)  # fewer steps and no stop: never a completed run
+  assert end == status.FAILED and "after 7 of 10 steps" in why
+
+
+def test_old_summaries_get_an_end_status():
+  assert status.of_summary({"steps": 10, "steps_trained": 10}) == status.COMPLETED
+  assert status.of_summary({"stopped_early": False}) == status.COMPLETED
+  assert status.of_summary({"run_name": "a"}) == status.COMPLETED  # nothing to tell: the oldest summaries
+  assert status.of_summary({"steps": 10, "steps_trained": 4}) == status.FAILED  # stopped without a reason
+  old_out = {"stopped_early": True, "data_ran_out": True,
+             "stop_reason": "You may have run out of training data. Received <class 'StopIteration'> exception: ()"}
+  assert status.of_summary(old_out) == status.DATA_EXHAUSTED
+  # the old summary of a corrupt shard said data_ran_out (its reason mentions "data"): it was a failure
+  old_corrupt = {"stopped_early": True, "data_ran_out": True, "stop_reason": "`next(self.data_iterator)` failed with "
+                 "<class 'tensorflow.python.framework.errors_impl.DataLossError'> exception: (corrupted record)."}
+  assert status.of_summary(old_corrupt) == status.FAILED
+  assert status.of_summary({"end_status": "preempted", "stopped_early": False}) == status.PREEMPTED
+  with pytest.raises(ValueError, match="unknown end_status 'done'"):
+    status.of_summary({"end_status": "done"})
+
+
+def test_fine_tuning_mask_is_counted_from_the_loaded_weights():
+  plan = sparsity.PrunePlan(schedules.make_schedule(12, 0.0, interval=2), init_mask_from_zeros=True)
+  state = _state(plan)
+  flat = dict(flatten(state)[0])
+  zeros = {"decoder/layers/mlp/wi_0/kernel": 37, "decoder/logits_dense/kernel": 5, "token_embedder/embedding": 11}
+  for name, n in zeros.items():
+    key = layout.STATE_PARAMS + name
+    flat[key] = flat[key].reshape(-1).at[:n].set(0.0).reshape(flat[key].shape)
+  state = nest(flat)
+  prunable = 8 * 2 * 16 + 16 * 2 * 8 + 8 * 40  # the three kernels (the embedding is not prunable)
+  # brute force: every prunable weight that is not zero (the embedding's zeros do not count)
+  assert loop.fixed_mask_count(state, 0) == prunable - 37 - 5
+  assert loop.fixed_mask_count(state, 3) == prunable  # resuming: the restored masks (all True here)
+
+
+def test_fixed_mask_metrics_round_each_count_once():
+  # 2**24 + 1 kept and one non-prunable weight: 2**24 + 2 active, a float32; adding 1 to float32(2**24 + 1) (which
+  # rounds to 2**24) would give 2**24.
+  kept = threshold.wide_const(2**24 + 1)
+  m = jax.jit(lambda k, s: hook.fixed_mask_metrics(k, s, 2**25, 1, 8))(kept, jnp.int32(2))
+  assert float(m["sparsity/active_params"]) == 2**24 + 2 == float(m["sparsity/avg_active_params"])
+  assert float(m["sparsity/density"]) == pytest.approx((2**24 + 1) / 2**25, rel=1e-7)
+  assert float(m["sparsity/effective_flops"]) == pytest.approx(6 * 8 * 3 * (2**24 + 1), rel=1e-7)
+  big = threshold.wide_const(3 * 2**31 + 12345)  # past int32: exact limbs, one rounding
+  m = jax.jit(lambda k, s: hook.fixed_mask_metrics(k, s, 2**34, 7, 8))(big, jnp.int32(0))
+  assert float(m["sparsity/active_params"]) == float(np.float32(3 * 2**31 + 12345 + 7))

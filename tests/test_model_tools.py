@@ -440,6 +440,10 @@ def test_sparse_finetune_holds_the_zero_set(sparse_run, tmp_path, c4_path):
   s0 = json.loads(open(layout.summary_path(sparse_run)).read())
   s1 = json.loads(open(layout.summary_path(tmp_path / "finetune")).read())
   assert s1["final_active_params"] == s0["final_active_params"] and np.isfinite(s1["final_train_loss"])
+  # the fixed mask's count is the loaded weights' non-zero prunable count (checked at the end of the run against the
+  # final masks), an exact integer
+  nonzero = sum(int(np.count_nonzero(before.params[n])) for n in before.masks)
+  assert s1["end_status"] == "completed" and s1["prune_steps"] == [0] and s1["kept_after_events"] == [nonzero]
 
 
 @pytest.mark.slow

@@ -33,7 +33,16 @@ def test_prune_and_recover_records_l0_and_the_trajectory(tmp_path, c4_path):
   for name, mask in state.masks.items():
     assert not np.any(state.params[name][~mask]), name
   kept = sum(int(m.sum()) for m in state.masks.values())
-  assert kept == sum(m.size for m in state.masks.values()) // 2  # one global threshold at 50%
+  assert kept == sum(m.size for m in state.masks.values()) // 2  # 50% (every tensor here has an even size)
+  # One global threshold, by brute force: the masks keep exactly the loaded (dense) weights whose magnitude is among
+  # the largest half of all prunable weights together (a full sort), which per-tensor halves would not.
+  loaded = final_state(tmp_path / "dense").params
+  mags = np.sort(np.concatenate([np.abs(loaded[n]).ravel() for n in state.masks]))[::-1]
+  t = mags[kept - 1]
+  assert mags[kept] < t  # no tie at the threshold: the kept set is unique
+  for name, mask in state.masks.items():
+    np.testing.assert_array_equal(mask, np.abs(loaded[name]) >= t, err_msg=name)
+  assert any(int(m.sum()) != m.size // 2 for m in state.masks.values())  # not half of every tensor
   code, out, err = run_cli(["collect", tmp_path, "--trajectories", "--out", "-", "--json"])
   assert code == 0, err[-2000:]
   import json  # pylint: disable=import-outside-toplevel

@@ -58,6 +58,7 @@ def test_collect_rows_match_summaries(runs_dir):
     assert (row["tokens"], row["params"], row["nonzero_params"]) == (s["tokens"], s["total_params"],
                                                                       s["final_active_params"])
     assert json.loads(row["prune_steps"]) == s["prune_steps"]
+    assert json.loads(row["kept_after_events"]) == s["kept_after_events"] and row["end_status"] == "completed"
     if s["target_sparsity"] > 0:  # measured compute split (no manifest here)
       assert (row["dense_fraction"], row["pruning_fraction"]) in [pytest.approx(x, abs=0.011) for x in SPLITS]
     else:
@@ -115,20 +116,49 @@ def test_report_uses_a_given_law_file_and_skips_what_it_cannot_draw(runs_dir, tm
   assert "schedule_sweep: not drawn" in (tmp_path / "out2" / "report.md").read_text()
 
 
-def test_active_curves_reproduce_n_avg_and_pair_with_dense_runs(runs_dir):
+def test_active_curves_reproduce_n_avg(runs_dir):
   df = collect.collect(str(runs_dir))
-  partners = report.dense_partners(df)
   for _, row in df.iterrows():
     edges, active = report.active_curve(row)
     assert edges[0] == 0 and edges[-1] == row["tokens"]
     mean = float(np.sum(np.diff(edges) * active) / row["tokens"])
     assert mean == pytest.approx(row["avg_params"], rel=1e-12)
-    if row["target_sparsity"] > 0:
-      p = df.set_index("run_name").loc[partners[row["run_name"]]]
-      assert p["target_sparsity"] == 0 and p["tokens"] == row["tokens"]
-      dense_same_tokens = df[(df["target_sparsity"] == 0) & (df["tokens"] == row["tokens"])]
-      best = np.min(np.abs(np.log(dense_same_tokens["params"] / row["avg_params"])))
-      assert abs(np.log(p["params"] / row["avg_params"])) == pytest.approx(best)
+    assert report.curve_average(row) == pytest.approx(row["avg_params"], rel=1e-12)
+
+
+def test_dense_partners_are_the_closest_in_log_scale_with_the_same_tokens():
+  # Hand-made: sparse N_avg 100 at 1000 tokens; dense runs of 55 and 150 params at 1000 tokens (150 is closer in
+  # log scale, 55 in linear scale), one of exactly 100 params at other tokens; a sparse run whose tokens no dense
+  # run has.
+  df = pd.DataFrame([
+      {"run_name": "sparse", "target_sparsity": 0.5, "tokens": 1000, "params": 200, "avg_params": 100.0},
+      {"run_name": "d55", "target_sparsity": 0.0, "tokens": 1000, "params": 55, "avg_params": 55.0},
+      {"run_name": "d150", "target_sparsity": 0.0, "tokens": 1000, "params": 150, "avg_params": 150.0},
+      {"run_name": "d100-other-tokens", "target_sparsity": 0.0, "tokens": 2000, "params": 100, "avg_params": 100.0},
+      {"run_name": "lonely", "target_sparsity": 0.8, "tokens": 3000, "params": 200, "avg_params": 90.0},
+  ])
+  assert report.dense_partners(df) == {"sparse": "d150", "lonely": None}
+
+
+def test_curves_are_what_was_trained():
+  # Hand-made: 1,000 prunable + 50 other weights, 4 tokens a step; a run configured for 100 steps with events at
+  # 10..60 that stopped after 45 steps, whose (per-tensor) counts are not the schedule's global rounding.
+  row = {"steps": 100, "steps_trained": 45, "prune_steps": json.dumps([10, 20, 30, 40, 50, 60]),
+         "kept_after_events": json.dumps([901, 802, 703, 604, 505, 406]), "target_sparsity": 0.6,
+         "sparsity_schedule": "geometric", "prunable_params": 1000, "non_prunable_params": 50, "tokens_per_step": 4}
+  edges, active = report.active_curve(row)
+  assert list(edges) == [0, 40, 80, 120, 160, 180]  # up to the 45 steps trained, not the 100 configured
+  assert list(active) == [1050, 951, 852, 753, 654]
+  assert report.curve_average(row) == (10 * 1050 + 10 * 951 + 10 * 852 + 10 * 753 + 5 * 654) / 45
+  # A fine-tuning run: its mask fixed at step 0 (target_sparsity 0, one "event" at 0 keeping 400).
+  ft = dict(row, steps=20, steps_trained=20, prune_steps="[0]", kept_after_events="[400]", target_sparsity=0.0)
+  edges, active = report.active_curve(ft)
+  assert list(edges) == [0, 80] and list(active) == [450] and report.curve_average(ft) == 450
+  # An older table (no steps_trained, no kept_after_events): the planned schedule with one global rounding.
+  old = {k: v for k, v in row.items() if k not in ("steps_trained", "kept_after_events")}
+  sched = schedules.Schedule(100, (10, 20, 30, 40, 50, 60), schedules.event_densities(6, 0.6, "geometric"))
+  edges, active = report.active_curve(old)
+  assert edges[-1] == 400 and list(active) == [sched.active_at(s, 1000, 50) for s in (0, 10, 20, 30, 40, 50, 60)]
 
 
 def test_cli_collect_and_report(runs_dir, tmp_path):
@@ -160,3 +190,64 @@ def test_cli_collect_and_report(runs_dir, tmp_path):
   assert code == 1 and "matches no collected run" in err
   code, out, _ = run_cli(["report", csv, "--out", tmp_path / "rep", "--force", "--json"])
   assert code == 0 and set(json.loads(out)["figures"]) == set(report.FIGURES)
+
+
+def _cli(capsys, *args):
+  """``python -m sparsity ARGS`` in this process: (exit code, stdout, stderr)."""
+  from sparsity import cli  # pylint: disable=import-outside-toplevel
+
+  try:
+    code = cli.main([str(a) for a in args])
+  except SystemExit as e:  # argparse's usage errors
+    code = e.code
+  out = capsys.readouterr()
+  return code, out.out, out.err
+
+
+def test_runs_that_did_not_complete_are_not_results(tmp_path, capsys):
+  """collect leaves them out (or lists them marked, when asked), fit refuses them; older summaries too."""
+  sched = schedules.make_schedule(40, 0.5, "geometric", 0.25, 0.75, 10)
+  acc = accounting.from_schedule(sched, 1000, 100, 64)
+
+  def write(name, **extra):
+    loop.write_summary(str(tmp_path / name), {"run_name": name, "target_sparsity": 0.5, "sparsity_schedule": "geometric",
+                                              **acc.summary(), "final_eval_loss": 3.0, "final_eval_step": 39, **extra})
+
+  write("done", end_status="completed", error=None)
+  write("older-done")  # no end_status: a summary from before the key existed, of a run that trained every step
+  short = acc.summary(steps_trained=12)
+  write("out", **short, stopped_early=True, end_status="data_exhausted", error=None, final_eval_step=11)
+  write("older-corrupt", **short, stopped_early=True, data_ran_out=True, final_eval_step=5,  # eval before the end
+        stop_reason="`next(self.data_iterator)` failed with <class 'OSError'> exception: (bad shard).")
+  loop.write_summary(str(tmp_path / "broken"), {"run_name": "broken", "end_status": "failed", "steps": 40,
+                                                "steps_trained": 3, "error": "OSError: bad shard"})
+  df = collect.collect(str(tmp_path))
+  assert list(df["run_name"]) == ["done", "older-done"] and set(df["end_status"]) == {"completed"}
+  assert df.attrs["incomplete"] == {"broken": "failed", "older-corrupt": "failed", "out": "data_exhausted"}
+  every = collect.collect(str(tmp_path), include_incomplete=True).set_index("run_name")
+  assert dict(every["end_status"]) == {"broken": "failed", "done": "completed", "older-corrupt": "failed",
+                                       "older-done": "completed", "out": "data_exhausted"}
+  assert every.loc["broken", "error"] == "OSError: bad shard" and every.loc["out", "tokens"] == 12 * 64
+  assert np.isnan(every.loc["older-corrupt", "loss"])  # its eval predates its end: no loss, and no error either
+  rep = report.write_report(every.reset_index(), str(tmp_path / "report"))  # drawn and listed, marked, not fitted
+  assert sorted(rep.shown["active_params"]) == ["done", "older-corrupt", "older-done", "out"]  # "broken": no counts
+  assert "2 runs: fitting the avg_param law needs more than 5" in rep.skipped["predicted_vs_actual"]
+  table = (tmp_path / "report" / report.TABLE_FILE).read_text()
+  assert "| run | end |" in table and "| out | data_exhausted |" in table and "| done | completed |" in table
+  code, out, err = _cli(capsys, "collect", tmp_path, "--out", tmp_path / "results.csv")
+  assert code == 0 and "2 runs" in out
+  assert "3 runs did not complete their schedule" in err and "out (data_exhausted)" in err
+  code, _, err = _cli(capsys, "collect", tmp_path, "--out", tmp_path / "all.csv", "--include-incomplete")
+  assert code == 0 and "kept and marked by the end_status column" in err
+  assert sorted(pd.read_csv(tmp_path / "all.csv")["end_status"]) == ["completed"] * 2 + ["data_exhausted"] + \
+      ["failed"] * 2
+  for data in (tmp_path, tmp_path / "all.csv"):  # a directory of summaries, or a CSV that includes them
+    code, _, err = _cli(capsys, "fit", "--law", "avg_param", "--data", data, "--out", "-")
+    assert code == 1 and "3 of 5 runs did not complete their schedule" in err, err[-2000:]
+    assert "broken (failed)" in err and "out (data_exhausted)" in err and "older-corrupt (failed)" in err
+  only_bad = tmp_path / "bad"
+  only_bad.mkdir()
+  for name in ("out", "broken"):
+    os.rename(tmp_path / name, only_bad / name)
+  with pytest.raises(ValueError, match="none of the 2 runs under .* completed its schedule"):
+    collect.collect(str(only_bad))

@@ -3,6 +3,7 @@ scope, every optimizer MaxText offers, an extension point that is not reached.""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -13,7 +14,8 @@ import pytest
 from conftest import (C4_TFDS, ROOT, TINY, cpu_env, final_state, kill_at_checkpoint, read_summary, read_tensorboard,
                       run_cli, run_train, start_train)
 from sparsity.core import compute, pruner, schedules
-from sparsity.maxtext import launch, layout
+from sparsity.experiments import collect, sweep
+from sparsity.maxtext import launch, layout, status
 
 pytestmark = pytest.mark.slow
 
@@ -133,6 +135,7 @@ def test_data_that_runs_out_ends_with_a_summary_of_the_steps_trained(tmp_path, c
                    "run_name=out"], tmp_path)
   s = read_summary(tmp_path, "out")
   assert s["stopped_early"] and s["data_ran_out"] and "run out of training data" in s["stop_reason"]
+  assert s["end_status"] == "data_exhausted" and s["error"] is None  # MaxText's graceful stop: exit code 0
   assert not s["target_reached"] and "before its pruning schedule ended" in out.stdout + out.stderr
   trained = s["steps_trained"]
   assert 100 < trained < 150 and s["steps"] == 300 and s["tokens"] == trained * 8 * 256
@@ -148,6 +151,38 @@ def test_data_that_runs_out_ends_with_a_summary_of_the_steps_trained(tmp_path, c
   tb = read_tensorboard(tmp_path / "out" / layout.TENSORBOARD)
   assert s["final_eval_loss"] == pytest.approx(tb["eval/avg_loss"][trained - 1], rel=1e-6)
   assert "sparsity summary written" in out.stdout + out.stderr
+
+
+def test_a_data_pipeline_that_raises_fails_the_run(tmp_path, c4_path):
+  # A copy of the C4 slice with a corrupt record near the start of its fourth train shard. Without shuffling or
+  # packing the tfds pipeline reaches it after about a dozen steps; tf.data raises DataLossError, which MaxText's data
+  # loader turns into StopTraining as it does the end of the data.
+  data = tmp_path / "c4"
+  shutil.copytree(c4_path, data)
+  for root, _, files in os.walk(data):
+    os.chmod(root, 0o755)
+    for f in files:
+      os.chmod(os.path.join(root, f), 0o644)
+  with open(data / "c4" / "en" / "3.1.0" / "__local_c4_builder-train.tfrecord-00003-of-00008", "r+b") as f:
+    f.seek(20000)
+    f.write(b"\xff" * 64)
+  out = run_train(["configs/sparse_base.yml", *TINY, "dataset_type=tfds", f"dataset_path={data}",
+                   "dataset_name=c4/en:3.1.0", "eval_dataset_name=c4/en:3.1.0", "tokenizer_path=tokenizer.llama2",
+                   "enable_data_shuffling=false", "packing=false", "per_device_batch_size=4", "steps=100",
+                   "pruning_interval=10", "run_name=corrupt"], tmp_path / "out", check=False)
+  text = out.stdout + out.stderr
+  assert out.returncode == 1, text[-3000:]
+  s = read_summary(tmp_path / "out", "corrupt")
+  assert s["end_status"] == "failed" and s["error"].startswith("DataLossError: ") and "corrupted record" in s["error"]
+  assert s["stopped_early"] and not s["data_ran_out"] and "training failed after" in text
+  trained = s["steps_trained"]
+  assert 0 < trained < 100 and s["tokens"] == trained * 4 * 64 and s["steps"] == 100
+  done = [k for e, k in zip(s["prune_steps"], s["kept_after_events"]) if e < trained]
+  assert done and s["final_active_params"] == done[-1] + s["non_prunable_params"]  # the counts of what it trained
+  # Not a result: the sweep would run it again, collect leaves it out.
+  assert sweep.end_status(str(tmp_path / "out"), "corrupt") == (status.FAILED, s["error"])
+  with pytest.raises(ValueError, match="none of the 1 runs .* completed its schedule"):
+    collect.collect(str(tmp_path / "out"))
 
 
 @pytest.mark.parametrize("target", [0.63, 0.8, 0.95])

@@ -209,6 +209,71 @@ def test_local_launcher_records_failures_goes_on_and_resumes(tmp_path):
       ("skipped", "run0"), ("failed", "run1"), ("failed", "run2"), ("ok", "run3")]
 
 
+# A stand-in whose first attempt at a run ends as its ``first`` value says, and whose second attempt completes.
+RESUMING_TRAIN = f"SUMMARY_FILE = {layout.SUMMARY_FILE!r}" + r"""
+import json, os, sys
+args = dict(a.split("=", 1) for a in sys.argv[2:])
+out = os.path.join(args["base_output_directory"], args["run_name"])
+os.makedirs(out, exist_ok=True)
+attempts = os.path.join(out, "attempts")
+n = int(open(attempts).read()) + 1 if os.path.exists(attempts) else 1
+open(attempts, "w").write(str(n))
+first = args["first"] if n == 1 else "completed"
+summary = {"run_name": args["run_name"], "end_status": first, "error": "OSError: bad shard" if first == "failed" else None}
+if first == "old-data-ran-out":  # a summary written before end_status existed
+  summary = {"run_name": args["run_name"], "stopped_early": True, "data_ran_out": True,
+             "stop_reason": "You may have run out of training data. Received <class 'StopIteration'> exception: ()"}
+json.dump(summary, open(os.path.join(out, SUMMARY_FILE), "w"))
+sys.exit(1 if first == "failed" else 0)
+"""
+
+
+def test_local_launcher_reruns_every_run_that_did_not_complete(tmp_path):
+  script = tmp_path / "resuming_train.py"
+  script.write_text(RESUMING_TRAIN)
+  ends = ["completed", "data_exhausted", "target_eval_loss", "preempted", "failed", "old-data-ran-out"]
+  spec = _spec(tmp_path, axes={"first": ends}, run_name="{first}")
+  runs = sweep.expand(spec)
+  out = str(tmp_path / "out")
+  first = sweep.run_local(runs, out, train_script=str(script), progress=False)
+  assert first.ok == ["completed"] and first.exit_code == 1
+  reasons = {f["run_name"]: f["reason"] for f in first.failed}
+  assert reasons == {"data_exhausted": "ended data_exhausted", "target_eval_loss": "ended target_eval_loss",
+                     "preempted": "ended preempted", "failed": "exit code 1, ended failed: OSError: bad shard",
+                     "old-data-ran-out": "ended data_exhausted: You may have run out of training data. Received "
+                                         "<class 'StopIteration'> exception: ()"}
+  # The same sweep again: the completed run is skipped, every other one runs again (and completes this time).
+  second = sweep.run_local(runs, out, train_script=str(script), progress=False)
+  assert second.skipped == ["completed"] and second.ok == ends[1:] and not second.failed
+  for name in ends:
+    assert (tmp_path / "out" / name / "attempts").read_text() == ("1" if name == "completed" else "2"), name
+  assert [sweep.end_status(out, n)[0] for n in ends] == ["completed"] * len(ends)
+
+
+def test_a_sweep_that_selects_no_run_is_a_clear_usage_error(tmp_path, capsys):
+  from sparsity import cli  # pylint: disable=import-outside-toplevel
+
+  def run_cli(args):  # in this process: (exit code, stdout, stderr)
+    with pytest.raises(SystemExit) as e:
+      cli.main([str(a) for a in args])
+    out = capsys.readouterr()
+    return e.value.code, out.out, out.err
+
+  spec = tmp_path / "spec.yml"
+  spec.write_text(yaml.safe_dump({"name": "few", "base": os.path.join(ROOT, "configs", "sparse_base.yml"),
+                                  "axes": {"target_sparsity": [0.5, 0.8]}, "run_name": "s{target_sparsity}"}))
+  code, _, err = run_cli(["sweep", spec, "--dry-run", "--limit", "0"])
+  assert code == 2 and "--limit must be >= 1 (--limit 0 selects no run)" in err and "Traceback" not in err
+  empty = tmp_path / "empty.yml"
+  empty.write_text(yaml.safe_dump({"name": "none", "base": os.path.join(ROOT, "configs", "sparse_base.yml"),
+                                   "axes": {"target_sparsity": [0.5, 0.8]}, "constraints": ["target_sparsity > 0.9"],
+                                   "run_name": "s{target_sparsity}"}))
+  for launcher in ("local", "xpk"):
+    code, _, err = run_cli(["sweep", empty, "--dry-run", "--launcher", launcher])
+    assert code == 2 and "sweep none" in err and "its constraints keep none of its 2 combinations" in err, err[-2000:]
+    assert "Traceback" not in err
+
+
 def test_manifest_merges_runs_of_earlier_invocations(tmp_path):
   spec = _spec(tmp_path, labels=["tag"], axes={"k": [0, 1]}, derived={"tag": "'t' + str(k)"}, run_name="run{k}")
   runs = sweep.expand(spec)
@@ -485,7 +550,8 @@ def test_real_sweep_resumes_only_missing_runs_and_records_a_failure(tiny_sweep):
   with open(out / sweep.FAILURES_FILE) as f:
     failures = json.load(f)
   assert [(f["run_name"], f["returncode"] != 0) for f in failures] == [("tiny-s1.5-geometric", True)]
-  assert "target_sparsity" in failures[0]["tail"]
+  # the run's own error, not the log's first line (the command, which names target_sparsity too)
+  assert "target_sparsity\n  Input should be less than 1" in failures[0]["tail"]
   assert os.path.isfile(sweep.summary_path(str(out), "tiny-s0.5-cubic"))
   df = collect.collect(str(out))
   assert list(df["run_name"]) == sorted(NAMES)

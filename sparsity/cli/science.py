@@ -49,6 +49,7 @@ def _fit(p: argparse.ArgumentParser) -> Runner:
       res = scaling_laws.fit("p2", df, loo=not args.no_loo, groups=df["run_name"] if "run_name" in df else None)
     else:
       df = results.load_runs(data_path(args))
+      results.require_completed(df, data_path(args))
       res = scaling_laws.fit(args.law, df, loo=not args.no_loo)
     out = res.to_json()
     if "run_name" in df:
@@ -86,11 +87,13 @@ def _p2_data(path: str):
 
   import pandas as pd  # pylint: disable=import-outside-toplevel
 
-  from sparsity.experiments import collect  # pylint: disable=import-outside-toplevel
+  from sparsity.experiments import collect, results  # pylint: disable=import-outside-toplevel
 
   if not os.path.exists(path):
     raise FileNotFoundError(path)
-  return collect.trajectories(path) if os.path.isdir(path) else pd.read_csv(path)
+  df = collect.trajectories(path) if os.path.isdir(path) else pd.read_csv(path)
+  results.require_completed(df, path)
+  return df
 
 
 def p2_quality(res, df) -> dict[str, float]:

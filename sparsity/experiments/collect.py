@@ -14,6 +14,11 @@
   ``sparsity.science.compute_fractions.measured_fractions``, rounded to ``FRACTION_DIGITS`` decimals (sparse runs only).
 
 Rows are sorted by ``run_name``; a run missing from every manifest keeps NaN in the joined columns.
+
+Only runs that completed their schedule are results (``end_status``, ``sparsity.maxtext.status``): the others (data
+exhausted, ``target_eval_loss``, preempted, failed) are left out, or kept with ``include_incomplete`` and then
+marked by the ``end_status`` column (every row has it) and ``error``. ``collect`` raises if nothing is left; the
+table's ``attrs["incomplete"]`` maps every incomplete run (left out or not) to its end status.
 """
 
 from __future__ import annotations
@@ -31,19 +36,20 @@ import yaml
 from sparsity.science import compute_fractions
 from sparsity.core import compute, schedules
 from sparsity.core.config import SPARSITY_KEYS, SparsityKeys
-from sparsity.maxtext import yaml_chain
+from sparsity.maxtext import status, yaml_chain
 from sparsity.experiments import results
 from sparsity.experiments.sweep import MANIFEST_FILE
 
 SUMMARY_EXTRAS = ("final_train_loss", "final_eval_loss", "final_eval_step", "target_sparsity", "final_sparsity",
-                  "sparsity_schedule", "steps", "steps_trained", "stopped_early", "tokens_per_step", "prune_steps", "prunable_params", "non_prunable_params",
-                  "total_params", "final_active_params", "avg_active_params", "effective_flops", "dense_flops",
-                  "schedule_split")
+                  "sparsity_schedule", "steps", "steps_trained", "stopped_early", "error", "tokens_per_step",
+                  "prune_steps", "kept_after_events", "prunable_params", "non_prunable_params", "total_params",
+                  "final_active_params", "avg_active_params", "effective_flops", "dense_flops", "schedule_split")
+LIST_EXTRAS = ("prune_steps", "kept_after_events")  # kept as JSON list strings
 SCHEDULE_KEYS = ("prune_start_fraction", "prune_end_fraction", "pruning_interval", "sparsity_schedule",
                  "target_sparsity")
 JOINED_KEYS = SCHEDULE_KEYS + ("learning_rate",)
 FRACTION_DIGITS = 2
-LEADING = ("run_name", "loss", "tokens", "params", "avg_params", "nonzero_params", "sparsity", "final_train_loss",
+LEADING = ("run_name", "end_status", "loss", "tokens", "params", "avg_params", "nonzero_params", "sparsity", "final_train_loss",
            "final_eval_loss", "target_sparsity", "sparsity_schedule", "prune_start_fraction", "prune_end_fraction",
            "pruning_interval", "dense_fraction", "pruning_fraction", "learning_rate", "steps", "tokens_per_step")
 
@@ -128,22 +134,30 @@ def _number(v: Any) -> Any:
   return v
 
 
-def collect(directory: str, manifests: Iterable[str] = ()) -> pd.DataFrame:
+def collect(directory: str, manifests: Iterable[str] = (), include_incomplete: bool = False) -> pd.DataFrame:
   """The results table of the runs under ``directory`` (see the module docstring).
 
   Raises:
-    FileNotFoundError / ValueError: from ``load_runs`` (no directory, no summaries, invalid JSON).
+    FileNotFoundError / ValueError: from ``load_runs`` (no directory, no summaries, invalid JSON); no completed run
+      (without ``include_incomplete``).
   """
   if os.path.exists(directory) and not os.path.isdir(directory):
     raise ValueError(f"{directory} is not a directory of runs")
   base = results.load_runs(directory)
+  left = base[results.incomplete(base)]
+  if not include_incomplete:
+    base = base[~results.incomplete(base)]
+    if base.empty:
+      raise ValueError(f"none of the {len(left)} runs under {directory} completed its schedule ("
+                       + ", ".join(f"{n}: {e}" for n, e in zip(left["run_name"], left["end_status"])) +
+                       "); --include-incomplete lists them")
   entries, columns = manifest_runs([*find_manifests(directory), *manifests])
   rows = []
   for row in base.to_dict("records"):
     summary = results.read_json(row["source"])
     for k in SUMMARY_EXTRAS:
       v = summary.get(k)
-      row[k] = json.dumps(v) if k == "prune_steps" and v is not None else v
+      row[k] = json.dumps(v) if k in LIST_EXTRAS and v is not None else v
     entry = entries.get(row["run_name"], {})
     values = entry.get("values", {})
     config = None
@@ -168,18 +182,21 @@ def collect(directory: str, manifests: Iterable[str] = ()) -> pd.DataFrame:
   df = pd.DataFrame(rows)
   lead = [c for c in LEADING if c in df.columns]
   df = df[lead + [c for c in df.columns if c not in lead]]
-  return df.sort_values("run_name", kind="stable").reset_index(drop=True)
+  df = df.sort_values("run_name", kind="stable").reset_index(drop=True)
+  df.attrs["incomplete"] = dict(zip(left["run_name"], left["end_status"]))  # run name -> end_status
+  return df
 
 
 TRAJECTORY_COLUMNS = ("run_name", "N0", "rho", "D", "L0", "loss", "loss_after_pruning", "step", "structure", "scope",
-                      "score", "prunable_params", "final_active_params", "tokens_per_step")
+                      "score", "prunable_params", "final_active_params", "tokens_per_step", "end_status")
 
 
-def trajectories(directory: str) -> pd.DataFrame:
+def trajectories(directory: str, include_incomplete: bool = False) -> pd.DataFrame:
   """The P2 law's table from the prune-and-recover runs under ``directory``: one row per evaluation after the
   recovery started (``D > 0``), with ``run_name``, ``N0`` (parameters before pruning), ``rho`` (the fraction of
   prunable weights removed), ``D`` (recovery tokens so far), ``L0`` (eval loss before pruning), ``loss`` and the
-  run's settings. Runs without a ``recovery`` record (not started from a checkpoint) are skipped.
+  run's settings. Runs without a ``recovery`` record (not started from a checkpoint) are skipped, and so are runs that
+  did not complete their schedule unless ``include_incomplete`` (then marked by ``end_status``).
 
   Raises:
     ValueError: no prune-and-recover run under ``directory``.
@@ -190,6 +207,9 @@ def trajectories(directory: str) -> pd.DataFrame:
     rec = s.get("recovery")
     if not rec or rec.get("loss_before_pruning") is None:
       continue
+    end = status.of_summary(s)
+    if end != status.COMPLETED and not include_incomplete:
+      continue
     for e in s.get("eval_history", []):
       if e.get("loss") is None:
         continue
@@ -198,10 +218,11 @@ def trajectories(directory: str) -> pd.DataFrame:
                    "step": e["step"], "structure": s.get("pruning_structure", "unstructured"),
                    "scope": s.get("pruning_scope"), "score": s.get("pruning_score"),
                    "prunable_params": s["prunable_params"], "final_active_params": s["final_active_params"],
-                   "tokens_per_step": s["tokens_per_step"]})
+                   "tokens_per_step": s["tokens_per_step"], "end_status": end})
   if not rows:
     raise ValueError(f"no prune-and-recover run under {directory} (summaries with a 'recovery' record: runs started "
-                     "from load_parameters_path with a pruning event at step 0 and eval_interval > 0)")
+                     "from load_parameters_path with a pruning event at step 0 and eval_interval > 0"
+                     + ("" if include_incomplete else ", that completed their schedule") + ")")
   return pd.DataFrame(rows, columns=list(TRAJECTORY_COLUMNS)).sort_values(["run_name", "D"], kind="stable") \
       .reset_index(drop=True)
 
@@ -216,5 +237,5 @@ def missing_schedule_keys(df: pd.DataFrame) -> list[str]:
   return out
 
 
-__all__ = ["SUMMARY_EXTRAS", "SCHEDULE_KEYS", "TRAJECTORY_COLUMNS", "trajectories", "schedule_from_summary", "find_manifests", "manifest_runs", "config_values", "collect",
+__all__ = ["SUMMARY_EXTRAS", "LIST_EXTRAS", "SCHEDULE_KEYS", "TRAJECTORY_COLUMNS", "trajectories", "schedule_from_summary", "find_manifests", "manifest_runs", "config_values", "collect",
            "missing_schedule_keys"]

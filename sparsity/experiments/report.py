@@ -4,9 +4,11 @@ Figures (PNG, matplotlib Agg), written to the output directory:
 
 * ``active_params.png`` (paper Fig. 1 left): active parameters over training tokens for each sparse run
   (solid) and its dense partner (dashed, same colour: the dense run with the same tokens whose parameter
-  count is closest to the sparse run's N_avg), N_avg as a dotted line. Curves are rebuilt from each
-  summary's ``prune_steps`` and counts with ``sparsity.core.schedules`` (exact: their mean equals the summary's
-  ``avg_active_params``).
+  count is closest to the sparse run's N_avg), N_avg as a dotted line. Curves are rebuilt from what each run
+  trained: its ``steps_trained`` and the events before them, with the counts they kept (``kept_after_events``,
+  the run's own rounding: global or per tensor, or a fine-tuning run's fixed mask), by
+  ``sparsity.core.accounting`` (exact: their mean equals the summary's ``avg_active_params``). A table without
+  these columns (older ``collect`` CSVs) falls back to ``steps`` and the schedule's global rounding.
 * ``loss_vs_avg_params.png`` (Fig. 1 right): final loss against N_avg, sparse and dense runs.
 * ``schedule_sweep.png`` (Fig. 4): loss per (dense fraction, pruning fraction) tuple, in percent of
   training compute, one line per target sparsity (and schedule, when several), one panel per model size
@@ -14,7 +16,9 @@ Figures (PNG, matplotlib Agg), written to the output directory:
   Needs ``dense_fraction`` / ``pruning_fraction`` (``collect`` derives them from the schedule keys).
 * ``predicted_vs_actual.png`` (Fig. 3): loss predicted by a scaling law against the actual loss. The law
   comes from ``law_file``, or is fitted here (``avg_param``, written to ``law.json``) when there are more
-  runs than the law has parameters; otherwise the figure is skipped with a message.
+  runs than the law has parameters; otherwise the figure is skipped with a message. Only completed runs are fitted
+  (a table from ``collect --include-incomplete`` also lists the others; they are drawn and listed, marked by their
+  ``end_status``, but not fitted).
 
 ``report.md`` lists every run (``TABLE_COLUMNS``) and links the figures; figures that could not be drawn
 are listed with the reason.
@@ -33,7 +37,7 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from sparsity.experiments import collect
+from sparsity.experiments import collect, results
 from sparsity.science import plots, scaling_laws
 from sparsity.core import schedules
 
@@ -89,19 +93,49 @@ def schedule_of(row: Any) -> schedules.Schedule:
   return collect.schedule_from_summary(row)
 
 
-def active_curve(row: Any) -> tuple[np.ndarray, np.ndarray]:
-  """``(edges, active)``: active parameters are ``active[i]`` from token ``edges[i]`` to ``edges[i + 1]``."""
-  sched = schedule_of(row)
+def _listed(v: Any) -> list[int] | None:
+  """A list column (a list, or its JSON as ``collect`` writes it); None if missing."""
+  if isinstance(v, str):
+    v = json.loads(v)
+  if v is None or (not isinstance(v, (list, tuple)) and _missing(v)):
+    return None
+  return [int(x) for x in v]
+
+
+def trained_steps(row: Any) -> int:
+  """The steps the run trained: ``steps_trained``, else (older tables) ``steps``."""
+  v = row.get("steps_trained")
+  return int(row["steps"]) if _missing(v) else int(v)
+
+
+def accounting_of(row: Any):
+  """The run's ``sparsity.core.accounting.Accounting`` as trained (see the module docstring): its events and the
+  counts they kept."""
+  from sparsity.core import accounting  # pylint: disable=import-outside-toplevel  (JAX: only when drawing curves)
+
   prunable, non_prunable = int(row["prunable_params"]), int(row["non_prunable_params"])
-  starts = [0] + [s for s in sched.prune_steps if s > 0]
-  edges = np.array(starts + [sched.steps], float) * float(row["tokens_per_step"])
-  active = np.array([sched.active_at(s, prunable, non_prunable) for s in starts], float)
+  steps, kept = _listed(row.get("prune_steps")), _listed(row.get("kept_after_events"))
+  if steps is None or kept is None:  # an older table: the planned schedule with one global rounding
+    sched = schedule_of(row)
+    steps, kept = list(sched.prune_steps), list(sched.keep_counts(prunable))
+  return accounting.Accounting(steps=int(row["steps"]), prune_steps=tuple(steps), kept=tuple(kept), prunable=prunable,
+                               non_prunable=non_prunable, tokens_per_step=int(row["tokens_per_step"]))
+
+
+def active_curve(row: Any) -> tuple[np.ndarray, np.ndarray]:
+  """``(edges, active)``: active parameters are ``active[i]`` from token ``edges[i]`` to ``edges[i + 1]``, up to the
+  tokens the run trained."""
+  acc, trained = accounting_of(row), trained_steps(row)
+  starts = [0] + [s for s in acc.prune_steps if 0 < s < trained]
+  edges = np.array(starts + [trained], float) * float(acc.tokens_per_step)
+  active = np.array([acc.active_at(s) for s in starts], float)
   return edges, active
 
 
 def curve_average(row: Any) -> float:
   """N_avg of the rebuilt curve (equals the summary's ``avg_active_params`` when the summary is consistent)."""
-  return schedule_of(row).average_active(int(row["prunable_params"]), int(row["non_prunable_params"]))
+  trained = trained_steps(row)
+  return accounting_of(row).cumulative_active(trained - 1) / trained
 
 
 def dense_partners(df: pd.DataFrame) -> dict[str, str | None]:
@@ -128,9 +162,11 @@ def _save(fig: Figure, path: str) -> str:
 
 
 def plot_active_params(df: pd.DataFrame, path: str) -> list[str]:
-  """Figure 1 left (see the module docstring); returns the run names drawn."""
+  """Figure 1 left (see the module docstring); returns the run names drawn (runs without counts, e.g. one that
+  failed before its train state could be read, are not)."""
   fig = Figure(figsize=(9.5, 4.5))
   ax = fig.add_subplot()
+  df = df[df[["prunable_params", "non_prunable_params", "tokens_per_step", "avg_params"]].notna().all(axis=1)]
   partners = dense_partners(df)
   rows = {r["run_name"]: r for _, r in df.iterrows()}
   colors = [f"C{i % 10}" for i in range(len(partners))]
@@ -236,8 +272,11 @@ def _fmt(fmt: str, v: Any) -> str:
 
 
 def markdown_table(df: pd.DataFrame, predicted: Sequence[float] | None = None) -> str:
-  """The runs as a markdown table (``TABLE_COLUMNS`` present in ``df``, plus ``predicted loss``)."""
+  """The runs as a markdown table (``TABLE_COLUMNS`` present in ``df``, plus ``predicted loss``; and how each run
+  ended, when some did not complete)."""
   cols = [c for c in TABLE_COLUMNS if c[0] in df]
+  if "end_status" in df and results.incomplete(df).any():
+    cols.insert(1, ("end_status", "end", "{}"))
   headers = [h for _, h, _ in cols] + (["predicted loss"] if predicted is not None else [])
   lines = ["| " + " | ".join(headers) + " |", "|" + "|".join(["---"] * len(headers)) + "|"]
   for i, (_, r) in enumerate(df.iterrows()):
@@ -275,7 +314,8 @@ def write_report(df: pd.DataFrame, out_dir: str, law_file: str | None = None, la
     rep.skipped["schedule_sweep"] = str(e)
   predicted = None
   try:
-    rep.law = law_for(df, law_file, out_dir, law)
+    # Only completed runs are results: a table with others (collect --include-incomplete) fits on the rest.
+    rep.law = law_for(df[~results.incomplete(df)].reset_index(drop=True), law_file, out_dir, law)
     predicted = rep.law.predict(df)
     sparsity = df["sparsity"] if "sparsity" in df else np.zeros(len(df))
     mae = float(np.mean(np.abs(predicted - df["loss"].to_numpy(float))))
@@ -303,6 +343,7 @@ def markdown(df: pd.DataFrame, rep: Report, predicted: Sequence[float] | None) -
   return "\n".join(parts) + "\n"
 
 
-__all__ = ["FIGURES", "TABLE_FILE", "TABLE_COLUMNS", "Report", "schedule_of", "active_curve", "curve_average",
+__all__ = ["FIGURES", "TABLE_FILE", "TABLE_COLUMNS", "Report", "schedule_of", "accounting_of", "trained_steps",
+           "active_curve", "curve_average",
            "dense_partners", "plot_active_params", "plot_schedule_sweep", "law_for", "markdown_table",
            "write_report", "markdown"]

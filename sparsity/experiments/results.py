@@ -11,10 +11,12 @@ to the columns the laws in ``sparsity.science.scaling_laws`` read:
 * ``final_sparsity`` -> ``sparsity``
 * ``run_name`` (else the run directory's name) -> ``run_name``
 
-plus ``source`` (the file's path). Missing keys become NaN, which the fit rejects naming the column.
+plus ``source`` (the file's path) and ``end_status`` (how the run ended, ``sparsity.maxtext.status``; derived for
+summaries written before the key existed). Missing keys become NaN, which the fit rejects naming the column.
 
-A summary whose evaluation came before its last trained step (``final_eval_step < steps_trained - 1``) is
-refused with an error naming the run: its eval loss is not the trained model's.
+A completed run's summary whose evaluation came before its last trained step (``final_eval_step < steps_trained -
+1``) is refused with an error naming the run: its eval loss is not the trained model's. A run that did not complete
+its schedule is never a result: ``require_completed`` refuses it naming it (``fit``), ``collect`` leaves it out.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from typing import Any
 
 import pandas as pd
 
+from sparsity.maxtext import status
 from sparsity.maxtext.layout import SUMMARY_FILE
 
 SUMMARY_COLUMNS = {"tokens": "tokens", "total_params": "params", "avg_active_params": "avg_params",
@@ -55,13 +58,44 @@ def run_loss(summary: dict[str, Any], source: str = "") -> float:
 
 def summary_to_row(summary: dict[str, Any], source: str = "") -> dict[str, Any]:
   """One table row from a parsed run summary (see the module docstring)."""
+  end = status.of_summary(summary)
+  try:
+    loss = run_loss(summary, source)
+  except ValueError:
+    if end == status.COMPLETED:
+      raise
+    loss = float("nan")  # not a result anyway (require_completed refuses it)
   row: dict[str, Any] = {"run_name": summary.get("run_name") or os.path.basename(os.path.dirname(source)),
-                         "loss": run_loss(summary, source)}
+                         "loss": loss}
   for key, col in SUMMARY_COLUMNS.items():
     v = summary.get(key)
     row[col] = float("nan") if v is None else v
   row["source"] = source
+  row["end_status"] = end
   return row
+
+
+def incomplete(df: pd.DataFrame) -> pd.Series:
+  """Boolean per row: the run did not complete its schedule (``end_status`` other than completed; in a table
+  without ``end_status``, ``stopped_early`` true). All False for a table that has neither column."""
+  if "end_status" in df:
+    return df["end_status"].fillna(status.COMPLETED).astype(str) != status.COMPLETED
+  if "stopped_early" in df:
+    return df["stopped_early"].map(lambda v: str(v).strip().lower() in ("true", "1", "1.0"))
+  return pd.Series(False, index=df.index)
+
+
+def require_completed(df: pd.DataFrame, source: str = "") -> None:
+  """A ValueError naming the runs of ``df`` that did not complete their schedule (see the module docstring)."""
+  bad = df[incomplete(df)]
+  if bad.empty:
+    return
+  names = bad["run_name"] if "run_name" in bad else pd.Series(bad.index.astype(str), index=bad.index)
+  ends = bad["end_status"] if "end_status" in bad else pd.Series("stopped early", index=bad.index)
+  listed = ", ".join(f"{n} ({e})" for n, e in list(zip(names, ends))[:10]) + (" ..." if len(bad) > 10 else "")
+  raise ValueError(f"{source + ': ' if source else ''}{len(bad)} of {len(df)} runs did not complete their schedule "
+                   f"and are not results: {listed}. Rerun them (sweep --launcher local resumes them) or leave them "
+                   "out (collect without --include-incomplete)")
 
 
 def find_files(directory: str, name: str) -> list[str]:
@@ -105,4 +139,5 @@ def load_runs(path: str) -> pd.DataFrame:
   return pd.DataFrame(rows)
 
 
-__all__ = ["SUMMARY_COLUMNS", "run_loss", "summary_to_row", "find_files", "summary_files", "read_json", "load_runs"]
+__all__ = ["SUMMARY_COLUMNS", "run_loss", "summary_to_row", "find_files", "summary_files", "read_json", "load_runs",
+           "incomplete", "require_completed"]

@@ -45,8 +45,11 @@ the output directory:
 * ``failures.json``: the failures of the latest invocation;
 * ``_logs/<run_name>.log``: each run's stdout and stderr.
 
-A run whose ``<dir>/<run_name>/sparsity_summary.json`` exists is skipped, so re-running a sweep resumes it.
-A run fails when it exits non-zero or exits without writing its summary.
+A run whose ``<dir>/<run_name>/sparsity_summary.json`` says it completed its schedule (``end_status``,
+``sparsity.maxtext.status``) is skipped, so re-running a sweep resumes it; any other run (no summary, or one that
+says data exhausted, ``target_eval_loss``, preempted or failed) runs again with the same command, which resumes from
+its latest checkpoint when it has one. A run fails when it exits non-zero, exits without writing its summary, or
+writes one that says it did not complete.
 """
 
 from __future__ import annotations
@@ -66,7 +69,7 @@ import yaml
 
 from sparsity.science import compute_fractions
 from sparsity.experiments import expressions
-from sparsity.maxtext import layout
+from sparsity.maxtext import layout, status
 from sparsity.repo import ROOT, TRAIN_SCRIPT
 
 MANIFEST_FILE = "manifest.json"
@@ -386,6 +389,21 @@ def summary_path(output_dir: str, run_name: str) -> str:
   return layout.summary_path(layout.run_dir(output_dir, run_name))
 
 
+def end_status(output_dir: str, run_name: str) -> tuple[str | None, str]:
+  """``(end_status, detail)`` of the run's summary: None if it has none; a summary that is not valid JSON is
+  ``failed``. ``detail``: the error or stop reason of a run that did not complete ("" otherwise)."""
+  path = summary_path(output_dir, run_name)
+  if not os.path.isfile(path):
+    return None, ""
+  try:
+    with open(path, encoding="utf-8") as f:
+      summary = json.load(f)
+    end = status.of_summary(summary)
+  except ValueError as e:  # invalid JSON, unknown end_status
+    return status.FAILED, f"unreadable {layout.SUMMARY_FILE}: {e}"
+  return end, "" if end == status.COMPLETED else str(summary.get("error") or summary.get("stop_reason") or "")
+
+
 def append_log(output_dir: str, event: Mapping[str, Any]) -> None:
   """Appends one JSON line to ``sweep_log.jsonl``."""
   os.makedirs(output_dir, exist_ok=True)
@@ -448,13 +466,14 @@ def run_local(
   bar = tqdm(runs, desc="sweep", unit="run", file=sys.stderr, disable=not progress, dynamic_ncols=True)
   for run in bar:
     bar.set_postfix_str(run.name, refresh=True)
-    if os.path.isfile(summary_path(output_dir, run.name)):
+    before, _ = end_status(output_dir, run.name)
+    if before == status.COMPLETED:
       outcome.skipped.append(run.name)
       append_log(output_dir, {"status": "skipped", "run_name": run.name})
       continue
     log_path = os.path.join(output_dir, LOGS_DIR, f"{run.name}.log")
     cmd = [python, train_script, *run.argv(output_dir)]
-    start = time.monotonic()
+    start, started = time.monotonic(), time.time()
     with open(log_path, "w", encoding="utf-8") as log:
       log.write("# " + " ".join(cmd) + "\n")
       log.flush()
@@ -465,12 +484,16 @@ def run_local(
       except subprocess.TimeoutExpired:
         rc, reason = -9, f"timed out after {timeout} s"
     seconds = round(time.monotonic() - start, 2)
-    if rc == 0 and not os.path.isfile(summary_path(output_dir, run.name)):
+    end, detail = end_status(output_dir, run.name)
+    if end is not None and os.path.getmtime(summary_path(output_dir, run.name)) < started - 1:
+      end, detail = None, ""  # the summary of an earlier attempt
+    if rc == 0 and end is None:
       reason = f"exited 0 without writing {layout.SUMMARY_FILE}"
-      rc = 0
+    elif end not in (None, status.COMPLETED):
+      reason = ", ".join(x for x in (reason, f"ended {end}" + (f": {detail}" if detail else "")) if x)
     if reason:
-      failure = {"run_name": run.name, "returncode": rc, "reason": reason, "seconds": seconds, "log": log_path,
-                 "tail": tail(log_path)}
+      failure = {"run_name": run.name, "returncode": rc, "reason": reason, "end_status": end, "seconds": seconds,
+                 "log": log_path, "tail": tail(log_path)}
       outcome.failed.append(failure)
       append_log(output_dir, {"status": "failed", **failure})
       bar.write(f"sweep: {run.name} failed ({reason}); log {log_path}", file=sys.stderr)
@@ -491,4 +514,4 @@ def local_commands(runs: Iterable[Run], output_dir: str, python: str = sys.execu
 
 __all__ = ["Axis", "SweepSpec", "Run", "Outcome", "format_value", "parse_override", "parse_value", "parse_spec", "load_spec",
            "render_name", "expand", "manifest", "write_manifest", "run_local", "local_commands", "read_log",
-           "summary_path", "tail", "MANIFEST_FILE", "LOG_FILE", "FAILURES_FILE"]
+           "summary_path", "end_status", "tail", "MANIFEST_FILE", "LOG_FILE", "FAILURES_FILE"]

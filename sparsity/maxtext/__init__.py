@@ -6,6 +6,7 @@
   hook        the extension points: ``install()``, ``main(argv)``, the checks that they are reached
   events      pruning events as their own jitted program on MaxText's train state
   loop        the training loop wrapper and the end of a run (final evaluation, count, summary)
+  status      how a run ended (the summary's end_status), told from MaxText's stop messages (no MaxText import)
   checkpoint  reading MaxText checkpoints on the host (inspect, export, resume checks)
   host        what MaxText needs on a host without an accelerator
   yaml_chain  reading MaxText YAML files with their ``base_config`` chain, without importing MaxText

@@ -5,17 +5,29 @@
 * before each training step that is an event, ``sparsity.maxtext.events.StateEvents`` changes the masks (the
   step program is wrapped, so an event runs only when the step's batch exists);
 * the last train state is kept from every iteration, so a run that stops early (MaxText's ``StopTraining``:
-  the data ran out, or ``target_eval_loss`` was reached) ends with the state it actually trained.
+  the data ran out, ``target_eval_loss`` was reached, or the data pipeline raised) ends with the state it actually
+  trained;
+* how the run ends is told apart (``sparsity.maxtext.status``): MaxText's data loader turns every exception of the
+  data pipeline into ``StopTraining``, and only ``StopIteration`` (the exception it was raised from) means the data
+  ran out; any other one (a corrupt shard) is a failure.
 
 At the end, on every process (each computation on global arrays is a collective):
 
-1. if evaluation is configured and MaxText's last evaluation was not after the last trained step, the final
-   weights are evaluated with MaxText's own eval step and eval data (``final_evaluation``);
-2. the final masks are counted and checked against the accounting;
-3. process 0 writes ``sparsity_summary.json`` (``layout.SUMMARY_FILE``): counts, N_avg, FLOPs and the compute spent
-   dense / pruning / recovering (``compute_fractions``, ``sparsity.core.compute``) over the steps actually trained,
-   the step fractions used and whether they came from the compute split (``schedule_split``), the final losses,
-   every evaluation (``eval_history``), and why the run stopped early if it did.
+1. if evaluation is configured, the run did not fail and MaxText's last evaluation was not after the last trained
+   step, the final weights are evaluated with MaxText's own eval step and eval data (``final_evaluation``);
+2. the final masks are counted and checked against the accounting; a fine-tuning run's fixed mask
+   (``init_mask_from_zeros``) against the count taken before its first step (the loaded weights that are not zero,
+   or a resumed run's restored masks);
+3. process 0 writes ``sparsity_summary.json`` (``layout.SUMMARY_FILE``): how the run ended (``end_status``, and
+   ``error`` for a failure), counts, N_avg, FLOPs and the compute spent dense / pruning / recovering
+   (``compute_fractions``, ``sparsity.core.compute``) over the steps actually trained, the step fractions used and
+   whether they came from the compute split (``schedule_split``), the final losses, every evaluation
+   (``eval_history``), and why the run stopped early if it did.
+
+A run that failed (an exception in the data pipeline, the training loop or the end of the run) still writes a
+summary saying ``failed`` with the exception's message (the full one when the train state is intact, else the
+fields known without the device: ``minimal_failure_summary``), then raises ``RunFailed``: the process exits
+non-zero.
 
 Prune and recover: a run that starts at step 0 from ``load_parameters_path`` with a pruning (or zero-masking)
 event at step 0 and evaluation configured evaluates the loaded weights before the event (``loss_before_pruning``,
@@ -31,9 +43,10 @@ from typing import Any
 import jax
 import numpy as np
 
-from sparsity.core import compute
+from sparsity.core import compute, threshold
+from sparsity.core.paths import path_str
 from sparsity.maxtext import events as events_lib
-from sparsity.maxtext import layout, modules
+from sparsity.maxtext import layout, modules, status
 from sparsity.maxtext.hook import RUN
 
 # Settings that later tools (collect, report) group runs by.
@@ -50,6 +63,10 @@ def maxtext_evaluates_after(step: int, config, start_step: int) -> bool:
   return interval > 0 and step >= start_step and step >= first and (step - first) % interval == 0
 
 
+class RunFailed(RuntimeError):
+  """Training failed (see the module docstring); the summary says ``failed`` with the message."""
+
+
 class LoopRecord:
   """What the wrapped loop saw: the device/python dicts of the last iteration, its step, why it stopped."""
 
@@ -60,6 +77,8 @@ class LoopRecord:
     self.start_step: int | None = None
     self.last_eval_step: int | None = None
     self.stop_reason: str | None = None
+    self.stop_cause: BaseException | None = None  # the exception MaxText's StopTraining was raised from
+    self.fixed_kept: int | None = None  # init_mask_from_zeros: the fixed mask's count, taken before the first step
     self.target_tokens = None  # sum of MaxText's per-step total_weights (real, unpadded target tokens), on device
     self.evals: list[dict[str, Any]] = []  # {"step", "loss"} of every evaluation, in order
     self.recovery: dict[str, Any] | None = None
@@ -111,12 +130,14 @@ def train_loop(original, iteration_original, train_module, config, recorder, sta
         for name in TRAIN_STEP_PROGRAMS:
           if jax_device_state.get(name) is not None:
             jax_device_state[name] = _with_event(jax_device_state[name], record, state_events)
+      if RUN.sparse and RUN.plan.init_mask_from_zeros:
+        record.fixed_kept = fixed_mask_count(jax_device_state["state"], record.start_step)
       _recovery_start(config, record, state_events)
     step = int(python_vars["step"])
     try:
       record.metrics = iteration_original(jax_device_state, python_vars, immutable_data)
     except stop as e:
-      record.stop_reason = str(e)
+      _record_stop(record, e)
       raise
     weights = record.metrics["scalar"].get("learning/total_weights")
     if weights is not None:  # added on the device: no synchronisation per step
@@ -128,16 +149,68 @@ def train_loop(original, iteration_original, train_module, config, recorder, sta
 
   train_module.training_loop_iteration = iteration
   RUN.in_train_loop = True
+  error = None
   try:
     state = original(config, recorder, state)
+  except stop as e:  # a StopTraining MaxText's loop did not catch (raised after it, e.g. by its metric logger)
+    _record_stop(record, e)
+  except Exception as e:  # pylint: disable=broad-except
+    error = e
   finally:
     train_module.training_loop_iteration = iteration_original
     RUN.in_train_loop = False
   if record.device is not None:
     state = record.device["state"]  # the state of the last trained step, also when the loop stopped early
-  if RUN.plan is not None and RUN.total:
-    finish(config, state, record)
+  if RUN.plan is None or not RUN.total:
+    if error is not None:
+      raise error
+    return state
+  if error is not None:  # the device state may be gone (donated to a step that raised): no collective here
+    _write_failure(config, record, error)
+    raise error
+  try:
+    summary = finish(config, state, record)
+  except Exception as e:
+    _write_failure(config, record, e)
+    raise
+  end, message = end_of_run(config, record, events_lib.optimizer_step(state))
+  if end == status.FAILED:
+    raise RunFailed(f"training failed after {events_lib.optimizer_step(state)} of {int(config.steps)} steps: {message}"
+                    + ("" if summary is None else f" (the summary, {layout.SUMMARY_FILE}, says failed)"))
   return state
+
+
+def _record_stop(record: LoopRecord, e: BaseException) -> None:
+  if record.stop_reason is None:
+    record.stop_reason, record.stop_cause = str(e), e.__context__
+
+
+def end_of_run(config, record: LoopRecord, trained: int) -> tuple[str, str | None]:
+  """``(end_status, error)`` of a run whose loop returned after ``trained`` steps (``sparsity.maxtext.status``); a
+  stop that is not a failure after the last configured step (e.g. ``target_eval_loss`` reached by the last
+  evaluation) leaves the run completed."""
+  if record.stop_reason is not None:
+    end = status.of_stop(record.stop_reason, record.stop_cause)
+    if end == status.FAILED:
+      cause = record.stop_cause
+      return end, record.stop_reason if cause is None else status.error_text(cause)
+    if trained < int(config.steps):
+      return end, None
+  if trained < int(config.steps):
+    return status.FAILED, f"MaxText's loop ended after {trained} of {int(config.steps)} steps without a stop reason"
+  return status.COMPLETED, None
+
+
+def fixed_mask_count(state, start_step: int) -> int:
+  """A fine-tuning run's fixed mask (``init_mask_from_zeros``), counted before its first step: the prunable weights
+  that are not zero (what the step-0 event keeps) at step 0, the restored masks when resuming. A collective."""
+  if start_step > 0:
+    return events_lib.count_kept(state)
+  flat = {path_str(p): x for p, x in jax.tree_util.tree_flatten_with_path(state)[0]}
+  names = [n for n in map(layout.state_mask_path, flat) if n is not None]
+  params = [flat[layout.STATE_PARAMS + n] for n in names]
+  wide = jax.jit(lambda ps: threshold.count_true([p != 0 for p in ps]))(params)
+  return threshold.wide_to_python(tuple(events_lib.host_value(v) for v in wide))
 
 
 def final_evaluation(config, record: LoopRecord, state=None, last: bool = True) -> tuple[float, float] | None:
@@ -192,10 +265,12 @@ def finish(config, state, record: LoopRecord) -> dict | None:
   """The end of the run (see the module docstring); returns the summary on process 0."""
   trained = events_lib.optimizer_step(state)
   last = trained - 1
+  end, error = end_of_run(config, record, trained)
   eval_loss, eval_step = None, None
   if record.last_eval_step is not None:
     eval_loss, eval_step = _logged_eval_loss(record), record.last_eval_step
-  if config.eval_interval > 0 and record.device is not None and eval_step != last and trained > 0:
+  if (config.eval_interval > 0 and record.device is not None and eval_step != last and trained > 0
+      and end != status.FAILED):
     result = final_evaluation(config, record)
     if result is not None:
       eval_loss, eval_step = result[0], last
@@ -207,19 +282,25 @@ def finish(config, state, record: LoopRecord) -> dict | None:
 
   plan = RUN.plan
   kept = events_lib.count_kept(state) if plan.masks_needed else RUN.prunable  # every process
-  acc = RUN.accounting(fixed_kept=kept if plan.init_mask_from_zeros else None)
+  if plan.init_mask_from_zeros and record.fixed_kept is None:
+    raise RuntimeError("init_mask_from_zeros: the fixed mask was not counted before the first step")
+  acc = RUN.accounting(fixed_kept=record.fixed_kept if plan.init_mask_from_zeros else None)
   expected = acc.active_at(last) - acc.non_prunable
   if kept != expected:
-    raise RuntimeError(f"final masks keep {kept} weights, the accounting says {expected} (step {last})")
+    what = ("the fixed mask counted before the first step keeps" if plan.init_mask_from_zeros
+            else "the accounting says")
+    raise RuntimeError(f"final masks keep {kept} weights, {what} {expected} (step {last})")
   target_reached = kept == (acc.kept[-1] if acc.kept else acc.prunable)
   summary = {
       "run_name": config.run_name,
+      "end_status": end,  # sparsity.maxtext.status
+      "error": error,
       "target_sparsity": float(config.target_sparsity),
       "sparsity_schedule": str(config.sparsity_schedule),
       **acc.summary(steps_trained=trained, final_kept=kept),
       "stopped_early": trained < int(config.steps),
       "stop_reason": record.stop_reason if trained < int(config.steps) else None,
-      "data_ran_out": bool(record.stop_reason and "data" in record.stop_reason.lower()),
+      "data_ran_out": end == status.DATA_EXHAUSTED,
       "target_reached": target_reached,
       "final_train_loss": train_loss,
       "final_eval_loss": eval_loss,
@@ -234,15 +315,41 @@ def finish(config, state, record: LoopRecord) -> dict | None:
   }
   if jax.process_index() != 0:
     return None
-  if not target_reached:
+  if end == status.FAILED:
+    print(f"ERROR: training failed after {trained} of {int(config.steps)} steps: {error}", flush=True)
+  elif not target_reached:
     print(f"WARNING: training stopped at step {trained}, before its pruning schedule ended (events at steps "
           f"{acc.prune_steps[0]}..{acc.prune_steps[-1]}): the final masks keep {kept:,} of {acc.prunable:,} prunable "
           f"weights (sparsity {summary['final_sparsity']:.4f}, target {config.target_sparsity}). Repeat the data "
           "(MaxText's num_epoch) or train fewer steps.", flush=True)
   path = write_summary(layout.run_dir(config.base_output_directory, config.run_name), summary)
-  print(f"sparsity summary written to {path}" + (f" (stopped early at step {trained}: {record.stop_reason})"
-                                                 if summary["stopped_early"] else ""), flush=True)
+  print(f"sparsity summary written to {path} (end_status {end}" + (f", stopped at step {trained}: {record.stop_reason}"
+                                                                   if summary["stopped_early"] else "") + ")",
+        flush=True)
   return summary
+
+
+def minimal_failure_summary(config, record: LoopRecord, error: BaseException) -> dict[str, Any]:
+  """The summary of a run that failed where its train state cannot be read (no device work): how it ended, the
+  error, the steps MaxText's loop had finished, and the run's settings."""
+  trained = None if record.python is None else int(record.python["step"])
+  return {"run_name": config.run_name, "end_status": status.FAILED, "error": status.error_text(error),
+          "target_sparsity": float(config.target_sparsity), "sparsity_schedule": str(config.sparsity_schedule),
+          "steps": int(config.steps), "steps_trained": trained, "stopped_early": True, "stop_reason": record.stop_reason,
+          "final_train_loss": None, "final_eval_loss": None, "final_eval_step": None,
+          **{k: getattr(config, k) for k in RUN_SETTINGS}}
+
+
+def _write_failure(config, record: LoopRecord, error: BaseException) -> None:
+  """Process 0 writes ``minimal_failure_summary`` (never raising: the error itself is what propagates)."""
+  if jax.process_index() != 0:
+    return
+  try:
+    path = write_summary(layout.run_dir(config.base_output_directory, config.run_name),
+                         minimal_failure_summary(config, record, error))
+    print(f"sparsity summary written to {path} (end_status failed: {status.error_text(error)})", flush=True)
+  except Exception as e:  # pylint: disable=broad-except
+    print(f"could not write the failed run's summary: {status.error_text(e)}", flush=True)
 
 
 def _log_final_eval(config, step: int, loss: float) -> None:
@@ -270,4 +377,5 @@ def write_summary(run_directory: str, summary: dict[str, Any]) -> str:
   return path
 
 
-__all__ = ["train_loop", "finish", "final_evaluation", "write_summary", "maxtext_evaluates_after", "RUN_SETTINGS"]
+__all__ = ["train_loop", "finish", "final_evaluation", "write_summary", "maxtext_evaluates_after", "RUN_SETTINGS",
+           "RunFailed", "end_of_run", "fixed_mask_count", "minimal_failure_summary"]

@@ -1,0 +1,83 @@
+"""How a run ended: the summary's ``end_status`` (one of ``END_STATUSES``), told from MaxText's ``StopTraining``.
+
+* ``completed``: every configured step was trained. The only end whose summary is a result (``is_result``):
+  ``sweep`` reruns (resumes) a run that ended any other way, ``collect`` leaves it out of its CSV unless asked,
+  ``fit`` refuses it.
+* ``data_exhausted``: the training data ran out (MaxText's data loader met ``StopIteration``); the run trained fewer
+  steps than configured. Exit code 0 (MaxText's own graceful stop).
+* ``target_eval_loss``: MaxText's ``target_eval_loss`` was reached (its own early stop). Exit code 0.
+* ``preempted``: MaxText's own preemption stop (a checkpoint saved after SIGTERM reached its checkpoint manager).
+  Reserved: the pruner installs no SIGTERM handling of its own yet, and a preempted run's resume is not checked to
+  end like an uninterrupted one.
+* ``failed``: an exception ended training: any exception in MaxText's data pipeline (a corrupt shard, a failing
+  reader: MaxText's data loader turns every one into ``StopTraining``, and only ``StopIteration`` means the data ran
+  out), or any exception raised by the training loop or the end of the run. The summary's ``error`` holds the
+  exception's type and message, and the process exits non-zero (``MaxText/train.py``).
+
+Summaries written before ``end_status`` existed are read with ``of_summary`` (from ``stopped_early``,
+``steps_trained`` / ``steps`` and ``stop_reason``).
+
+The only module that knows MaxText's stop messages (``maxtext/common/data_loader.py``, ``metric_logger.py``,
+``checkpointing.py`` in MaxText 0.2.5).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+COMPLETED = "completed"
+DATA_EXHAUSTED = "data_exhausted"
+TARGET_EVAL_LOSS = "target_eval_loss"
+PREEMPTED = "preempted"
+FAILED = "failed"
+END_STATUSES = (COMPLETED, DATA_EXHAUSTED, TARGET_EVAL_LOSS, PREEMPTED, FAILED)
+
+# MaxText's StopTraining messages (0.2.5).
+_OUT_OF_DATA = "run out of training data"  # data_loader.loader_exception_guard, for StopIteration only
+_LOADER_FAILED = "`next(self.data_iterator)` failed"  # data_loader.loader_exception_guard, any other exception
+_TARGET_LOSS = "Target loss"  # metric_logger: "Target loss self.config.target_eval_loss=... is achieved."
+_SIGTERM = "termination signal (SIGTERM)"  # checkpointing: "Job received termination signal (SIGTERM)."
+
+
+def of_stop(reason: str, cause: BaseException | None = None) -> str:
+  """The end status of a run that MaxText's ``StopTraining(reason)`` ended; ``cause``: the exception it was raised
+  while handling (its ``__context__``), when known. A stop that is none of MaxText's known ones is a failure."""
+  if _OUT_OF_DATA in reason or _LOADER_FAILED in reason:  # MaxText's data loader, for any exception of next()
+    if cause is not None:
+      return DATA_EXHAUSTED if isinstance(cause, StopIteration) else FAILED
+    return DATA_EXHAUSTED if _OUT_OF_DATA in reason else FAILED
+  if reason.startswith(_TARGET_LOSS):
+    return TARGET_EVAL_LOSS
+  if _SIGTERM in reason:
+    return PREEMPTED
+  return FAILED
+
+
+def error_text(e: BaseException) -> str:
+  """An exception as the summary's ``error``: its type and message."""
+  return f"{type(e).__name__}: {e}"
+
+
+def of_summary(summary: Mapping[str, Any]) -> str:
+  """A summary's end status: its ``end_status``, or for a summary written before that key existed, derived from
+  ``stopped_early`` (else ``steps_trained < steps``) and ``stop_reason``."""
+  status = summary.get("end_status")
+  if status:
+    if status not in END_STATUSES:
+      raise ValueError(f"{summary.get('run_name')}: unknown end_status {status!r} (known: {', '.join(END_STATUSES)})")
+    return str(status)
+  stopped = summary.get("stopped_early")
+  if stopped is None and summary.get("steps_trained") is not None and summary.get("steps") is not None:
+    stopped = int(summary["steps_trained"]) < int(summary["steps"])
+  if not stopped:
+    return COMPLETED
+  return of_stop(str(summary.get("stop_reason") or ""))
+
+
+def is_result(summary: Mapping[str, Any]) -> bool:
+  """Whether the run's summary is a result (it completed its schedule)."""
+  return of_summary(summary) == COMPLETED
+
+
+__all__ = ["END_STATUSES", "COMPLETED", "DATA_EXHAUSTED", "TARGET_EVAL_LOSS", "PREEMPTED", "FAILED", "of_stop",
+           "of_summary", "is_result", "error_text"]
