@@ -17,6 +17,9 @@ sys.path.insert(0, ROOT)
 C4 = os.path.abspath(os.path.join(ROOT, "..", "shared", "data", "c4_en_minimal"))
 
 from sparsity.maxtext import layout  # noqa: E402  (after the path is set)
+from sparsity.maxtext.host import cpu_platform  # noqa: E402
+
+cpu_platform()  # in-process JAX on the CPU (the TPU runtime, installed for ahead-of-time compiles, stays unloaded)
 
 # A tiny LLaMA-2 (2 layers, width 64) for end-to-end runs.
 TINY = [

@@ -76,7 +76,8 @@ class Accounting:
     cum = jnp.asarray(np.array(before, np.float64), jnp.float32)[j] + (step - starts_a[j] + 1).astype(jnp.float32) * act
     n = (step + 1).astype(jnp.float32)
     return {
-        "sparsity/density": (act - self.non_prunable) / max(self.prunable, 1),
+        # Counts enter as Python floats: an int past 2**31 cannot meet a traced value (JAX's 32-bit integers).
+        "sparsity/density": (act - float(self.non_prunable)) / float(max(self.prunable, 1)),
         "sparsity/active_params": act,
         "sparsity/avg_active_params": cum / n,
         "sparsity/effective_flops": compute.flops(cum - n * float(self.non_prunable), float(self.tokens_per_step)),

@@ -179,6 +179,29 @@ def submit(runs: Sequence[Run], cmds: Sequence[Sequence[str]], progress: bool = 
   return outcome
 
 
+def compile_check(runs: Sequence[Run], tpu_type: str, num_slices: int, out_dir: str, root: str = ROOT,
+                  python: str = sys.executable) -> list[dict[str, Any]]:
+  """Compiles every run for ``tpu_type`` x ``num_slices`` on this host (``MaxText/train_compile.py``, one process
+  per run, nothing submitted); one row per run: ``run_name``, ``fits`` (True, False, or None when it did not
+  compile), the programs over HBM, the peak bytes per chip, and the error's last lines when it failed."""
+  rows = []
+  for run in runs:
+    cmd = [python, os.path.join(root, "MaxText", "train_compile.py"), *run.argv(out_dir),
+           f"compile_topology={tpu_type}", f"compile_topology_num_slices={int(num_slices)}"]
+    proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, check=False)
+    path = os.path.join(out_dir, run.name, "compile_summary.json")
+    row: dict[str, Any] = {"run_name": run.name, "fits": None, "over_hbm": [], "peak_bytes": None}
+    if os.path.exists(path) and proc.returncode in (0, 3):
+      with open(path, encoding="utf-8") as f:
+        summary = json.load(f)
+      row.update(fits=bool(summary["fits"]), over_hbm=summary["programs_over_hbm"],
+                 peak_bytes=max((p.get("peak_bytes", 0) for p in summary["programs"].values()), default=None))
+    else:
+      row["error"] = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-5:])
+    rows.append(row)
+  return rows
+
+
 # Parses argument lists with the installed xpk's own parser, in the interpreter that has xpk (see
 # ``parse_with_xpk``): reads a JSON list of argument lists on stdin, prints one JSON result per list.
 _PARSE_SCRIPT = r"""
@@ -259,4 +282,4 @@ def find_xpk_python() -> str | None:
 
 __all__ = ["XPK_REQUIREMENT", "NAME_PATTERN", "MAX_NAME_LENGTH", "SUPER_SLICING_MAX_NAME_LENGTH", "XpkOptions",
            "valid_name", "workload_name", "output_directory", "container_command", "workload_args", "commands",
-           "submit", "parse_with_xpk", "xpk_option_strings", "find_xpk_python"]
+           "submit", "compile_check", "parse_with_xpk", "xpk_option_strings", "find_xpk_python"]

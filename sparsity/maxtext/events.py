@@ -62,6 +62,11 @@ def masked_state(state):
   return jax.tree_util.tree_unflatten(treedef, leaves)
 
 
+def abstract(tree):
+  """``tree`` with every array (or shaped leaf) replaced by a ``ShapeDtypeStruct`` of its shape and dtype."""
+  return jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x)), tree)
+
+
 def optimizer_step(state) -> int:
   """MaxText's update count of a train state."""
   leaf = state
@@ -73,7 +78,9 @@ def optimizer_step(state) -> int:
 class StateEvents:
   """The events of ``plan`` on MaxText's train state (see the module docstring)."""
 
-  def __init__(self, plan: pruner.PrunePlan, state, start_step: int):
+  def __init__(self, plan: pruner.PrunePlan, state, start_step: int | None):
+    """``start_step``: MaxText's step the loop starts at (checked against the pruner's count, and the next event's
+    program compiled now); None for an abstract state, whose program is only lowered (``lower``)."""
     self.plan = plan
     flat, self.treedef = jax.tree_util.tree_flatten_with_path(state)
     paths = [path_str(p) for p, _ in flat]
@@ -87,9 +94,6 @@ class StateEvents:
                                      {n: shape_of(flat[i][1]) for n, i in zip(self.names, self.param_idx)})
     self.moment_idx = [inner[j][0] for j in sorted(owners)]
     self.moment_owner = [self.names.index(owners[j]) for j in sorted(owners)]
-    count = int(host_value(flat[index[layout.STATE_COUNT]][1]))
-    if count != start_step:
-      raise RuntimeError(f"the pruner's update count {count} is not MaxText's step {start_step}")
     shardings = ([flat[i][1].sharding for i in self.mask_idx], [flat[i][1].sharding for i in self.moment_idx])
     owner, names = self.moment_owner, list(self.names)
 
@@ -100,6 +104,11 @@ class StateEvents:
     self._jit = jax.jit(sparsity_mask_event, donate_argnums=(1, 2), out_shardings=shardings)
     self._compiled = {}
     self.applied: set[int] = set()
+    if start_step is None:  # an abstract state (ahead-of-time compilation): nothing to check or compile yet
+      return
+    count = int(host_value(flat[index[layout.STATE_COUNT]][1]))
+    if count != start_step:
+      raise RuntimeError(f"the pruner's update count {count} is not MaxText's step {start_step}")
     future = [s for s in plan.schedule.prune_steps if s >= start_step]
     if future:  # compile now, with MaxText's other programs, not in the middle of training
       self._program([x for _, x in flat], self.due(future[0]))
@@ -107,6 +116,10 @@ class StateEvents:
   def _args(self, leaves, event):
     pick = lambda idx: [leaves[i] for i in idx]  # noqa: E731
     return pick(self.param_idx), pick(self.mask_idx), pick(self.moment_idx), event
+
+  def lower(self, state, event: pruner.Event):
+    """The event program lowered for ``state``'s leaves (arrays or ``ShapeDtypeStruct``s with shardings)."""
+    return self._jit.lower(*self._args(jax.tree_util.tree_leaves(state), event))
 
   def _program(self, leaves, event):
     """The compiled program for this kind of event (pruning, zero masking), and its arguments."""

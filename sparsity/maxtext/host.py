@@ -18,6 +18,13 @@ def has_accelerator() -> bool:
   return bool(glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*") or glob.glob("/dev/nvidia[0-9]*"))
 
 
+def cpu_platform() -> None:
+  """On a host without an accelerator, ``JAX_PLATFORMS=cpu`` unless set: JAX then never loads the TPU runtime
+  (``libtpu``, installed for ahead-of-time compiles), which would print warnings and hold its one-process lock."""
+  if not has_accelerator():
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+
 def given_keys(argv: Sequence[str]) -> set[str]:
   """Keys set as ``key=value`` in ``argv``."""
   return {a.split("=", 1)[0] for a in argv if "=" in a}
@@ -32,8 +39,8 @@ def cpu_defaults(argv: list[str], extra: Sequence[str] = ()) -> list[str]:
   """
   os.environ.setdefault("DECOUPLE_GCLOUD", "TRUE")
   wanted = list(extra)
+  cpu_platform()
   if not has_accelerator():
-    os.environ.setdefault("JAX_PLATFORMS", "cpu")
     wanted += CPU_OVERRIDES
   given = given_keys(argv)
   out = list(argv)

@@ -46,9 +46,25 @@ def exceptions():
   return _import("maxtext.utils.exceptions")
 
 
+def train_compile():
+  return _import("maxtext.trainers.pre_train.train_compile")
+
+
+def maxtext_utils():
+  return _import("maxtext.utils.maxtext_utils")
+
+
+def sharding():
+  return _import("maxtext.utils.sharding")
+
+
+def accelerators():
+  return _import("maxtext.utils.accelerator_to_spec_map")
+
+
 def version() -> str | None:
   return getattr(_import("maxtext.version"), "__version__", None)
 
 
 __all__ = ["MAXTEXT_VERSION", "pyconfig", "types", "optimizers", "train", "train_utils", "max_utils", "exceptions",
-           "version"]
+           "train_compile", "maxtext_utils", "sharding", "accelerators", "version"]
