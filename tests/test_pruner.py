@@ -286,7 +286,59 @@ def test_per_tensor_accounting_uses_the_counts_the_scope_keeps(target):
   sizes = [4096, 4096, 16384, 16384, 16384, 65536, 1000, 7]
   plan = sparsity.PrunePlan(sch, pruning_scope="per_tensor")
   kept = pruner.kept_after_events(plan, sizes)
-  assert kept == tuple(sum(sch.keep_counts(n)[i] for n in sizes) for i in range(len(sch.prune_steps)))
+  # Brute force, independent of the rounding code: each tensor keeps the weights whose rank is within its density
+  # (half up), never more than after its previous event; the totals are summed over tensors.
+  brute, prev = [], list(sizes)
+  for d in sch.densities:
+    prev = [min(p, sum(1 for r in range(n) if r + 0.5 <= d * n)) for p, n in zip(prev, sizes)]
+    brute.append(sum(prev))
+  assert kept == tuple(brute)
+  assert kept != sch.keep_counts(sum(sizes))  # per-tensor totals differ from one global threshold's here
   acc = accounting.from_schedule(sch, sum(sizes), 10, 64, kept=kept)
   assert acc.active_at(29) - 10 == kept[-1]
   assert acc.summary()["final_active_params"] == kept[-1] + 10
+  # Hand-made: three tensors of 3 at density 0.5 keep 2 each (6 in all), one threshold over the 9 keeps 5.
+  small = sparsity.PrunePlan(schedules.Schedule(10, (2,), (0.5,)), pruning_scope="per_tensor")
+  assert pruner.kept_after_events(small, [3, 3, 3]) == (6,)
+  assert pruner.kept_after_events(sparsity.PrunePlan(small.schedule, pruning_scope="global"), [3, 3, 3]) == (5,)
+
+
+# --- Past 2**31 weights: every program traces from abstract shapes (no memory) -------------------------------
+
+BIG = {"a/wi/kernel": (65536, 24576), "b/wo/kernel": (24576, 65536), "c/query/kernel": (8192, 8192)}  # 3.3e9 weights
+
+
+@pytest.mark.parametrize("scope", ["global", "per_tensor"])
+@pytest.mark.parametrize("structure", ["unstructured", "2:4"])
+def test_the_event_and_the_update_trace_past_2_31_weights(scope, structure):
+  sizes = [int(np.prod(s)) for s in BIG.values()]
+  assert sum(sizes) > 2**31
+  plan = pruner.PrunePlan(schedules.make_schedule(1000, 0.5, interval=100), pruning_scope=scope,
+                          pruning_structure=structure)
+  abstract = lambda dt: [jax.ShapeDtypeStruct(s, dt) for s in BIG.values()]  # noqa: E731
+  event = pruner.due_event(plan, sizes, plan.schedule.prune_steps[0])
+  if scope == "global":  # the first event keeps more than 2**31 weights: an exact wide count
+    assert threshold_value(event.keep[0]) == plan.schedule.keep_counts(sum(sizes))[0] > 2**31
+  out = jax.eval_shape(lambda v, m, e: pruner.mask_event(v, m, e, plan, list(BIG)), abstract(jnp.float32),
+                       abstract(jnp.bool_), event)
+  assert [o.shape for o in out] == list(BIG.values())
+  # The optax form: the event inside the update (lax.cond), with MaxText-free params.
+  params = {k: jax.ShapeDtypeStruct(s, jnp.bfloat16) for k, s in BIG.items()}
+  tx = pruner.pruned(optax.sgd(0.1), plan)
+  state = jax.eval_shape(tx.init, params)
+  updates, _ = jax.eval_shape(tx.update, params, state, params)
+  assert updates["a/wi/kernel"].shape == BIG["a/wi/kernel"]
+
+
+def threshold_value(wide):
+  from sparsity.core import threshold  # pylint: disable=import-outside-toplevel
+
+  return threshold.wide_to_python(wide)
+
+
+def test_step_metrics_trace_with_counts_past_2_31():
+  acc = accounting.Accounting(steps=1000, prune_steps=(250, 500, 750), kept=(5 * 10**9, 3 * 10**9, 2 * 10**9),
+                              prunable=6_607_077_376, non_prunable=2_300_000_000, tokens_per_step=4096)
+  metrics = jax.jit(acc.step_metrics)(jnp.int32(800))  # traced step: Python ints past 2**31 meet traced values
+  assert float(metrics["sparsity/density"]) == pytest.approx(2e9 / 6_607_077_376, rel=1e-6)
+  assert float(metrics["sparsity/active_params"]) == pytest.approx(4.3e9, rel=1e-6)

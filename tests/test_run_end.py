@@ -21,7 +21,9 @@ pytestmark = pytest.mark.slow
 
 SPARSE = ["configs/sparse_base.yml", *TINY, "vocab_size=1024", "per_device_batch_size=1"]
 # The same run on 2 processes x 2 devices and on 1 process x 4 devices: one mesh (fsdp 4), synthetic data.
+# Events at steps 6..18 (the step split, set explicitly): a kill at the step-12 checkpoint is mid pruning.
 MULTI = SPARSE + ["steps=24", "pruning_interval=3", "target_sparsity=0.75", "ici_fsdp_parallelism=4",
+                  "prune_start_fraction=0.25", "prune_end_fraction=0.75",
                   "enable_checkpointing=true", "async_checkpointing=false", "checkpoint_period=6"]
 
 

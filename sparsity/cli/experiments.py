@@ -1,7 +1,7 @@
 """Experiment commands of ``python -m sparsity`` (see ``sparsity.cli`` for the common style).
 
-  sweep               SPEC [SPEC ...] [key=value ...] [--dry-run] [--launcher local|xpk] [--out DIR] [--select REGEX] [--json]
-  collect             DIR --out CSV|- [--manifest FILE ...] [--trajectories] [--select REGEX] [--json]
+  sweep               SPEC [SPEC ...] [key=value ...] [--dry-run] [--launcher local|xpk [--compile-first]] [--out DIR] [--select REGEX] [--json]
+  collect             DIR --out CSV|- [--manifest FILE ...] [--trajectories] [--select REGEX] [--include-incomplete] [--json]
   report              CSV --out DIR [--law-file law.json] [--json]
   dense-sweep         --out YAML|- [--divisor N] [--sparsities S ...]
   schedule-fractions  --target-sparsity S [--dense F] [--pruning F] [--schedule NAME] [--steps N [--interval P]] [--json]
@@ -54,12 +54,16 @@ def _sweep(p: argparse.ArgumentParser) -> Runner:
   x.add_argument("--xpk-bin", default=None, help="xpk executable (default: xpk on PATH, else .venv-xpk/bin/xpk)")
   x.add_argument("--xpk-arg", action="append", default=[], help="extra xpk argument, e.g. --xpk-arg=--priority=high")
   x.add_argument("--max-workload-name", type=int, default=40, help="workload name length limit (28 for super-slicing)")
+  x.add_argument("--compile-first", action="store_true",
+                 help="before submitting, compile every run for --tpu-type x --num-slices on this host "
+                 "(MaxText/train_compile.py; needs the TPU runtime setup.sh installs) and submit nothing if any run "
+                 "does not fit in HBM or does not compile")
 
   def run(args: argparse.Namespace) -> int:
     from sparsity.experiments import sweep  # pylint: disable=import-outside-toplevel
 
-    if args.limit is not None and args.limit < 0:
-      raise UsageError("--limit must be >= 0")
+    if args.limit is not None and args.limit < 1:
+      raise UsageError(f"--limit must be >= 1 (--limit {args.limit} selects no run)")
     paths = [w for w in args.spec if "=" not in w]
     overrides = [w for w in args.spec if "=" in w] + args.overrides
     if not paths:
@@ -67,6 +71,10 @@ def _sweep(p: argparse.ArgumentParser) -> Runner:
     if args.launcher == "xpk" and len(paths) > 1:
       raise UsageError("--launcher xpk takes one SPEC (one workload set per sweep name)")
     plans = [(spec, sweep.expand(spec, overrides)) for spec in map(sweep.load_spec, paths)]
+    empty = [spec for spec, runs in plans if not runs]
+    if empty:
+      raise UsageError("; ".join(f"sweep {s.name} ({s.path}) has no run: its constraints keep none of its "
+                                 f"{_grid_size(s)} combinations" for s in empty))
     if args.select:
       pattern = _select_pattern(args.select)
       plans = [(spec, [r for r in runs if pattern.search(r.name)]) for spec, runs in plans]
@@ -102,6 +110,13 @@ def _sweep(p: argparse.ArgumentParser) -> Runner:
   return run
 
 
+def _grid_size(spec) -> int:
+  size = 1
+  for axis in spec.axes:
+    size *= len(axis.values)
+  return size
+
+
 def _sweep_xpk(args: argparse.Namespace, spec, runs) -> int:
   """``sweep --launcher xpk``: one ``xpk workload create`` per run (printed with ``--dry-run``)."""
   from sparsity.experiments import sweep, xpk  # pylint: disable=import-outside-toplevel
@@ -116,6 +131,21 @@ def _sweep_xpk(args: argparse.Namespace, spec, runs) -> int:
                         xpk_bin=args.xpk_bin or _default_xpk_bin())
   cmds = xpk.commands(runs, spec.name, opts)
   names = {r.name: xpk.workload_name(r.name, spec.name, opts.max_name_length) for r in runs}
+  if args.compile_first:
+    import tempfile  # pylint: disable=import-outside-toplevel
+
+    with tempfile.TemporaryDirectory() as tmp:
+      rows = xpk.compile_check(runs, opts.tpu_type, opts.num_slices, tmp)
+    for r in rows:
+      state = ("fits" if r["fits"] else "DOES NOT FIT: " + ", ".join(r["over_hbm"])) if r["fits"] is not None \
+          else "DID NOT COMPILE: " + r["error"].replace("\n", " | ")
+      peak = "" if r["peak_bytes"] is None else f" (peak {r['peak_bytes'] / 1e9:.2f} GB per chip)"
+      print(f"compile {r['run_name']} for {opts.tpu_type} x {opts.num_slices}: {state}{peak}", file=sys.stderr)
+    bad = [r["run_name"] for r in rows if not r["fits"]]
+    if bad:
+      print(f"sweep {spec.name}: nothing submitted; {len(bad)} of {len(rows)} runs would not fit or did not compile "
+            f"on {opts.tpu_type}: {', '.join(bad)}", file=sys.stderr)
+      return 3
   if args.dry_run:
     emit(args, [{"run_name": r.name, "workload": names[r.name], "command": c} for r, c in zip(runs, cmds)],
          lambda: "\n".join(f"# {r.name} -> workload {names[r.name]}\n{shlex.join(c)}" for r, c in zip(runs, cmds)))
@@ -159,6 +189,9 @@ def _collect(p: argparse.ArgumentParser) -> Runner:
   p.add_argument("--trajectories", action="store_true",
                  help="prune-and-recover runs: one row per evaluation (run_name, N0, rho, D, L0, loss), for fit --law p2")
   p.add_argument("--select", help="only the runs whose name matches this regex (re.search), as in sweep --select")
+  p.add_argument("--include-incomplete", action="store_true",
+                 help="also list the runs that did not complete their schedule (data exhausted, target_eval_loss, "
+                 "preempted, failed), marked by the end_status column; they are not results (fit refuses them)")
   add_json(p)
 
   def run(args: argparse.Namespace) -> int:
@@ -166,7 +199,7 @@ def _collect(p: argparse.ArgumentParser) -> Runner:
 
     check_out(args.out, args.force)
     if args.trajectories:
-      df = _select_runs(collect.trajectories(data_path(args)), args.select)
+      df = _select_runs(collect.trajectories(data_path(args), args.include_incomplete), args.select)
       if args.out != "-":
         write_text(df.to_csv(index=False), args.out)
       if args.json or args.out == "-":
@@ -174,9 +207,17 @@ def _collect(p: argparse.ArgumentParser) -> Runner:
       else:
         print(f"{df['run_name'].nunique()} runs, {len(df)} points -> {args.out}")
       return 0
-    df = _select_runs(collect.collect(data_path(args), args.manifest), args.select)
+    table = collect.collect(data_path(args), args.manifest, args.include_incomplete)
+    df = _select_runs(table, args.select)
     if args.out != "-":
       write_text(df.to_csv(index=False), args.out)
+    incomplete = {n: e for n, e in table.attrs.get("incomplete", {}).items()
+                  if not args.select or _select_pattern(args.select).search(str(n))}
+    if incomplete:
+      listed = ", ".join(f"{n} ({e})" for n, e in sorted(incomplete.items()))
+      print(f"warning: {len(incomplete)} runs did not complete their schedule and are not results: {listed}; "
+            + ("kept and marked by the end_status column" if args.include_incomplete
+               else "left out (--include-incomplete lists them)"), file=sys.stderr)
     missing = collect.missing_schedule_keys(df)
     if missing:
       print(f"warning: {missing} unknown for some sparse runs (not in their summaries nor a manifest)", file=sys.stderr)
@@ -316,11 +357,15 @@ def _study(p: argparse.ArgumentParser) -> Runner:
   def run(args: argparse.Namespace) -> int:
     import pandas as pd  # pylint: disable=import-outside-toplevel
 
-    from sparsity.experiments import study  # pylint: disable=import-outside-toplevel
+    from sparsity.experiments import results, study  # pylint: disable=import-outside-toplevel
 
     check_out(os.path.join(args.out, "study.md"), args.force)
     traj = pd.read_csv(args.trajectories) if args.trajectories else None
-    files = study.write(pd.read_csv(data_path(args)), args.out, traj)
+    runs = pd.read_csv(data_path(args))
+    for table, path in ((runs, data_path(args)), (traj, args.trajectories)):
+      if table is not None:
+        results.require_completed(table, path)  # only completed runs are results (collect --include-incomplete)
+    files = study.write(runs, args.out, traj)
     emit(args, files, "\n".join(f"{k}: {v}" for k, v in files.items()))
     return 0
 

@@ -80,6 +80,7 @@ class Run:
     self._prunable_by_path: dict[str, int] = {}
     self.total = 0
     self.in_train_loop = False
+    self.ahead_of_time = False  # sparsity.maxtext.aot is building the abstract train state (nothing will run)
     self.reached: set[str] = set()
 
   @property
@@ -158,9 +159,10 @@ def _get_optimizer(original, config, learning_rate_schedule, model=None, mesh=No
                                                                         int(config.param_scan_axis)))
   RUN.plan, RUN.config = plan, config
   RUN.reached.add("optimizers.get_optimizer")
-  if plan.masks_needed and not RUN.in_train_loop:
+  if plan.masks_needed and not (RUN.in_train_loop or RUN.ahead_of_time):
     raise RuntimeError("the optimizer of a sparse run was built outside MaxText's train.train_loop (the extension "
-                       "point sparsity.maxtext.loop wraps): the pruning events would never run")
+                       "point sparsity.maxtext.loop wraps) and outside the ahead-of-time compile "
+                       "(sparsity.maxtext.aot): the pruning events would never run")
   # Dense training keeps MaxText's optimizer untouched (same state, same numbers); sparse training runs the mask
   # changes as their own program between steps (sparsity.maxtext.events), so the training step compiles and runs
   # like the dense one.
@@ -266,15 +268,33 @@ def _train_step(original, model, config, *args, **kwargs):
 
 def _fixed_mask_metrics(state, step):
   """Metrics of a fine-tuning run whose mask is fixed from its first step: counted from the masks."""
-  hi, lo = threshold.count_true(mask_leaves(state))
-  kept = hi.astype(jnp.float32) * 65536.0 + lo.astype(jnp.float32)
   acc = RUN.accounting()
-  active = kept + acc.non_prunable
+  return fixed_mask_metrics(threshold.count_true(mask_leaves(state)), step, acc.prunable, acc.non_prunable,
+                            acc.tokens_per_step)
+
+
+def wide_float32(count):
+  """A two-limb count (``sparsity.core.threshold``) as float32, rounded once: ``hi * 2**16`` and ``lo`` are each
+  exact in float32 (counts below 2**40), so their sum is the float32 nearest the exact count."""
+  hi, lo = count
+  return hi.astype(jnp.float32) * 65536.0 + lo.astype(jnp.float32)
+
+
+def fixed_mask_metrics(kept, step, prunable: int, non_prunable: int, tokens_per_step: int) -> dict:
+  """The ``sparsity/*`` metrics at train step ``step`` (traced) of a fixed mask keeping ``kept`` weights (two-limb).
+
+  Every count is formed exactly in int32 limbs and rounded to float32 once: the active parameters are the float32
+  nearest ``kept + non_prunable`` (adding ``non_prunable`` to an already rounded float32 count rounds twice and is
+  off past 2**24). The exact integer counts are the summary's (``sparsity.maxtext.loop``). Counts enter as Python
+  ints or floats: an int past 2**31 cannot meet a traced int32/float32.
+  """
+  active = wide_float32(threshold.wide_add(kept, threshold.wide_const(int(non_prunable))))
+  kept_f = wide_float32(kept)
   return {
-      "sparsity/density": kept / max(acc.prunable, 1),
+      "sparsity/density": kept_f / float(max(prunable, 1)),
       "sparsity/active_params": active,
       "sparsity/avg_active_params": active,
-      "sparsity/effective_flops": compute.flops(kept * (step + 1).astype(jnp.float32), acc.tokens_per_step),
+      "sparsity/effective_flops": compute.flops(kept_f * (step + 1).astype(jnp.float32), float(tokens_per_step)),
   }
 
 
