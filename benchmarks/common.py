@@ -5,7 +5,10 @@ import os
 import platform
 import subprocess
 
+from sparsity.maxtext.host import cpu_platform
 from sparsity.repo import ROOT
+
+cpu_platform()  # a benchmark's own JAX on a CPU-only host stays on the CPU (the TPU runtime is installed, not used)
 
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
 

@@ -38,6 +38,10 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from sparsity.maxtext.host import cpu_platform  # noqa: E402
+
+cpu_platform()  # this process's JAX (the inventory) on the CPU of a CPU-only host, not the installed TPU runtime
+
 OUT = os.path.join(ROOT, "results", "families")
 
 TINY = ["base_emb_dim=64", "base_num_query_heads=4", "base_num_kv_heads=4", "head_dim=16", "base_mlp_dim=128",
