@@ -29,6 +29,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.common import RESULTS, machine  # noqa: E402
+from sparsity.maxtext import layout  # noqa: E402
 from sparsity.repo import ROOT  # noqa: E402
 
 NAME = "tpu_compile"
@@ -63,7 +64,7 @@ def compile_cell(model: str, topology: str, variant: str) -> dict:
            *VARIANTS[variant], f"base_output_directory={out}", "run_name=cell", "dataset_type=synthetic"]
     start = time.time()
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
-    path = os.path.join(out, "cell", "compile_summary.json")
+    path = layout.compile_summary_path(layout.run_dir(out, "cell"))
     cell = {"command": " ".join(cmd[1:]).replace(ROOT + "/", ""), "exit_code": proc.returncode,
             "compile_seconds": round(time.time() - start, 1)}
     if os.path.exists(path):

@@ -27,7 +27,7 @@ def _compile(tmp_path, name, *args):
   out = subprocess.run([sys.executable, TRAIN_COMPILE, os.path.join(ROOT, "configs", "sparse_base.yml"), *SMALL,
                         *args, f"run_name={name}", f"base_output_directory={tmp_path}"],
                        cwd=ROOT, env=cpu_env(), capture_output=True, text=True, timeout=900, check=False)
-  path = os.path.join(layout.run_dir(str(tmp_path), name), aot.SUMMARY_FILE)
+  path = layout.compile_summary_path(layout.run_dir(str(tmp_path), name))
   summary = None
   if os.path.exists(path):
     with open(path, encoding="utf-8") as f:

@@ -280,6 +280,8 @@ def _top_k_masks(key_fns, k: Wide, radix: Radix) -> list:
     return jnp.where(tie, (size - _flat_index(shape)).astype(jnp.uint32), jnp.uint32(0))
 
   pos_fns = [lambda dep, n=n: position_keys(n, dep) for n in range(len(parts))]
+  # The tie-break selection runs only when one tensor keeps part of its ties (rare for float magnitudes), so its passes
+  # stay a rolled loop whatever the radix (it compiles once; XLA's cost estimate counts its body once).
   t2 = jax.lax.cond(
       any_partial,
       lambda q: _kth_largest_key(pos_fns, wide_from_int32(q), radix._replace(unrolled=False))[0],

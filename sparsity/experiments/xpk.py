@@ -36,6 +36,7 @@ import sys
 from typing import Any, Sequence
 
 from sparsity.experiments.sweep import Outcome, Run
+from sparsity.maxtext import layout
 from sparsity.repo import ROOT
 
 XPK_REQUIREMENT = "xpk==1.16.0"
@@ -189,7 +190,7 @@ def compile_check(runs: Sequence[Run], tpu_type: str, num_slices: int, out_dir: 
     cmd = [python, os.path.join(root, "MaxText", "train_compile.py"), *run.argv(out_dir),
            f"compile_topology={tpu_type}", f"compile_topology_num_slices={int(num_slices)}"]
     proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, check=False)
-    path = os.path.join(out_dir, run.name, "compile_summary.json")
+    path = layout.compile_summary_path(layout.run_dir(out_dir, run.name))
     row: dict[str, Any] = {"run_name": run.name, "fits": None, "over_hbm": [], "peak_bytes": None}
     if os.path.exists(path) and proc.returncode in (0, 3):
       with open(path, encoding="utf-8") as f:

@@ -24,6 +24,7 @@ exits with status 3, naming the program.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -32,7 +33,8 @@ from typing import Any
 
 import jax
 
-from sparsity.core import pruner, threshold
+from sparsity.core import threshold
+from sparsity.core.paths import path_str
 from sparsity.maxtext import events as events_lib
 from sparsity.maxtext import layout, modules
 
@@ -40,7 +42,6 @@ from sparsity.maxtext import layout, modules
 # prefix of MaxText's topology names (maxtext.utils.accelerator_to_spec_map).
 HBM_BYTES_PER_CHIP = {"v4": 32 * 10**9, "v5e": 16 * 10**9, "v5p": 95 * 10**9, "v6e": 32 * 10**9}
 FITS_EXIT_CODE = 3
-SUMMARY_FILE = "compile_summary.json"
 
 
 class CompileError(ValueError):
@@ -71,11 +72,9 @@ def check_topology(config) -> int:
   if topology not in known or known[topology].platform != "tpu":
     raise CompileError(f"unknown compile_topology={topology!r}; known TPU topologies: {', '.join(tpus)}")
   hbm_bytes(topology)
-  try:
-    import libtpu  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
-  except ImportError:
+  if importlib.util.find_spec("libtpu") is None:
     raise CompileError("compiling for a TPU needs the TPU runtime (libtpu) in this environment: run `bash setup.sh` "
-                       "(it installs the pinned libtpu), or `pip install 'libtpu==0.0.50.*'` for jax 0.12.0.1") from None
+                       "(it installs the pinned libtpu), or `pip install 'libtpu==0.0.50.*'` for jax 0.12.0.1")
   per_slice, slices = known[topology].devices_per_slice, int(config.compile_topology_num_slices)
   for kind, values, want in (("ici", config.ici_parallelism, per_slice), ("dcn", config.dcn_parallelism, slices)):
     fixed = 1
@@ -188,13 +187,17 @@ def compile_programs(config, lower_only: bool = False) -> dict[str, Any]:
         raise
       out_of_memory[name] = next((line for line in message.splitlines() if "HBM" in line), message.splitlines()[0])
 
+  def lowered(signature, args, rules, **kwargs):
+    """MaxText's ``get_functional_*_with_signature`` result jitted and lowered as MaxText's train loop does."""
+    func, in_s, out_s, static, donate = signature
+    with jax.set_mesh(mesh), logical_axis_rules(rules):
+      return jax.jit(func, in_shardings=in_s, out_shardings=out_s, static_argnums=static,
+                     donate_argnums=donate).lower(*args, **kwargs)
+
   data_sharding = sh.get_input_data_sharding(config, mesh)
-  func, in_s, out_s, static, donate = mu.get_functional_train_with_signature(
-      train.train_step, data_sharding, input_state_shardings, model, config, params_shardings)
-  with jax.set_mesh(mesh), logical_axis_rules(config.logical_axis_rules):
-    lowered = jax.jit(func, in_shardings=in_s, out_shardings=out_s, static_argnums=static,
-                      donate_argnums=donate).lower(*shaped_args, **shaped_kwargs)
-  finish("train_step", lowered)
+  finish("train_step", lowered(mu.get_functional_train_with_signature(
+      train.train_step, data_sharding, input_state_shardings, model, config, params_shardings),
+      shaped_args, config.logical_axis_rules, **shaped_kwargs))
   RUN.require("optimizers.get_optimizer", "train.train_step")  # else the program compiled is the dense one
 
   state = shaped_args[0]
@@ -211,17 +214,12 @@ def compile_programs(config, lower_only: bool = False) -> dict[str, Any]:
     finish("mask_count", jax.jit(threshold.count_true).lower(masks))
 
   eval_sharding = sh.get_input_data_sharding(config, mesh, rules=config.logical_axis_rules_for_eval)
-  func, in_s, out_s, static, donate = mu.get_functional_eval_with_signature(
-      train.eval_step, eval_sharding, state_shardings, model, config)
-  with jax.set_mesh(mesh), logical_axis_rules(config.logical_axis_rules_for_eval):
-    eval_batch = mu.get_shaped_batch(config, batch_sharding=eval_sharding, is_eval=True)
-    lowered = jax.jit(func, in_shardings=in_s, out_shardings=out_s, static_argnums=static,
-                      donate_argnums=donate).lower(state, eval_batch)
-  finish("eval_step", lowered)
+  eval_batch = mu.get_shaped_batch(config, batch_sharding=eval_sharding, is_eval=True)
+  finish("eval_step", lowered(mu.get_functional_eval_with_signature(
+      train.eval_step, eval_sharding, state_shardings, model, config), (state, eval_batch),
+      config.logical_axis_rules_for_eval))
 
   flat = jax.tree_util.tree_flatten_with_path(state)[0]
-  from sparsity.core.paths import path_str  # pylint: disable=import-outside-toplevel
-
   by_path = {path_str(p): x for p, x in flat}
   masks_by_param = {layout.state_mask_path(p): x for p, x in by_path.items() if layout.state_mask_path(p)}
   params = {layout.state_param_path(p): x for p, x in by_path.items() if layout.state_param_path(p)}
@@ -278,7 +276,7 @@ def table(summary: dict[str, Any]) -> str:
 def write(summary: dict[str, Any], config) -> str:
   run_dir = layout.run_dir(config.base_output_directory, config.run_name)
   os.makedirs(run_dir, exist_ok=True)
-  path = os.path.join(run_dir, SUMMARY_FILE)
+  path = layout.compile_summary_path(run_dir)
   with open(path + ".tmp", "w", encoding="utf-8") as f:
     json.dump(summary, f, indent=2)
   os.replace(path + ".tmp", path)

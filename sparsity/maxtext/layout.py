@@ -5,6 +5,7 @@ Run directory (``<base_output_directory>/<run_name>``)::
   checkpoints/<step>/items/       Orbax checkpoint of the train state (one per saved step)
   tensorboard/                    TensorBoard event files
   sparsity_summary.json           written by this project when training ends
+  compile_summary.json            written by MaxText/train_compile.py (ahead-of-time compile for a TPU topology)
 
 Train state while training (an ``nnx.State``, flattened to '/'-joined paths):
   ``model/<param path>``                              the parameters
@@ -26,6 +27,7 @@ from __future__ import annotations
 import os
 
 SUMMARY_FILE = "sparsity_summary.json"
+COMPILE_SUMMARY_FILE = "compile_summary.json"
 CHECKPOINTS = "checkpoints"
 ITEMS = "items"
 TENSORBOARD = "tensorboard"
@@ -52,6 +54,10 @@ def run_dir(base_output_directory: str, run_name: str) -> str:
 
 def summary_path(run_directory: str) -> str:
   return os.path.join(run_directory, SUMMARY_FILE)
+
+
+def compile_summary_path(run_directory: str) -> str:
+  return os.path.join(run_directory, COMPILE_SUMMARY_FILE)
 
 
 def checkpoints_dir(run_directory: str) -> str:
@@ -137,7 +143,7 @@ def scan_axis(param_path: str, scan_layers: bool, param_scan_axis: int = 1) -> i
 
 
 __all__ = [
-    "SUMMARY_FILE", "CHECKPOINTS", "ITEMS", "TENSORBOARD", "STATE_PARAMS", "STATE_OPT", "STATE_MASKS", "STATE_COUNT",
+    "SUMMARY_FILE", "COMPILE_SUMMARY_FILE", "compile_summary_path", "CHECKPOINTS", "ITEMS", "TENSORBOARD", "STATE_PARAMS", "STATE_OPT", "STATE_MASKS", "STATE_COUNT",
     "STATE_INNER", "STATE_STEP", "CKPT_PARAMS", "CKPT_OPT", "CKPT_MASKS", "CKPT_COUNT", "CKPT_STEP", "run_dir",
     "summary_path", "checkpoints_dir", "items_dir", "tensorboard_dir", "state_param_path", "state_mask_path",
     "ckpt_param_path", "ckpt_mask_path", "train_state_tree", "checkpoint_tree", "conversion_key", "contraction_axis", "scan_axis",
