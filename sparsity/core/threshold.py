@@ -73,6 +73,12 @@ def wide_to_int32(a: Wide):
   return a[0] * (1 << _LIMB) + a[1]
 
 
+def wide_to_float32(a: Wide):
+  """A wide count as float32, rounded once: ``hi * 2**16`` and ``lo`` are each exact in float32 (counts below
+  2**40), so their sum is the float32 nearest the exact count (a traced value; for metrics)."""
+  return a[0].astype(jnp.float32) * float(1 << _LIMB) + a[1].astype(jnp.float32)
+
+
 def wide_to_python(a: Wide) -> int:
   return int(a[0]) * (1 << _LIMB) + int(a[1])
 

@@ -273,13 +273,6 @@ def _fixed_mask_metrics(state, step):
                             acc.tokens_per_step)
 
 
-def wide_float32(count):
-  """A two-limb count (``sparsity.core.threshold``) as float32, rounded once: ``hi * 2**16`` and ``lo`` are each
-  exact in float32 (counts below 2**40), so their sum is the float32 nearest the exact count."""
-  hi, lo = count
-  return hi.astype(jnp.float32) * 65536.0 + lo.astype(jnp.float32)
-
-
 def fixed_mask_metrics(kept, step, prunable: int, non_prunable: int, tokens_per_step: int) -> dict:
   """The ``sparsity/*`` metrics at train step ``step`` (traced) of a fixed mask keeping ``kept`` weights (two-limb).
 
@@ -288,8 +281,8 @@ def fixed_mask_metrics(kept, step, prunable: int, non_prunable: int, tokens_per_
   off past 2**24). The exact integer counts are the summary's (``sparsity.maxtext.loop``). Counts enter as Python
   ints or floats: an int past 2**31 cannot meet a traced int32/float32.
   """
-  active = wide_float32(threshold.wide_add(kept, threshold.wide_const(int(non_prunable))))
-  kept_f = wide_float32(kept)
+  active = threshold.wide_to_float32(threshold.wide_add(kept, threshold.wide_const(int(non_prunable))))
+  kept_f = threshold.wide_to_float32(kept)
   return {
       "sparsity/density": kept_f / float(max(prunable, 1)),
       "sparsity/active_params": active,
