@@ -1,16 +1,27 @@
 """Shared test helpers: run MaxText/train.py, plain MaxText or ``python -m sparsity`` in a subprocess on CPU devices.
 
-Markers: ``slow`` marks tests that train through MaxText, start subprocesses with several devices or install
-packages; ``pytest -m "not slow"`` runs the rest offline in a few minutes. CI runs everything.
+Markers: ``slow`` marks tests that train through MaxText, start subprocesses (``python -m sparsity``, several
+devices) or install packages; ``pytest -m "not slow"`` runs the rest offline in about a minute (``cli`` runs the
+command line in this process). CI runs everything.
+
+Tests run in parallel (pytest-xdist, ``pytest.ini``): one worker per core, at most one per 3 GiB of memory (an
+end-to-end run takes up to 1.5 GB), and each test file on one worker (``--dist loadfile``: the module fixtures that
+share one training run between several tests run once); files with end-to-end runs are scheduled first.
 """
 
+import contextlib
+import fcntl
 import glob
+import io
 import json
 import os
 import subprocess
 import sys
+import traceback
 
-import pytest
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # as ``python -m sparsity`` sets it, before numpy is imported
+
+import pytest  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -59,6 +70,29 @@ def run_cli(args, timeout=900, cwd=ROOT):
   out = subprocess.run([sys.executable, "-m", "sparsity", *map(str, args)], cwd=cwd, env=cpu_env(),
                        capture_output=True, text=True, timeout=timeout, check=False)
   return out.returncode, out.stdout, out.stderr
+
+
+def cli(args, cwd=ROOT):
+  """``python -m sparsity ARGS`` in this process: (returncode, stdout, stderr), as ``run_cli`` returns them (an
+  exception escaping the command is exit code 1 with its traceback on stderr, as in a subprocess)."""
+  from sparsity.cli import main  # pylint: disable=import-outside-toplevel
+
+  out, err, here = io.StringIO(), io.StringIO(), os.getcwd()
+  os.chdir(cwd)
+  try:
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+      try:
+        code = main([str(a) for a in args])
+      except SystemExit as e:  # argparse's usage errors
+        code = e.code if isinstance(e.code, int) else 0 if e.code is None else 1
+        if isinstance(e.code, str):
+          print(e.code, file=sys.stderr)
+      except Exception:  # pylint: disable=broad-exception-caught
+        traceback.print_exc()
+        code = 1
+  finally:
+    os.chdir(here)
+  return code, out.getvalue(), err.getvalue()
 
 
 def kill_at_checkpoint(procs, run_dir, step, timeout=600):
@@ -125,8 +159,27 @@ def c4_path():
 @pytest.fixture(scope="session")
 def hf_python():
   """The Python of .venv-hf (PyTorch, transformers, compressed-tensors), made by tools/setup_hf_env.sh (idempotent)."""
+  with open(os.path.join(ROOT, ".venv-hf.lock"), "w", encoding="utf-8") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)  # one test worker installs it, the others wait
+    _setup_hf_env()
+  return os.path.join(ROOT, ".venv-hf", "bin", "python")
+
+
+def _setup_hf_env():
   if not os.path.isfile(os.path.join(ROOT, ".venv-hf", ".setup-stamp")):
     out = subprocess.run(["bash", os.path.join(ROOT, "tools", "setup_hf_env.sh")], cwd=ROOT, capture_output=True,
                          text=True, timeout=1800, check=False)
     assert out.returncode == 0, f"tools/setup_hf_env.sh failed:\n{out.stdout[-2000:]}\n{out.stderr[-4000:]}"
-  return os.path.join(ROOT, ".venv-hf", "bin", "python")
+
+
+def pytest_xdist_auto_num_workers(config):  # pylint: disable=unused-argument
+  """``-n auto``: one worker per core, at most one per 3 GiB of memory and at most 8."""
+  cores = len(os.sched_getaffinity(0))
+  memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+  return max(1, min(cores, int(memory // 3), 8))
+
+
+def pytest_collection_modifyitems(config, items):  # pylint: disable=unused-argument
+  """Files with slow tests first (the longest work starts first on the workers), in collection order otherwise."""
+  has_slow = {item.path for item in items if item.get_closest_marker("slow")}
+  items.sort(key=lambda item: item.path not in has_slow)  # stable: each file's tests keep their order

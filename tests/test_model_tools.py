@@ -246,6 +246,7 @@ print("RESULT" + json.dumps(checks))
 """
 
 
+@pytest.mark.slow  # builds the MaxText model in a subprocess
 def test_maxtext_mapping_to_hugging_face_names_and_layouts():
   out = subprocess.run([sys.executable, "-c", _MAPPING_SCRIPT], cwd=ROOT, env=cpu_env(), capture_output=True, text=True,
                        timeout=300, check=False)

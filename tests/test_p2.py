@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import run_cli
+from conftest import cli
 from sparsity.experiments import collect
 from sparsity.maxtext import loop
 from sparsity.science import scaling_laws as sl
@@ -43,6 +43,7 @@ def test_p2_form_against_hand_computed_values():
   assert more > want
 
 
+@pytest.mark.slow  # full grids of fit starts
 def test_recovers_known_coefficients_from_noisy_trajectories():
   df = trajectories()
   res = sl.fit("p2", df, groups=df["run_name"])
@@ -99,6 +100,7 @@ def _recovery_summary(run_dir, name, n0, rho, l0, losses, tokens_per_step=1000):
       "eval_history": [{"step": s, "tokens": (s + 1) * tokens_per_step, "loss": l} for s, l in losses]})
 
 
+@pytest.mark.slow  # full grids of fit starts
 def test_collect_trajectories_fit_and_plan_from_the_command_line(tmp_path):
   df = trajectories(sizes=(1e5, 3e5, 1e6, 3e6), rates=(0.25, 0.5, 0.75), points=8)
   runs = tmp_path / "runs"
@@ -110,21 +112,21 @@ def test_collect_trajectories_fit_and_plan_from_the_command_line(tmp_path):
   table = collect.trajectories(str(runs))
   assert table["run_name"].nunique() == 12 and len(table) == len(df)
   assert list(table.columns[:6]) == ["run_name", "N0", "rho", "D", "L0", "loss"]
-  code, out, err = run_cli(["collect", runs, "--trajectories", "--out", tmp_path / "traj.csv"])
+  code, out, err = cli(["collect", runs, "--trajectories", "--out", tmp_path / "traj.csv"])
   assert code == 0 and "12 runs" in out, err
-  code, out, err = run_cli(["fit", "--law", "p2", "--data", tmp_path / "traj.csv", "--out", tmp_path / "p2.json",
+  code, out, err = cli(["fit", "--law", "p2", "--data", tmp_path / "traj.csv", "--out", tmp_path / "p2.json",
                             "--plot", tmp_path / "p2.png"])
   assert code == 0, err
   assert "R^2" in out and "ASD" in out and "leave one run out" in out
   law = json.loads((tmp_path / "p2.json").read_text())
   assert law["law"] == "p2" and law["quality"]["r2"] > 0.99 and (tmp_path / "p2.png").stat().st_size > 1000
-  code, out, err = run_cli(["recovery", "--law-file", tmp_path / "p2.json", "--n0", "1e6", "--rho", "0.5",
+  code, out, err = cli(["recovery", "--law-file", tmp_path / "p2.json", "--n0", "1e6", "--rho", "0.5",
                             "--l0", "3.8", "--margin", "0.2", "--json"])
   assert code == 0, err
   r = json.loads(out)
   assert r["reachable"] and r["recovery_tokens"] > 0 and r["loss_floor"] < 4.0
-  code, _, err = run_cli(["recovery", "--law-file", tmp_path / "p2.json", "--n0", "1e6", "--rho", "0.5",
+  code, _, err = cli(["recovery", "--law-file", tmp_path / "p2.json", "--n0", "1e6", "--rho", "0.5",
                           "--l0", "3.8", "--margin", "0.0001"])
   assert code == 0
-  code, _, err = run_cli(["fit", "--law", "p2", "--data", runs / "plain", "--out", tmp_path / "x.json"])
+  code, _, err = cli(["fit", "--law", "p2", "--data", runs / "plain", "--out", tmp_path / "x.json"])
   assert code == 1 and "no prune-and-recover run" in err

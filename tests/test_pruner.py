@@ -107,8 +107,9 @@ def test_plan_from_config_keys_uses_the_same_names():
       schedules.make_schedule(40, 0.6, "geometric", 0.5, 0.75, 100)  # one step fraction set: the other's default
 
 
-@pytest.mark.parametrize("scope", ["global", "per_tensor"])
-@pytest.mark.parametrize("score", ["magnitude", "random"])
+@pytest.mark.parametrize("scope, score", [  # the other two in the full suite only
+    ("global", "magnitude"), ("per_tensor", "random"),
+    pytest.param("per_tensor", "magnitude", marks=pytest.mark.slow), pytest.param("global", "random", marks=pytest.mark.slow)])
 def test_exact_counts_monotone_masks_zero_weights_and_moments(scope, score):
   plan = sparsity.PrunePlan(SCHEDULE, pruning_scope=scope, pruning_score=score)
   hist = _train(plan, 20)
@@ -139,7 +140,8 @@ def test_exact_counts_monotone_masks_zero_weights_and_moments(scope, score):
   assert np.all(np.asarray(hist[-1][0]["token_embedder"]["embedding"]) != 0)
 
 
-@pytest.mark.parametrize("scope,score", [("global", "magnitude"), ("per_tensor", "magnitude"), ("global", "random")])
+@pytest.mark.parametrize("scope,score", [("global", "magnitude"), pytest.param("per_tensor", "magnitude", marks=pytest.mark.slow),
+                                         pytest.param("global", "random", marks=pytest.mark.slow)])
 def test_events_between_updates_equal_events_inside_the_update(scope, score):
   """``apply_due_event`` between updates (how the MaxText hook prunes) gives the same training, bit for bit, though
   it zeroes the optimizer's moments once per event where the self-contained update zeroes them every step."""
@@ -308,8 +310,9 @@ def test_per_tensor_accounting_uses_the_counts_the_scope_keeps(target):
 BIG = {"a/wi/kernel": (65536, 24576), "b/wo/kernel": (24576, 65536), "c/query/kernel": (8192, 8192)}  # 3.3e9 weights
 
 
-@pytest.mark.parametrize("scope", ["global", "per_tensor"])
-@pytest.mark.parametrize("structure", ["unstructured", "2:4"])
+@pytest.mark.parametrize("scope, structure", [  # the other two in the full suite only
+    ("global", "unstructured"), ("per_tensor", "2:4"),
+    pytest.param("per_tensor", "unstructured", marks=pytest.mark.slow), pytest.param("global", "2:4", marks=pytest.mark.slow)])
 def test_the_event_and_the_update_trace_past_2_31_weights(scope, structure):
   sizes = [int(np.prod(s)) for s in BIG.values()]
   assert sum(sizes) > 2**31

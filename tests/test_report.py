@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, cli
 from sparsity.core import accounting, compute, schedules
 from sparsity.experiments import collect, report, sweep
 from sparsity.maxtext import layout, loop
@@ -161,50 +161,39 @@ def test_curves_are_what_was_trained():
   assert edges[-1] == 400 and list(active) == [sched.active_at(s, 1000, 50) for s in (0, 10, 20, 30, 40, 50, 60)]
 
 
+@pytest.mark.slow  # full grids of fit starts
 def test_cli_collect_and_report(runs_dir, tmp_path):
   csv = tmp_path / "r.csv"
-  code, out, err = run_cli(["collect", runs_dir, "--out", csv])
+  code, out, err = cli(["collect", runs_dir, "--out", csv])
   assert code == 0 and "18 runs" in out and "prune_start_fraction" in err  # warned: schedule keys unknown
   df = pd.read_csv(csv)
   for col in ("loss", "tokens", "params", "avg_params", "nonzero_params", "sparsity", "run_name", "final_train_loss",
               "final_eval_loss", "target_sparsity", "sparsity_schedule", "prune_start_fraction", "prune_end_fraction",
               "pruning_interval", "dense_fraction", "pruning_fraction"):
     assert col in df.columns
-  code, out, err = run_cli(["report", "--data", csv, "--out", tmp_path / "rep"])
+  code, out, err = cli(["report", "--data", csv, "--out", tmp_path / "rep"])
   assert code == 0, err
   assert "predicted_vs_actual: " + str(tmp_path / "rep") in out and os.path.isfile(tmp_path / "rep" / "report.md")
   with open(tmp_path / "rep" / "law.json") as f:  # no --law-file: fitted on the 18 runs
     law = json.load(f)
   assert law["law"] == "avg_param" and law["run_names"] == list(df["run_name"])
   assert law["params"]["alpha"] == pytest.approx(TRUTH["alpha"], abs=0.02) and law["mae"] < 2e-3
-  code, _, err = run_cli(["collect", tmp_path / "nothing", "--out", tmp_path / "new.csv"])
+  code, _, err = cli(["collect", tmp_path / "nothing", "--out", tmp_path / "new.csv"])
   assert code == 1 and "nothing" in err  # no such directory: bad data
-  code, _, err = run_cli(["collect", runs_dir, "--out", csv])
+  code, _, err = cli(["collect", runs_dir, "--out", csv])
   assert code == 2 and "--force" in err  # the CSV exists: bad usage
-  code, out, _ = run_cli(["collect", runs_dir, "--out", "-"])
+  code, out, _ = cli(["collect", runs_dir, "--out", "-"])
   assert code == 0 and pd.read_csv(__import__("io").StringIO(out)).shape[0] == 18
   some = set(df["run_name"][:3])
-  code, out, _ = run_cli(["collect", runs_dir, "--out", "-", "--select", "^(" + "|".join(map(re.escape, some)) + ")$"])
+  code, out, _ = cli(["collect", runs_dir, "--out", "-", "--select", "^(" + "|".join(map(re.escape, some)) + ")$"])
   assert code == 0 and set(pd.read_csv(__import__("io").StringIO(out))["run_name"]) == some
-  code, _, err = run_cli(["collect", runs_dir, "--out", "-", "--select", "^no-such-run$"])
+  code, _, err = cli(["collect", runs_dir, "--out", "-", "--select", "^no-such-run$"])
   assert code == 1 and "matches no collected run" in err
-  code, out, _ = run_cli(["report", csv, "--out", tmp_path / "rep", "--force", "--json"])
+  code, out, _ = cli(["report", csv, "--out", tmp_path / "rep", "--force", "--json"])
   assert code == 0 and set(json.loads(out)["figures"]) == set(report.FIGURES)
 
 
-def _cli(capsys, *args):
-  """``python -m sparsity ARGS`` in this process: (exit code, stdout, stderr)."""
-  from sparsity import cli  # pylint: disable=import-outside-toplevel
-
-  try:
-    code = cli.main([str(a) for a in args])
-  except SystemExit as e:  # argparse's usage errors
-    code = e.code
-  out = capsys.readouterr()
-  return code, out.out, out.err
-
-
-def test_runs_that_did_not_complete_are_not_results(tmp_path, capsys):
+def test_runs_that_did_not_complete_are_not_results(tmp_path):
   """collect leaves them out (or lists them marked, when asked), fit refuses them; older summaries too."""
   sched = schedules.make_schedule(40, 0.5, "geometric", 0.25, 0.75, 10)
   acc = accounting.from_schedule(sched, 1000, 100, 64)
@@ -234,15 +223,15 @@ def test_runs_that_did_not_complete_are_not_results(tmp_path, capsys):
   assert "2 runs: fitting the avg_param law needs more than 5" in rep.skipped["predicted_vs_actual"]
   table = (tmp_path / "report" / report.TABLE_FILE).read_text()
   assert "| run | end |" in table and "| out | data_exhausted |" in table and "| done | completed |" in table
-  code, out, err = _cli(capsys, "collect", tmp_path, "--out", tmp_path / "results.csv")
+  code, out, err = cli(["collect", tmp_path, "--out", tmp_path / "results.csv"])
   assert code == 0 and "2 runs" in out
   assert "3 runs did not complete their schedule" in err and "out (data_exhausted)" in err
-  code, _, err = _cli(capsys, "collect", tmp_path, "--out", tmp_path / "all.csv", "--include-incomplete")
+  code, _, err = cli(["collect", tmp_path, "--out", tmp_path / "all.csv", "--include-incomplete"])
   assert code == 0 and "kept and marked by the end_status column" in err
   assert sorted(pd.read_csv(tmp_path / "all.csv")["end_status"]) == ["completed"] * 2 + ["data_exhausted"] + \
       ["failed"] * 2
   for data in (tmp_path, tmp_path / "all.csv"):  # a directory of summaries, or a CSV that includes them
-    code, _, err = _cli(capsys, "fit", "--law", "avg_param", "--data", data, "--out", "-")
+    code, _, err = cli(["fit", "--law", "avg_param", "--data", data, "--out", "-"])
     assert code == 1 and "3 of 5 runs did not complete their schedule" in err, err[-2000:]
     assert "broken (failed)" in err and "out (data_exhausted)" in err and "older-corrupt (failed)" in err
   only_bad = tmp_path / "bad"

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import run_cli
+from conftest import cli
 from sparsity.experiments import results as runs
 from sparsity.maxtext import layout
 from sparsity.science import scaling_laws as sl
@@ -84,6 +84,7 @@ def test_law_forms_against_hand_computed_values():
   assert math.isclose(44 * 5e7 ** -0.3, 0.215656, rel_tol=1e-5)
 
 
+@pytest.mark.slow  # full grids of fit starts
 def test_recovers_frantar_law_loosely():
   df = with_loss(grid_runs(ss=(0.0, 0.4, 0.8)), "frantar", FRANTAR, 3e-4, seed=2)
   res = sl.fit("frantar", df, loo=False)
@@ -114,6 +115,7 @@ def test_fit_is_deterministic():
   assert a.params == b.params and a.objective == b.objective
 
 
+@pytest.mark.slow  # full grids of fit starts
 def test_leave_one_out_small_set():
   df = with_loss(grid_runs(ns=(1e8, 3e8, 1e9), ds=(1e10, 1e11), ss=(0.0, 0.5)), "avg_param", CHIN, 0.0)
   df = df.iloc[:9].reset_index(drop=True)
@@ -174,10 +176,11 @@ def test_unknown_law():
 
 
 def _cli(*args):
-  code, out, err = run_cli(args)
+  code, out, err = cli(args)
   return type("R", (), {"returncode": code, "stdout": out, "stderr": err})
 
 
+@pytest.mark.slow  # full grids of fit starts
 def test_cli_fit_predict_round_trip(tmp_path):
   df = with_loss(grid_runs(ns=(1e8, 3e8, 1e9), ds=(1e10, 1e11), ss=(0.0, 0.5)), "avg_param", CHIN, 0.0)
   data, law, plot = tmp_path / "runs.csv", tmp_path / "law.json", tmp_path / "fit.png"
@@ -215,6 +218,7 @@ def _write_summary(d, name, n, d_tok, s, loss, key="final_eval_loss"):
   (run / layout.SUMMARY_FILE).write_text(json.dumps(summary))
 
 
+@pytest.mark.slow  # full grids of fit starts
 def test_load_runs_and_fit_from_directory(tmp_path):
   df = with_loss(grid_runs(ns=(1e8, 3e8, 1e9), ds=(1e10, 1e11), ss=(0.0, 0.5)), "avg_param", CHIN, 0.0)
   for i, r in df.iterrows():

@@ -42,8 +42,9 @@ def _params():
                       "logits_dense": {"kernel": jnp.asarray(r.normal(size=(16, 40)), jnp.float32)}}}
 
 
-@pytest.mark.parametrize("structure,scope,score", [("2:4", "global", "magnitude"), ("2:4", "per_tensor", "magnitude"),
-                                                   ("4:8", "global", "random"), ("1:4", "global", "magnitude")])
+@pytest.mark.parametrize("structure,scope,score", [  # the last three in the full suite only
+    ("2:4", "global", "magnitude"), pytest.param("2:4", "per_tensor", "magnitude", marks=pytest.mark.slow),
+    pytest.param("4:8", "global", "random", marks=pytest.mark.slow), pytest.param("1:4", "global", "magnitude", marks=pytest.mark.slow)])
 def test_gradual_nm_pruning_keeps_exact_counts_and_ends_n_of_m(structure, scope, score):
   n, m = map(int, structure.split(":"))
   sched = schedules.make_schedule(24, 1 - n / m, "geometric", 0.2, 0.6, 3)

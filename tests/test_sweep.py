@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import C4, ROOT, TINY, run_cli
+from conftest import C4, ROOT, TINY, cli, run_cli
 from sparsity import repo
 from sparsity.experiments import collect, dense_sweep, report, sweep, xpk
 from sparsity.science import compute_fractions, planning
@@ -250,26 +250,18 @@ def test_local_launcher_reruns_every_run_that_did_not_complete(tmp_path):
   assert [sweep.end_status(out, n)[0] for n in ends] == ["completed"] * len(ends)
 
 
-def test_a_sweep_that_selects_no_run_is_a_clear_usage_error(tmp_path, capsys):
-  from sparsity import cli  # pylint: disable=import-outside-toplevel
-
-  def run_cli(args):  # in this process: (exit code, stdout, stderr)
-    with pytest.raises(SystemExit) as e:
-      cli.main([str(a) for a in args])
-    out = capsys.readouterr()
-    return e.value.code, out.out, out.err
-
+def test_a_sweep_that_selects_no_run_is_a_clear_usage_error(tmp_path):
   spec = tmp_path / "spec.yml"
   spec.write_text(yaml.safe_dump({"name": "few", "base": os.path.join(ROOT, "configs", "sparse_base.yml"),
                                   "axes": {"target_sparsity": [0.5, 0.8]}, "run_name": "s{target_sparsity}"}))
-  code, _, err = run_cli(["sweep", spec, "--dry-run", "--limit", "0"])
+  code, _, err = cli(["sweep", spec, "--dry-run", "--limit", "0"])
   assert code == 2 and "--limit must be >= 1 (--limit 0 selects no run)" in err and "Traceback" not in err
   empty = tmp_path / "empty.yml"
   empty.write_text(yaml.safe_dump({"name": "none", "base": os.path.join(ROOT, "configs", "sparse_base.yml"),
                                    "axes": {"target_sparsity": [0.5, 0.8]}, "constraints": ["target_sparsity > 0.9"],
                                    "run_name": "s{target_sparsity}"}))
   for launcher in ("local", "xpk"):
-    code, _, err = run_cli(["sweep", empty, "--dry-run", "--launcher", launcher])
+    code, _, err = cli(["sweep", empty, "--dry-run", "--launcher", launcher])
     assert code == 2 and "sweep none" in err and "its constraints keep none of its 2 combinations" in err, err[-2000:]
     assert "Traceback" not in err
 
@@ -395,23 +387,23 @@ def test_xpk_parser_accepts_the_generated_commands(tmp_path, xpk_python):
 
 def test_cli_dry_runs_print_every_run(tmp_path):
   spec = os.path.join(SWEEPS, "paper_schedule_grid.yml")
-  code, out, err = run_cli(["sweep", spec, "--dry-run", "--output-dir", tmp_path, "dataset_path=gs://b/c4"])
+  code, out, err = cli(["sweep", spec, "--dry-run", "--output-dir", tmp_path, "dataset_path=gs://b/c4"])
   assert code == 0, err
   lines = [l for l in out.splitlines() if not l.startswith("#")]
   assert len(lines) == 80
   words = shlex.split(lines[0])
   assert words[1] == repo.TRAIN_SCRIPT and "dataset_path=gs://b/c4" in words
   assert f"base_output_directory={tmp_path}" in words
-  code, out, _ = run_cli(["sweep", spec, "--dry-run", "--out", tmp_path, "--json", "--limit", "2"])  # --out: same
+  code, out, _ = cli(["sweep", spec, "--dry-run", "--out", tmp_path, "--json", "--limit", "2"])  # --out: same
   assert code == 0 and [r["command"][1] for r in json.loads(out)] == [repo.TRAIN_SCRIPT] * 2
-  code, out, err = run_cli(["sweep", spec, "--dry-run", "--launcher", "xpk", "--limit", "3", "--cluster", "c1",
+  code, out, err = cli(["sweep", spec, "--dry-run", "--launcher", "xpk", "--limit", "3", "--cluster", "c1",
                             "--tpu-type", "v5p-128", "--docker-image", "img", "--output-bucket", "gs://b/o",
                             "--xpk-bin", "xpk"])
   assert code == 0, err
   cmds = [shlex.split(l) for l in out.splitlines() if not l.startswith("#")]
   assert len(cmds) == 3 and all(c[:3] == ["xpk", "workload", "create"] for c in cmds)
   assert not os.listdir(tmp_path)  # a dry run writes nothing
-  code, _, err = run_cli(["sweep", spec, "--dry-run", "--launcher", "xpk"])
+  code, _, err = cli(["sweep", spec, "--dry-run", "--launcher", "xpk"])
   assert code == 2 and "--cluster" in err  # missing options: bad usage
 
 
@@ -419,19 +411,19 @@ def test_cli_runs_several_specs_one_after_another(tmp_path):
   """The study's one command: several SPEC files into one --out, overrides for all, --select and --limit across."""
   study = os.path.join(repo.CONFIGS, "study")
   specs = [os.path.join(study, f) for f in ("pilot.yml", "fig4.yml")]
-  code, out, err = run_cli(["sweep", *specs, "step_scale=0.5", "--dry-run", "--out", tmp_path, "--json"])
+  code, out, err = cli(["sweep", *specs, "step_scale=0.5", "--dry-run", "--out", tmp_path, "--json"])
   assert code == 0, err
   names = [r["run_name"] for r in json.loads(out)]
   assert len(names) == 3 + 9 and names[0].startswith("pilot-") and names[-1].startswith("fig4-")
   assert all("steps=600" in r["command"] or "steps=300" in r["command"] for r in json.loads(out))
-  code, out, err = run_cli(["sweep", *specs, "--dry-run", "--out", tmp_path, "--json", "--select", "seed1|d0.0-",
+  code, out, err = cli(["sweep", *specs, "--dry-run", "--out", tmp_path, "--json", "--select", "seed1|d0.0-",
                             "--limit", "3"])
   assert code == 0, err
   assert [r["run_name"] for r in json.loads(out)] == ["pilot-sparse-w64-s0.8-seed1", "fig4-b1-d0.0-p0.25",
                                                       "fig4-b1-d0.0-p0.5"]
-  code, _, err = run_cli(["sweep", *specs, "--dry-run", "--launcher", "xpk", "--cluster", "c"])
+  code, _, err = cli(["sweep", *specs, "--dry-run", "--launcher", "xpk", "--cluster", "c"])
   assert code == 2 and "one SPEC" in err
-  code, _, err = run_cli(["sweep", *specs, "--dry-run", "--select", "nothing-like-this"])
+  code, _, err = cli(["sweep", *specs, "--dry-run", "--select", "nothing-like-this"])
   assert code == 2 and "pilot, fig4" in err
 
 

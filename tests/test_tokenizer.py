@@ -5,13 +5,14 @@ import json
 import pytest
 import sentencepiece as spm
 
-from conftest import run_cli
+from conftest import cli
 from sparsity.experiments import tokenizer
 
 
+@pytest.mark.slow  # trains a SentencePiece model
 def test_tokenizer_trains_on_the_train_split_only_and_is_deterministic(tmp_path, c4_path):
   a, b = tmp_path / "a.model", tmp_path / "b.model"
-  code, out, err = run_cli(["tokenizer", c4_path, "--dataset-name", "c4/en:3.1.0", "--vocab-size", "512", "--out", a,
+  code, out, err = cli(["tokenizer", c4_path, "--dataset-name", "c4/en:3.1.0", "--vocab-size", "512", "--out", a,
                             "--count-split", "validation", "--max-length", "256", "--json"])
   assert code == 0, err[-3000:]
   r = json.loads(out)
@@ -24,7 +25,7 @@ def test_tokenizer_trains_on_the_train_split_only_and_is_deterministic(tmp_path,
   assert sp.decode(sp.encode("Hello, world! 2024")) == "Hello, world! 2024"
   tokenizer.train(tokenizer.detect(c4_path, "c4/en:3.1.0"), 512, str(b))
   assert a.read_bytes() == b.read_bytes()  # the same data gives the same model
-  code, _, err = run_cli(["tokenizer", c4_path, "--vocab-size", "512", "--out", tmp_path / "c.model"])
+  code, _, err = cli(["tokenizer", c4_path, "--vocab-size", "512", "--out", tmp_path / "c.model"])
   assert code == 1 and "TFDS dataset name" in err  # a directory needs --dataset-name
 
 
