@@ -10,12 +10,13 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
 
 from conftest import ROOT, TINY, cpu_env, final_state, read_summary, run_cli, run_train, terminate_at_checkpoint
-from sparsity.maxtext import checkpoint, layout, status
+from sparsity.maxtext import checkpoint, launch, layout, status
 
 pytestmark = pytest.mark.slow
 
@@ -39,7 +40,12 @@ def _first_step(text, prefix=""):
   return int(found[0])
 
 
-def _launch(args, base, processes=2, devices=2):
+def _launch(args, base, processes=2, devices=2, wait=900):
+  """``python -m sparsity launch``, once MaxText's fixed coordinator port is free (another multi-process test may hold
+  it on a shared machine): (returncode, output)."""
+  deadline = time.monotonic() + wait
+  while launch.port_in_use() and time.monotonic() < deadline:
+    time.sleep(2)
   code, out, err = run_cli(["launch", *args, f"base_output_directory={base}", "--processes", processes,
                             "--devices-per-process", devices])
   return code, out + err
@@ -47,8 +53,9 @@ def _launch(args, base, processes=2, devices=2):
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-  """{"straight", "preempted", "same", "two_processes", "tensor"}: run directories, with what the preempted run left
-  before it resumed (its exit code, summary, checkpoint steps, state) and each resume's output."""
+  """{"straight", "preempted", "same", "two_processes", "tensor", "untouched"}: run directories, with what the
+  preempted run left before it resumed (its exit code, summary, checkpoint steps, state), each resume's output, and a
+  copy of the preempted run that is never resumed."""
   tmp = tmp_path_factory.mktemp("preemption")
   straight = tmp / "straight"
   run_train(RUN + FSDP4 + [f"run_name={NAME}"], straight, devices=4)
@@ -64,14 +71,14 @@ def runs(tmp_path_factory):
   preempted = {"code": code, "log": preempted_log, "summary": read_summary(base, NAME),
                "steps": checkpoint.steps(layout.checkpoints_dir(str(base / NAME))), "state": final_state(base / NAME),
                "plan": checkpoint.read_plan(str(base / NAME))}
-  shutil.copytree(base, tmp / "two_processes")
-  shutil.copytree(base, tmp / "tensor")
+  for copy in ("two_processes", "tensor", "untouched"):
+    shutil.copytree(base, tmp / copy)
 
   same = run_train(RUN + FSDP4 + [f"run_name={NAME}"], base, devices=4)  # the same command again
   code2, out2 = _launch(RUN + FSDP4 + [f"run_name={NAME}"], tmp / "two_processes")
   assert code2 == 0, out2[-6000:]
   tensor = run_train(RUN + TENSOR2_FSDP2 + [f"run_name={NAME}"], tmp / "tensor", devices=4)
-  return {"straight": straight, "preempted": preempted, "same": (base, same.stdout + same.stderr),
+  return {"straight": straight, "preempted": preempted, "untouched": tmp / "untouched", "same": (base, same.stdout + same.stderr),
           "two_processes": (tmp / "two_processes", out2), "tensor": (tmp / "tensor", tensor.stdout + tensor.stderr)}
 
 
@@ -156,7 +163,7 @@ def test_an_fsdp4_checkpoint_resumes_with_tensor2_fsdp2(runs):
     ("prunable_params=mlp", "but this config prunes ['decoder/layers/mlp/wi_0/kernel'"),
 ])
 def test_a_resume_that_cannot_work_stops_before_compiling(runs, tmp_path, override, message):
-  shutil.copytree(runs["straight"], tmp_path, dirs_exist_ok=True)
+  shutil.copytree(runs["untouched"], tmp_path, dirs_exist_ok=True)  # mid run (a finished run cannot continue)
   out = run_train(RUN + FSDP4 + [f"run_name={NAME}", override], tmp_path, devices=4, check=False, timeout=300)
   text = out.stdout + out.stderr
   assert out.returncode != 0 and message in text, text[-4000:]
