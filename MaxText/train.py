@@ -27,24 +27,29 @@ def main() -> None:
 
 def _run_then_exit(argv) -> None:
   """MaxText's main through the hook; then, in a single process, leave without the interpreter's teardown: exit
-  code 0 after a run that ended without an exception, 1 after one that raised (a failed run: its summary says
-  ``failed``, see ``sparsity.maxtext.status``), with the traceback printed.
+  code 0 after a run that ended without an exception, ``status.PREEMPTED_EXIT_CODE`` (143) after a preempted one
+  (SIGTERM: its summary says ``preempted``), 1 after one that raised (a failed run: its summary says ``failed``,
+  see ``sparsity.maxtext.status``), with the traceback printed.
 
   Everything is written by then (checkpoints waited for, the summary, the logs flushed below). The teardown
   only destroys TensorFlow's data threads, and on this machine that intermittently aborts the process
   ("terminate called without an active exception", exit -6) after a run that succeeded. With several
-  processes the normal exit is kept (JAX's distributed shutdown runs at exit; an exception exits non-zero).
+  processes the normal exit is kept (JAX's distributed shutdown runs at exit; an exception exits non-zero, a
+  preempted run with the same code as in one process).
   """
   import traceback  # pylint: disable=import-outside-toplevel
 
   import jax  # pylint: disable=import-outside-toplevel
   from absl import logging  # pylint: disable=import-outside-toplevel
 
-  from sparsity.maxtext import hook  # pylint: disable=import-outside-toplevel
+  from sparsity.maxtext import hook, loop, status  # pylint: disable=import-outside-toplevel
 
   code = 0
   try:
     hook.main(argv)
+  except loop.RunPreempted as e:
+    print(str(e), flush=True)
+    code = status.PREEMPTED_EXIT_CODE
   except Exception:  # pylint: disable=broad-except
     if jax.process_count() > 1:
       raise
@@ -56,6 +61,8 @@ def _run_then_exit(argv) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)  # pylint: disable=protected-access
+  if code:
+    sys.exit(code)
 
 
 if __name__ == "__main__":

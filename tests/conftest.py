@@ -112,6 +112,30 @@ def kill_at_checkpoint(procs, run_dir, step, timeout=600):
   assert not os.path.exists(layout.summary_path(str(run_dir))), "the run finished before the kill"
 
 
+def terminate_at_checkpoint(proc, run_dir, step, timeout=600):
+  """Waits until the run in ``run_dir`` has its checkpoint of ``step``, then sends SIGTERM (a preemption notice) to
+  ``proc``'s process group (started with ``start_new_session=True``) and waits for it to end; returns its exit code.
+  Asserts the checkpoint exists and the run did not finish first."""
+  import signal  # pylint: disable=import-outside-toplevel
+  import time  # pylint: disable=import-outside-toplevel
+
+  marker = layout.items_dir(layout.checkpoints_dir(str(run_dir)), step)
+  deadline = time.time() + timeout
+  while not os.path.isdir(marker) and proc.poll() is None and time.time() < deadline:
+    time.sleep(0.02)
+  finished = proc.poll() is not None
+  if not finished:
+    os.killpg(proc.pid, signal.SIGTERM)
+  try:
+    code = proc.wait(timeout=timeout)
+  except subprocess.TimeoutExpired:
+    os.killpg(proc.pid, signal.SIGKILL)
+    raise
+  assert os.path.isdir(marker), f"the run never reached its step-{step} checkpoint"
+  assert not finished, f"the run ended (exit code {proc.returncode}) before the SIGTERM"
+  return code
+
+
 def start_train(args, env=None):
   """``MaxText/train.py args`` started in its own session (output discarded), for ``kill_at_checkpoint``."""
   return subprocess.Popen([sys.executable, os.path.join(ROOT, "MaxText", "train.py"), *args], cwd=ROOT,

@@ -206,5 +206,53 @@ def check_resumable(checkpoint_dir: str, param_shapes: dict[str, tuple], mask_pa
                      "its weights with load_parameters_path (and init_mask_from_zeros=true to keep its zeros).")
 
 
-__all__ = ["steps", "latest_step", "metadata_tree", "metadata_shapes", "Located", "ModelState", "locate", "load",
-           "read_summary", "check_resumable"]
+# The keys of a run's pruning plan (``sparsity_plan.json``) that its checkpoints' masks depend on.
+PLAN_KEYS = ("target_sparsity", "sparsity_schedule", "pruning_structure", "pruning_scope", "pruning_score",
+             "pruning_seed", "init_mask_from_zeros", "prunable_tensors", "prune_steps", "kept_after_events")
+
+
+def read_plan(run_dir: str) -> dict | None:
+  """The pruning plan a sparse run with checkpointing wrote when it started (``layout.PLAN_FILE``), or None."""
+  path = layout.plan_path(run_dir)
+  if not os.path.isfile(path):
+    return None
+  with open(path, encoding="utf-8") as f:
+    return json.load(f)
+
+
+def write_plan(run_dir: str, plan: dict) -> str:
+  """Writes the run's pruning plan (``PLAN_KEYS``) atomically; returns its path."""
+  os.makedirs(run_dir, exist_ok=True)
+  path = layout.plan_path(run_dir)
+  with open(path + ".tmp", "w", encoding="utf-8") as f:
+    json.dump({k: plan[k] for k in PLAN_KEYS}, f, indent=2)
+  os.replace(path + ".tmp", path)
+  return path
+
+
+def check_plan(run_dir: str, plan: dict) -> None:
+  """Raises ValueError, before anything is restored, if ``run_dir`` has a finished checkpoint whose run pruned by
+  another plan than ``plan`` (another structure, target, schedule, scope, score or prunable set: its masks would
+  not be the ones this config's schedule expects). Nothing is checked without a checkpoint, or without the plan
+  file (a run directory written before it existed)."""
+  written = read_plan(run_dir)
+  ckpts = layout.checkpoints_dir(run_dir)
+  found = steps(ckpts)
+  if written is None or not found:
+    return
+  differ = [k for k in PLAN_KEYS if written.get(k) != plan[k]]
+  if not differ:
+    return
+  shown = "; ".join(f"{k}: {_short(written.get(k))} (checkpoint) vs {_short(plan[k])} (this config)" for k in differ)
+  raise ValueError(f"the checkpoint at {layout.items_dir(ckpts, found[-1])} (step {found[-1]}) was written by a run "
+                   f"that prunes differently: {shown}. It cannot be resumed with this config. Use another run_name, or "
+                   "load only its weights with load_parameters_path (and init_mask_from_zeros=true to keep its zeros).")
+
+
+def _short(value, limit: int = 120) -> str:
+  text = json.dumps(value)
+  return text if len(text) <= limit else text[:limit] + "..."
+
+
+__all__ = ["PLAN_KEYS", "read_plan", "write_plan", "check_plan", "steps", "latest_step", "metadata_tree",
+           "metadata_shapes", "Located", "ModelState", "locate", "load", "read_summary", "check_resumable"]

@@ -11,6 +11,8 @@ which one of them is not reached stops with an error naming it):
 * ``maxtext.trainers.pre_train.train.train_step``: adds the ``sparsity/*`` scalars to MaxText's metrics.
 * ``train.train_loop`` / ``train.training_loop_iteration``: the loop of ``sparsity.maxtext.loop`` (pruning
   events between steps, the end of the run: final evaluation, final count, summary).
+* ``maxtext.common.checkpointing.maybe_save_checkpoint`` (called by ``training_loop_iteration``): on a preemption
+  notice, a checkpoint of the step reached, then a stop (``sparsity.maxtext.preemption``).
 * ``maxtext.utils.max_utils.initialize_summary_writer``: with ``DECOUPLE_GCLOUD=TRUE`` MaxText stubs out
   TensorBoard; this writes real event files (process 0 only) when tensorboardX is installed.
 """
@@ -43,10 +45,17 @@ EXTENSION_POINTS = {
     "train.main": (modules.train, "main", ("argv",)),
     "max_utils.initialize_summary_writer": (modules.max_utils, "initialize_summary_writer",
                                             ("tensorboard_dir", "run_name", "enable_tensorboard")),
+    # sparsity.maxtext.preemption (replaced for the training loop's duration by sparsity.maxtext.loop)
+    "checkpointing.maybe_save_checkpoint": (modules.checkpointing, "maybe_save_checkpoint",
+                                            ("checkpoint_manager", "state", "config", "data_iterator", "step")),
+    "checkpointing.reached_preemption": (modules.checkpointing, "reached_preemption", ("checkpoint_manager", "step")),
+    "checkpointing.wait_until_finished": (modules.checkpointing, "wait_until_finished", ("checkpoint_manager",)),
 }
 # Calls that must go through a module attribute (so that replacing the attribute reaches them).
 CALLED_THROUGH = {"train_utils.create_training_optimizer": (modules.train_utils, "create_training_optimizer",
-                                                            "optimizers.get_optimizer(")}
+                                                            "optimizers.get_optimizer("),
+                  "train.training_loop_iteration": (modules.train, "training_loop_iteration",
+                                                    "checkpointing.maybe_save_checkpoint(")}
 
 
 def check_extension_points() -> None:
@@ -180,7 +189,8 @@ def _get_optimizer(original, config, learning_rate_schedule, model=None, mesh=No
     RUN.model = _model_counts(config, fam, {p: size_of(x) for p, x in flat}, chosen)
     RUN._prunable_by_path = {p: size_of(by_path[p]) for p in chosen}  # pylint: disable=protected-access
     if config.enable_checkpointing:
-      _check_resume(config, {p: shape_of(x) for p, x in flat}, chosen if plan.masks_needed else [])
+      _check_resume(config, {p: shape_of(x) for p, x in flat}, chosen if plan.masks_needed else [],
+                    _plan_record(config, plan, chosen) if plan.masks_needed else None)
     return tx.init(params)
 
   return type(tx)(init, tx.update)
@@ -244,11 +254,30 @@ def _check_groups_within_shards(plan: pruner.PrunePlan, params: dict, mesh, conf
                      + "; ".join(bad))
 
 
-def _check_resume(config, shapes: dict[str, tuple], masks: list[str]) -> None:
-  """A clear error, before MaxText restores anything, if the run directory's checkpoint does not fit."""
-  ckpt_dir = layout.checkpoints_dir(layout.run_dir(config.base_output_directory, config.run_name))
-  if os.path.isdir(ckpt_dir):  # not local (e.g. gs://), or no checkpoint yet: nothing to check here
+def _plan_record(config, plan: pruner.PrunePlan, chosen: list[str]) -> dict:
+  """The run's pruning plan as ``checkpoint.PLAN_KEYS`` (what its checkpoints' masks follow)."""
+  return {"target_sparsity": float(config.target_sparsity), "sparsity_schedule": str(config.sparsity_schedule),
+          "pruning_structure": plan.pruning_structure, "pruning_scope": plan.pruning_scope,
+          "pruning_score": plan.pruning_score, "pruning_seed": int(plan.pruning_seed),
+          "init_mask_from_zeros": bool(plan.init_mask_from_zeros), "prunable_tensors": sorted(chosen),
+          "prune_steps": list(plan.schedule.prune_steps),
+          "kept_after_events": list(pruner.kept_after_events(plan, RUN.prunable_sizes))}
+
+
+def _check_resume(config, shapes: dict[str, tuple], masks: list[str], plan: dict | None) -> None:
+  """A clear error, before MaxText restores anything, if the run directory's checkpoint does not fit (its model, its
+  masks, or the plan its masks follow); then process 0 of a sparse run that will train records its ``plan`` beside
+  its checkpoints."""
+  run_dir = layout.run_dir(config.base_output_directory, config.run_name)
+  if "://" in run_dir:  # not local (e.g. gs://): nothing to check here
+    return
+  ckpt_dir = layout.checkpoints_dir(run_dir)
+  if os.path.isdir(ckpt_dir):
     checkpoint.check_resumable(ckpt_dir, shapes, masks)
+  if plan is not None:
+    checkpoint.check_plan(run_dir, plan)
+    if jax.process_index() == 0 and not RUN.ahead_of_time:
+      checkpoint.write_plan(run_dir, plan)
 
 
 def _train_step(original, model, config, *args, **kwargs):

@@ -5,6 +5,8 @@ Run directory (``<base_output_directory>/<run_name>``)::
   checkpoints/<step>/items/       Orbax checkpoint of the train state (one per saved step)
   tensorboard/                    TensorBoard event files
   sparsity_summary.json           written by this project when training ends
+  sparsity_plan.json              written by this project when a sparse run with checkpointing starts: what its
+                                  checkpoints' masks follow (checked before a resume)
   compile_summary.json            written by MaxText/train_compile.py (ahead-of-time compile for a TPU topology)
 
 Train state while training (an ``nnx.State``, flattened to '/'-joined paths):
@@ -27,6 +29,7 @@ from __future__ import annotations
 import os
 
 SUMMARY_FILE = "sparsity_summary.json"
+PLAN_FILE = "sparsity_plan.json"
 COMPILE_SUMMARY_FILE = "compile_summary.json"
 CHECKPOINTS = "checkpoints"
 ITEMS = "items"
@@ -54,6 +57,10 @@ def run_dir(base_output_directory: str, run_name: str) -> str:
 
 def summary_path(run_directory: str) -> str:
   return os.path.join(run_directory, SUMMARY_FILE)
+
+
+def plan_path(run_directory: str) -> str:
+  return os.path.join(run_directory, PLAN_FILE)
 
 
 def compile_summary_path(run_directory: str) -> str:

@@ -9,7 +9,9 @@
   trained;
 * how the run ends is told apart (``sparsity.maxtext.status``): MaxText's data loader turns every exception of the
   data pipeline into ``StopTraining``, and only ``StopIteration`` (the exception it was raised from) means the data
-  ran out; any other one (a corrupt shard) is a failure.
+  ran out; any other one (a corrupt shard) is a failure;
+* SIGTERM (a preemption notice) saves a checkpoint of the step reached and stops the loop after that step
+  (``sparsity.maxtext.preemption``, installed for the loop's duration).
 
 At the end, on every process (each computation on global arrays is a collective):
 
@@ -24,6 +26,9 @@ At the end, on every process (each computation on global arrays is a collective)
    whether they came from the compute split (``schedule_split``), the final losses, every evaluation
    (``eval_history``), and why the run stopped early if it did.
 
+A preempted run writes its summary (``preempted``; no final evaluation: its weights are not final), then raises
+``RunPreempted``: ``MaxText/train.py`` exits with ``status.PREEMPTED_EXIT_CODE``.
+
 A run that failed (an exception in the data pipeline, the training loop or the end of the run) still writes a
 summary saying ``failed`` with the exception's message (the full one when the train state is intact, else the
 fields known without the device: ``minimal_failure_summary``), then raises ``RunFailed``: the process exits
@@ -36,6 +41,7 @@ the P2 law's L0) and the pruned weights right after it (``loss_after_pruning``),
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from typing import Any
@@ -46,7 +52,7 @@ import numpy as np
 from sparsity.core import compute, threshold
 from sparsity.core.paths import path_str
 from sparsity.maxtext import events as events_lib
-from sparsity.maxtext import layout, modules, status
+from sparsity.maxtext import layout, modules, preemption, status
 from sparsity.maxtext.hook import RUN
 
 # Settings that later tools (collect, report) group runs by.
@@ -65,6 +71,10 @@ def maxtext_evaluates_after(step: int, config, start_step: int) -> bool:
 
 class RunFailed(RuntimeError):
   """Training failed (see the module docstring); the summary says ``failed`` with the message."""
+
+
+class RunPreempted(Exception):
+  """Training stopped on a preemption notice (SIGTERM) before its last step; the summary says ``preempted``."""
 
 
 class LoopRecord:
@@ -139,6 +149,10 @@ def train_loop(original, iteration_original, train_module, config, recorder, sta
     except stop as e:
       _record_stop(record, e)
       raise
+    preempted = notice.pending_stop(stop)
+    if preempted is not None:  # after the whole iteration: the step's state and metrics are MaxText's as usual
+      _record_stop(record, preempted)
+      raise preempted
     weights = record.metrics["scalar"].get("learning/total_weights")
     if weights is not None:  # added on the device: no synchronisation per step
       record.target_tokens = weights if record.target_tokens is None else record.target_tokens + weights
@@ -149,6 +163,12 @@ def train_loop(original, iteration_original, train_module, config, recorder, sta
 
   train_module.training_loop_iteration = iteration
   RUN.in_train_loop = True
+  notice = preemption.Notice()
+  checkpointing = modules.checkpointing()
+  save_original = checkpointing.maybe_save_checkpoint
+  checkpointing.maybe_save_checkpoint = functools.partial(preemption.maybe_save_checkpoint, save_original,
+                                                          checkpointing, stop, notice)
+  notice.install(distributed=jax.distributed.is_initialized())
   error = None
   try:
     state = original(config, recorder, state)
@@ -158,12 +178,16 @@ def train_loop(original, iteration_original, train_module, config, recorder, sta
     error = e
   finally:
     train_module.training_loop_iteration = iteration_original
+    checkpointing.maybe_save_checkpoint = save_original
+    notice.uninstall()
     RUN.in_train_loop = False
   if record.device is not None:
     state = record.device["state"]  # the state of the last trained step, also when the loop stopped early
   if RUN.plan is None or not RUN.total:
     if error is not None:
       raise error
+    if notice.stop_message is not None and events_lib.optimizer_step(state) < int(config.steps):
+      raise RunPreempted(_preempted_message(config, notice, events_lib.optimizer_step(state)))
     return state
   if error is not None:  # the device state may be gone (donated to a step that raised): no collective here
     _write_failure(config, record, error)
@@ -177,7 +201,16 @@ def train_loop(original, iteration_original, train_module, config, recorder, sta
   if end == status.FAILED:
     raise RunFailed(f"training failed after {events_lib.optimizer_step(state)} of {int(config.steps)} steps: {message}"
                     + ("" if summary is None else f" (the summary, {layout.SUMMARY_FILE}, says failed)"))
+  if end == status.PREEMPTED:
+    raise RunPreempted(_preempted_message(config, notice, events_lib.optimizer_step(state)))
   return state
+
+
+def _preempted_message(config, notice: preemption.Notice, trained: int) -> str:
+  saved = ("no checkpoint (checkpointing is off)" if notice.saved_step is None
+           else f"the checkpoint of step {notice.saved_step}")
+  return (f"preempted (SIGTERM) after {trained} of {int(config.steps)} steps: rerun the same command to resume from "
+          f"{saved}")
 
 
 def _record_stop(record: LoopRecord, e: BaseException) -> None:
@@ -270,7 +303,7 @@ def finish(config, state, record: LoopRecord) -> dict | None:
   if record.last_eval_step is not None:
     eval_loss, eval_step = _logged_eval_loss(record), record.last_eval_step
   if (config.eval_interval > 0 and record.device is not None and eval_step != last and trained > 0
-      and end != status.FAILED):
+      and end not in (status.FAILED, status.PREEMPTED)):
     result = final_evaluation(config, record)
     if result is not None:
       eval_loss, eval_step = result[0], last
@@ -378,4 +411,4 @@ def write_summary(run_directory: str, summary: dict[str, Any]) -> str:
 
 
 __all__ = ["train_loop", "finish", "final_evaluation", "write_summary", "maxtext_evaluates_after", "RUN_SETTINGS",
-           "RunFailed", "end_of_run", "fixed_mask_count", "minimal_failure_summary"]
+           "RunFailed", "RunPreempted", "end_of_run", "fixed_mask_count", "minimal_failure_summary"]

@@ -42,6 +42,10 @@ def max_utils():
   return _import("maxtext.utils.max_utils")
 
 
+def checkpointing():
+  return _import("maxtext.common.checkpointing")
+
+
 def exceptions():
   return _import("maxtext.utils.exceptions")
 
@@ -66,5 +70,5 @@ def version() -> str | None:
   return getattr(_import("maxtext.version"), "__version__", None)
 
 
-__all__ = ["MAXTEXT_VERSION", "pyconfig", "types", "optimizers", "train", "train_utils", "max_utils", "exceptions",
-           "train_compile", "maxtext_utils", "sharding", "accelerators", "version"]
+__all__ = ["MAXTEXT_VERSION", "pyconfig", "types", "optimizers", "train", "train_utils", "max_utils", "checkpointing",
+           "exceptions", "train_compile", "maxtext_utils", "sharding", "accelerators", "version"]

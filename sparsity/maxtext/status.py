@@ -6,13 +6,17 @@
 * ``data_exhausted``: the training data ran out (MaxText's data loader met ``StopIteration``); the run trained fewer
   steps than configured. Exit code 0 (MaxText's own graceful stop).
 * ``target_eval_loss``: MaxText's ``target_eval_loss`` was reached (its own early stop). Exit code 0.
-* ``preempted``: MaxText's own preemption stop (a checkpoint saved after SIGTERM reached its checkpoint manager).
-  Reserved: the pruner installs no SIGTERM handling of its own yet, and a preempted run's resume is not checked to
-  end like an uninterrupted one.
+* ``preempted``: the job received SIGTERM (what a TPU VM gets before it is preempted) while training: a checkpoint
+  of the step reached was saved (``sparsity.maxtext.preemption``: MaxText's own preemption stop, completed with a
+  save of that step, and SIGTERM caught by the pruner in a process without JAX's distributed system), the summary
+  counts the steps trained, and rerunning the same command resumes from that checkpoint and ends as an uninterrupted
+  run would. Exit code ``PREEMPTED_EXIT_CODE`` (143 = 128 + SIGTERM: what a shell or Kubernetes reports for a
+  process ended by SIGTERM, so a scheduler's retry-on-preemption rule, e.g. a JobSet ``podFailurePolicy`` on exit
+  code 143, restarts it, while ``failed`` (1) is told apart).
 * ``failed``: an exception ended training: any exception in MaxText's data pipeline (a corrupt shard, a failing
   reader: MaxText's data loader turns every one into ``StopTraining``, and only ``StopIteration`` means the data ran
   out), or any exception raised by the training loop or the end of the run. The summary's ``error`` holds the
-  exception's type and message, and the process exits non-zero (``MaxText/train.py``).
+  exception's type and message, and the process exits non-zero (``FAILED_EXIT_CODE``, ``MaxText/train.py``).
 
 Summaries written before ``end_status`` existed are read with ``of_summary`` (from ``stopped_early``,
 ``steps_trained`` / ``steps`` and ``stop_reason``).
@@ -37,6 +41,11 @@ _OUT_OF_DATA = "run out of training data"  # data_loader.loader_exception_guard,
 _LOADER_FAILED = "`next(self.data_iterator)` failed"  # data_loader.loader_exception_guard, any other exception
 _TARGET_LOSS = "Target loss"  # metric_logger: "Target loss self.config.target_eval_loss=... is achieved."
 _SIGTERM = "termination signal (SIGTERM)"  # checkpointing: "Job received termination signal (SIGTERM)."
+SIGTERM_STOP = "Job received termination signal (SIGTERM)."  # the whole message, for the pruner's own stop
+
+# Exit codes of MaxText/train.py by end status (any other failure: 1; completed and MaxText's graceful stops: 0).
+FAILED_EXIT_CODE = 1
+PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM
 
 
 def of_stop(reason: str, cause: BaseException | None = None) -> str:
@@ -79,5 +88,5 @@ def is_result(summary: Mapping[str, Any]) -> bool:
   return of_summary(summary) == COMPLETED
 
 
-__all__ = ["END_STATUSES", "COMPLETED", "DATA_EXHAUSTED", "TARGET_EVAL_LOSS", "PREEMPTED", "FAILED", "of_stop",
-           "of_summary", "is_result", "error_text"]
+__all__ = ["SIGTERM_STOP", "FAILED_EXIT_CODE", "PREEMPTED_EXIT_CODE", "END_STATUSES", "COMPLETED", "DATA_EXHAUSTED",
+           "TARGET_EVAL_LOSS", "PREEMPTED", "FAILED", "of_stop", "of_summary", "is_result", "error_text"]
