@@ -177,6 +177,23 @@ def test_launch_sets_maxtexts_multi_process_variables():
   assert launch.Result([0, 0], None, 1.0).exit_code == 0 and launch.Result([-9, 0], 0, 1.0).exit_code == 1
 
 
+def test_each_launch_gets_a_coordinator_address_of_its_own():
+  """MaxText fixes the coordinator port (1234); launches on one machine differ in the loopback address instead."""
+  import socket  # pylint: disable=import-outside-toplevel
+
+  from sparsity.maxtext import launch  # pylint: disable=import-outside-toplevel
+
+  host = launch.free_coordinator()
+  assert host.startswith("127.") and not launch.port_in_use(launch.COORDINATOR_PORT, host)
+  env = launch.process_env(0, 2, 2, base={}, coordinator=host)
+  assert env["JAX_COORDINATOR_ADDRESS"] == host and env["JAX_COORDINATOR_BIND_ADDRESS"] == f"{host}:1234"
+  with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as held:  # a run holding that coordinator
+    held.bind((host, launch.COORDINATOR_PORT))
+    held.listen()
+    assert launch.port_in_use(launch.COORDINATOR_PORT, host)
+    assert {launch.free_coordinator() for _ in range(20)}.isdisjoint({host})
+
+
 # --- How a run ends (sparsity.maxtext.status, loop.end_of_run) and the fine-tuning count -----------------------
 
 

@@ -10,13 +10,12 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 
 from conftest import ROOT, TINY, cpu_env, final_state, read_summary, run_cli, run_train, terminate_at_checkpoint
-from sparsity.maxtext import checkpoint, launch, layout, status
+from sparsity.maxtext import checkpoint, layout, status
 
 pytestmark = pytest.mark.slow
 
@@ -40,12 +39,8 @@ def _first_step(text, prefix=""):
   return int(found[0])
 
 
-def _launch(args, base, processes=2, devices=2, wait=900):
-  """``python -m sparsity launch``, once MaxText's fixed coordinator port is free (another multi-process test may hold
-  it on a shared machine): (returncode, output)."""
-  deadline = time.monotonic() + wait
-  while launch.port_in_use() and time.monotonic() < deadline:
-    time.sleep(2)
+def _launch(args, base, processes=2, devices=2):
+  """``python -m sparsity launch``: (returncode, output)."""
   code, out, err = run_cli(["launch", *args, f"base_output_directory={base}", "--processes", processes,
                             "--devices-per-process", devices])
   return code, out + err

@@ -78,8 +78,8 @@ def test_two_processes_equal_one_process_four_devices(multi):
 def test_killed_processes_resume_to_the_same_result(multi, tmp_path):
   ref_dir, _, _, _ = multi
   args = MULTI + ["run_name=killed", f"base_output_directory={tmp_path}"]
-  procs = [start_train(launch.train_argv(args), env={**launch.process_env(i, 2, 2), "PYTHONPATH": ROOT})
-           for i in range(2)]
+  procs = [start_train(launch.train_argv(args), env={**launch.process_env(i, 2, 2, coordinator=host), "PYTHONPATH": ROOT})
+           for host in [launch.free_coordinator()] for i in range(2)]
   kill_at_checkpoint(procs, tmp_path / "killed", 12)  # mid pruning: events 6..18
   code, out = _launch(MULTI + ["run_name=killed"], tmp_path)  # the same command again: both resume
   assert code == 0, out[-6000:]

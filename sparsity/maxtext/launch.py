@@ -3,6 +3,8 @@
 MaxText's ``hardware=cpu`` path calls ``jax.distributed.initialize`` with the coordinator at
 ``$JAX_COORDINATOR_ADDRESS:1234`` (the port is fixed), process id ``JOB_INDEX * PROCESSES_IN_JOB +
 JOB_COMPLETION_INDEX`` and ``JAX_PROCESS_COUNT`` processes. ``launch`` sets those variables for each process,
+with the coordinator on a loopback address of its own whose port 1234 is free (``free_coordinator``; JAX binds it
+there through ``JAX_COORDINATOR_BIND_ADDRESS``), so that several multi-process runs can go on at once on one machine,
 plus ``XLA_FLAGS=--xla_force_host_platform_device_count=<devices per process>``, starts every process of
 ``MaxText/train.py``, prefixes each line of their output with ``[p<i>]``, and returns the first non-zero exit
 code. When one process fails, the others would otherwise wait in a collective (or at JAX's shutdown barrier)
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -41,12 +44,27 @@ def port_in_use(port: int = COORDINATOR_PORT, host: str = "localhost") -> bool:
   return False
 
 
-def process_env(index: int, processes: int, devices: int, base: dict | None = None) -> dict[str, str]:
-  """The environment of process ``index`` of ``processes`` (see the module docstring)."""
+def free_coordinator(port: int = COORDINATOR_PORT, tries: int = 64) -> str:
+  """A loopback address ``127.x.y.z`` (Linux routes all of 127/8 to the loopback device) whose ``port`` is free,
+  drawn at random so that launches started at the same moment rarely draw the same one."""
+  rng = random.Random()
+  for _ in range(tries):
+    host = f"127.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(1, 255)}"
+    if not port_in_use(port, host):
+      return host
+  raise RuntimeError(f"no loopback address with port {port} free after {tries} tries: MaxText fixes its coordinator "
+                     "port there")
+
+
+def process_env(index: int, processes: int, devices: int, base: dict | None = None,
+                coordinator: str = "localhost") -> dict[str, str]:
+  """The environment of process ``index`` of ``processes`` with the coordinator at ``coordinator`` (see the module
+  docstring)."""
   env = dict(os.environ if base is None else base)
   flags = [f for f in env.get("XLA_FLAGS", "").split() if not f.startswith("--xla_force_host_platform_device_count")]
   env.update(
-      JAX_COORDINATOR_ADDRESS="localhost", JOB_INDEX="0", JOB_COMPLETION_INDEX=str(index),
+      JAX_COORDINATOR_ADDRESS=coordinator, JAX_COORDINATOR_BIND_ADDRESS=f"{coordinator}:{COORDINATOR_PORT}",
+      JOB_INDEX="0", JOB_COMPLETION_INDEX=str(index),
       PROCESSES_IN_JOB=str(processes), JAX_PROCESS_COUNT=str(processes), JAX_PLATFORMS="cpu",
       XLA_FLAGS=" ".join(flags + [f"--xla_force_host_platform_device_count={devices}"]),
   )
@@ -90,14 +108,12 @@ def launch(argv: Sequence[str], processes: int, devices: int = 1, *, python: str
   """Runs ``processes`` processes of ``script argv`` (see the module docstring) and waits for all of them."""
   if processes < 1 or devices < 1:
     raise ValueError(f"need at least one process and one device per process, got {processes} and {devices}")
-  if port_in_use():
-    raise RuntimeError(f"port {COORDINATOR_PORT} on localhost is in use: MaxText fixes its coordinator port there, so "
-                       "only one multi-process run can go on at a time on one machine")
+  coordinator = free_coordinator()
   start = time.monotonic()
   lock = threading.Lock()
   procs, pumps = [], []
   for i in range(processes):
-    p = subprocess.Popen([python, script, *train_argv(argv)], cwd=repo.ROOT, env=process_env(i, processes, devices),
+    p = subprocess.Popen([python, script, *train_argv(argv)], cwd=repo.ROOT, env=process_env(i, processes, devices, coordinator=coordinator),
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
                          start_new_session=True)
     procs.append(p)
@@ -162,4 +178,4 @@ def _stop(procs) -> None:
       time.sleep(0.1)
 
 
-__all__ = ["COORDINATOR_PORT", "launch", "process_env", "train_argv", "port_in_use", "Result"]
+__all__ = ["COORDINATOR_PORT", "free_coordinator", "launch", "process_env", "train_argv", "port_in_use", "Result"]
