@@ -34,6 +34,21 @@ def test_group_top_n_matches_a_numpy_reference_with_ties(n, m, axis):
   np.testing.assert_array_equal(got, want)
 
 
+@pytest.mark.parametrize("n,m,axis", [(2, 4, 0), (1, 4, 1), (4, 8, 2)])
+def test_protection_recomputed_from_the_weights_equals_protection_of_the_keys(n, m, axis):
+  """The event's form (each member's key recomputed from its weight, nothing materialised) against the keys array."""
+  rng = np.random.default_rng(n + axis)
+  shape = [8, 12, 16]
+  x = jnp.asarray(rng.integers(-3, 4, size=shape).astype(np.float32) / 2)  # many equal magnitudes, zeros
+  alive = jnp.asarray(rng.random(shape) < 0.8)
+  lazy = threshold.protect_top_n(threshold.magnitude_key_fn(x, alive), axis, n, m)
+  eager = threshold.protect_top_n(threshold.magnitude_keys(x, alive), axis, n, m)
+  got, want = np.asarray(jax.jit(lazy)(jnp.uint32(0))), np.asarray(eager(None))
+  np.testing.assert_array_equal(got, want)
+  protected = want == threshold.MAX_KEY
+  assert protected.any() and (_groups(protected, axis, m) <= n).all()
+
+
 def _params():
   r = np.random.default_rng(1)
   return {"decoder": {"layers": {"mlp": {"wi_0": {"kernel": jnp.asarray(r.normal(size=(16, 2, 32)), jnp.float32)}},

@@ -21,7 +21,8 @@ bits, so counts that sum over arrays are carried as two int32 limbs ``(hi, lo)``
 
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence
+import dataclasses
+from typing import Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -320,17 +321,46 @@ def magnitude_keys(x, alive) -> jax.Array:
   return jnp.where(alive, bits + jnp.uint32(1), jnp.uint32(0))
 
 
-def magnitude_key_fn(x, alive):
+@dataclasses.dataclass(frozen=True)
+class ElementwiseKeys:
+  """Keys computed entry by entry from arrays of their shape, ``fn(*inputs)``; called with a dependency token
+  (``dep -> keys``), it recomputes them after ``dep`` rather than holding them in memory."""
+
+  fn: Callable
+  inputs: tuple
+
+  def __call__(self, dep):
+    return self.fn(*self.ordered_after(dep))
+
+  def ordered_after(self, dep) -> tuple:
+    return jax.lax.optimization_barrier((*self.inputs, dep))[:-1]
+
+
+def magnitude_key_fn(x, alive) -> ElementwiseKeys:
   """``dep -> magnitude_keys(x, alive)``, recomputed where used (ordered after ``dep``, not held in memory)."""
-
-  def key_fn(dep):
-    x2, alive2, _ = jax.lax.optimization_barrier((x, alive, dep))
-    return magnitude_keys(x2, alive2)
-
-  return key_fn
+  return ElementwiseKeys(magnitude_keys, (x, alive))
 
 
 MAX_KEY = 0xFFFFFFFF  # above every magnitude or random key: selected first
+
+
+def _grouped(x, axis: int, m: int):
+  """``x`` with ``axis`` split in place into (groups, m)."""
+  shape = x.shape
+  if shape[axis] % m:
+    raise ValueError(f"axis {axis} of shape {shape} is not a multiple of {m}")
+  return x.reshape(shape[:axis] + (shape[axis] // m, m) + shape[axis + 1:])
+
+
+def _group_rank_below(member, g, axis: int, n: int, m: int):
+  """True where fewer than ``n`` members of the group beat the entry (``member(j)``: the keys of every group's
+  ``j``-th member, shaped like ``g`` with 1 on the member axis; ``g``: the grouped keys; ties: first)."""
+  pos = jax.lax.broadcasted_iota(jnp.int32, g.shape, axis + 1)
+  rank = jnp.zeros(g.shape, jnp.int32)
+  for j in range(m):
+    kj = member(j)
+    rank = rank + ((kj > g) | ((kj == g) & (j < pos))).astype(jnp.int32)
+  return rank < n
 
 
 def group_top_n(keys, axis: int, n: int, m: int):
@@ -339,27 +369,36 @@ def group_top_n(keys, axis: int, n: int, m: int):
   The axis is split in place into (groups, m), so a sharded array whose shards hold whole groups is ranked without
   moving data; each entry is compared with the ``m`` entries of its group.
   """
-  shape = keys.shape
-  if shape[axis] % m:
-    raise ValueError(f"axis {axis} of shape {shape} is not a multiple of {m}")
-  g = keys.reshape(shape[:axis] + (shape[axis] // m, m) + shape[axis + 1:])
-  pos = jax.lax.broadcasted_iota(jnp.int32, g.shape, axis + 1)
-  rank = jnp.zeros(g.shape, jnp.int32)
-  for j in range(m):
-    kj = jax.lax.slice_in_dim(g, j, j + 1, axis=axis + 1)
-    rank = rank + ((kj > g) | ((kj == g) & (j < pos))).astype(jnp.int32)
-  return (rank < n).reshape(shape)
+  g = _grouped(keys, axis, m)
+  member = lambda j: jax.lax.slice_in_dim(g, j, j + 1, axis=axis + 1)
+  return _group_rank_below(member, g, axis, n, m).reshape(keys.shape)
 
 
 def protect_top_n(key_fn, axis: int, n: int, m: int):
-  """A key source whose ``n`` largest keys of every group of ``m`` along ``axis`` become ``MAX_KEY``."""
+  """A key source whose ``n`` largest keys of every group of ``m`` along ``axis`` become ``MAX_KEY``.
+
+  Keys computed entry by entry (``ElementwiseKeys``) are recomputed for each member from the members' own inputs,
+  so that nothing of the array's size is materialised to rank the groups.
+  """
+  if isinstance(key_fn, ElementwiseKeys):
+    src = key_fn
+
+    def protected(dep):
+      inputs = src.ordered_after(dep)
+      keys = src.fn(*inputs)
+      grouped = [_grouped(x, axis, m) for x in inputs]
+      member = lambda j: src.fn(*[jax.lax.slice_in_dim(x, j, j + 1, axis=axis + 1) for x in grouped])
+      top = _group_rank_below(member, _grouped(keys, axis, m), axis, n, m).reshape(keys.shape)
+      return jnp.where(top & (keys > 0), jnp.uint32(MAX_KEY), keys)
+
+    return protected
   key_fn = _as_key_fn(key_fn)
 
-  def protected(dep):
+  def protected_keys(dep):
     keys = key_fn(dep)
     return jnp.where(group_top_n(keys, axis, n, m) & (keys > 0), jnp.uint32(MAX_KEY), keys)
 
-  return protected
+  return protected_keys
 
 
 def random_keys(rng, shape, alive) -> jax.Array:
