@@ -35,6 +35,7 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from sparsity.core import recipe
 from sparsity.science import plots, scaling_laws
 
 LAWS = (("avg_param", "avg_params", "average active parameters (the paper's law)"),
@@ -136,7 +137,7 @@ def schedule_table(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame()
   ref = df[(df["run_name"] == "fig1-b1-sparse-w64-s0.8-seed0")].copy()
   if not ref.empty:
-    ref["dense_fraction"], ref["pruning_fraction"] = 0.25, 0.5
+    ref["dense_fraction"], ref["pruning_fraction"] = recipe.DENSE_COMPUTE_FRACTION, recipe.PRUNING_COMPUTE_FRACTION
   t = pd.concat([runs, ref])[["run_name", "dense_fraction", "pruning_fraction", "loss", "prune_start_fraction",
                               "prune_end_fraction"]]
   return t.sort_values("loss").reset_index(drop=True)

@@ -32,7 +32,7 @@ import math
 import types
 from typing import Any, Iterable, Mapping, Sequence
 
-from sparsity.core import compute, schedules
+from sparsity.core import compute, recipe, schedules
 
 # Hidden sizes of matched dense shapes are multiples of lcm(heads, WIDTH_DIVISOR): brackets about 15% apart in
 # parameters at the paper's sizes. One default for every command (plan --match-dense, dense-sweep).
@@ -132,9 +132,9 @@ def plan(
     sparsity_schedule: str = "geometric",
     prune_start_fraction: float | None = None,
     prune_end_fraction: float | None = None,
-    pruning_interval: int = 100,
-    dense_compute_fraction: float = compute.DENSE_COMPUTE_FRACTION,
-    pruning_compute_fraction: float = compute.PRUNING_COMPUTE_FRACTION,
+    pruning_interval: int = recipe.PRUNING_INTERVAL,
+    dense_compute_fraction: float = recipe.DENSE_COMPUTE_FRACTION,
+    pruning_compute_fraction: float = recipe.PRUNING_COMPUTE_FRACTION,
 ) -> dict[str, Any]:
   """Parameter and compute accounting of one run, from the same schedule code the trainer uses.
 
@@ -334,9 +334,9 @@ def find_sparse_equivalent(
     sparsity_schedule: str = "geometric",
     prune_start_fraction: float | None = None,
     prune_end_fraction: float | None = None,
-    pruning_interval: int = 100,
-    dense_compute_fraction: float = compute.DENSE_COMPUTE_FRACTION,
-    pruning_compute_fraction: float = compute.PRUNING_COMPUTE_FRACTION,
+    pruning_interval: int = recipe.PRUNING_INTERVAL,
+    dense_compute_fraction: float = recipe.DENSE_COMPUTE_FRACTION,
+    pruning_compute_fraction: float = recipe.PRUNING_COMPUTE_FRACTION,
     compute_rtol: float = 0.02,
     loss_tolerance: float = 0.0,
 ) -> dict[str, Any]:
@@ -382,8 +382,8 @@ _CONFIG_KEYS = ("base_emb_dim", "base_num_query_heads", "base_num_kv_heads", "he
                 "pruning_interval")
 # Optional: unset step fractions (None or absent) are derived from the compute fractions (defaults: the paper's).
 _SPLIT_KEYS = {"prune_start_fraction": None, "prune_end_fraction": None,
-               "dense_compute_fraction": compute.DENSE_COMPUTE_FRACTION,
-               "pruning_compute_fraction": compute.PRUNING_COMPUTE_FRACTION}
+               "dense_compute_fraction": recipe.DENSE_COMPUTE_FRACTION,
+               "pruning_compute_fraction": recipe.PRUNING_COMPUTE_FRACTION}
 
 
 # The decoders ``param_counts`` describes: LLaMA's (Mistral's is the same; Mixtral's with ``num_experts`` experts).
