@@ -107,30 +107,9 @@ def check_supported(config) -> Shape:
 
 
 def expected_params(s: Shape) -> dict[str, tuple[int, ...]]:
-  """MaxText's parameter paths and shapes for a llama2 decoder (scanned layers: layer axis 1)."""
-  per_layer = {
-      "self_attention/query/kernel": (s.emb, s.q_heads, s.head_dim),
-      "self_attention/key/kernel": (s.emb, s.kv_heads, s.head_dim),
-      "self_attention/value/kernel": (s.emb, s.kv_heads, s.head_dim),
-      "self_attention/out/kernel": (s.q_heads, s.head_dim, s.emb),
-      "mlp/wi_0/kernel": (s.emb, s.mlp),
-      "mlp/wi_1/kernel": (s.emb, s.mlp),
-      "mlp/wo/kernel": (s.mlp, s.emb),
-      "pre_self_attention_layer_norm/scale": (s.emb,),
-      "post_self_attention_layer_norm/scale": (s.emb,),
-  }
-  out = {
-      "token_embedder/embedding": (s.vocab, s.emb),
-      "decoder/decoder_norm/scale": (s.emb,),
-      "decoder/logits_dense/kernel": (s.emb, s.vocab),
-  }
-  for name, shape in per_layer.items():
-    if s.scan_layers:
-      out[f"decoder/layers/{name}"] = (shape[0], s.layers, *shape[1:])
-    else:
-      for i in range(s.layers):
-        out[f"decoder/layers_{i}/{name}"] = shape
-  return out
+  """MaxText's parameter paths and shapes for a llama2 decoder (``sparsity.maxtext.layout.llama_param_shapes``)."""
+  return layout.llama_param_shapes(s.emb, s.layers, s.q_heads, s.kv_heads, s.head_dim, s.mlp, s.vocab,
+                                   scan_layers=s.scan_layers)
 
 
 def check_checkpoint(state: ckpt.ModelState, s: Shape, where: str) -> None:
