@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from sparsity.maxtext import checkpoint as ckpt
-from sparsity.maxtext import host, layout
+from sparsity.maxtext import host, layout, modules
 from sparsity.model import sparse_bitmask
 
 SAFETENSORS = "model.safetensors"
@@ -154,12 +154,10 @@ def _hf_model_dict(s: Shape) -> dict[str, int]:
 
 def to_hf_tensors(params: dict[str, np.ndarray], s: Shape, dtype: str = "float32") -> dict[str, np.ndarray]:
   """{Hugging Face name: array} through MaxText's own to_huggingface mapping for the LLaMA family."""
-  # pylint: disable=import-outside-toplevel
-  from types import SimpleNamespace
+  from types import SimpleNamespace  # pylint: disable=import-outside-toplevel
 
-  from maxtext.checkpoint_conversion.utils import hf_shape, param_mapping
-  from maxtext.checkpoint_conversion.utils.utils import process_maxtext_param
-
+  param_mapping, hf_shape = modules.param_mapping(), modules.hf_shape()
+  process_maxtext_param = modules.conversion_utils().process_maxtext_param
   hf = _hf_model_dict(s)
   names = param_mapping.PARAM_MAPPING[MT_MODEL_KEY](hf, None, s.scan_layers)
   hooks = param_mapping.HOOK_FNS[MT_MODEL_KEY](hf, None, s.scan_layers, saving_to_hf=True)
@@ -182,10 +180,7 @@ def to_hf_tensors(params: dict[str, np.ndarray], s: Shape, dtype: str = "float32
 
 def hf_module_of(path: str, s: Shape) -> list[str]:
   """The Hugging Face weight names that MaxText parameter ``path`` becomes."""
-  # pylint: disable=import-outside-toplevel
-  from maxtext.checkpoint_conversion.utils import param_mapping
-
-  names = param_mapping.PARAM_MAPPING[MT_MODEL_KEY](_hf_model_dict(s), None, s.scan_layers)
+  names = modules.param_mapping().PARAM_MAPPING[MT_MODEL_KEY](_hf_model_dict(s), None, s.scan_layers)
   v = names[layout.conversion_key(path)]
   return v if isinstance(v, list) else [v]
 
