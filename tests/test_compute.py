@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from conftest import ROOT
-from sparsity.core import accounting, compute, schedules
+from sparsity.core import accounting, compute, recipe, schedules
 from sparsity.core.config import SparsityKeys
 from sparsity.experiments import sweep
 from sparsity.maxtext import yaml_chain
@@ -151,6 +151,18 @@ def test_sparse_base_sets_no_step_fraction():
   base = yaml_chain.load(os.path.join(ROOT, "configs", "sparse_base.yml"))
   assert "prune_start_fraction" not in base and "prune_end_fraction" not in base
   assert (base["dense_compute_fraction"], base["pruning_compute_fraction"]) == (0.25, 0.5)
+
+
+def test_sparse_base_states_the_recipe_the_code_defaults_to():
+  # configs/sparse_base.yml spells the paper's recipe out for its readers; the Python defaults are sparsity.core.recipe
+  base = yaml_chain.load(os.path.join(ROOT, "configs", "sparse_base.yml"))
+  keys = SparsityKeys()
+  for key, value in (("dense_compute_fraction", recipe.DENSE_COMPUTE_FRACTION),
+                     ("pruning_compute_fraction", recipe.PRUNING_COMPUTE_FRACTION),
+                     ("pruning_interval", recipe.PRUNING_INTERVAL)):
+    assert base[key] == getattr(keys, key) == value, key
+  sched = schedules.make_schedule(1000, 0.5)  # the step split's defaults, recipe.STEP_FRACTIONS
+  assert (sched.prune_steps[0], sched.prune_steps[-1]) == (250, 750)
 
 
 def test_every_paper_config_and_sweep_run_sets_its_step_fractions():

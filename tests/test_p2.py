@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import types
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
@@ -130,3 +131,14 @@ def test_collect_trajectories_fit_and_plan_from_the_command_line(tmp_path):
   assert code == 0
   code, _, err = cli(["fit", "--law", "p2", "--data", runs / "plain", "--out", tmp_path / "x.json"])
   assert code == 1 and "no prune-and-recover run" in err
+
+
+def test_p2_quality_of_predictions_and_of_a_fit():
+  data = pd.DataFrame({"run_name": ["a"] * 3, "loss": [3.0, 2.0, 1.0], "D": [1.0, math.e, math.e ** 2]})
+  q = sl.p2_quality(data, [3.0, 1.5, 1.0])
+  assert list(q) == ["r2", "asd", "mae"]
+  assert q["r2"] == pytest.approx(1 - 0.25 / 2) and q["asd"] == pytest.approx(0.5)
+  assert q["mae"] == pytest.approx(0.5 / 3)
+  fit = types.SimpleNamespace(objective=0.125, loo_mae=0.25)
+  assert sl.p2_quality(data, [3.0, 1.5, 1.0], fit) == {**q, "huber": 0.125, "leave_one_run_out_mae": 0.25}
+  assert list(sl.p2_quality(data, [3.0, 1.5, 1.0], fit)) == ["r2", "huber", "asd", "mae", "leave_one_run_out_mae"]

@@ -2,7 +2,9 @@
 
 import dataclasses
 import json
+import math
 import os
+import re
 import types
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # set before numpy
@@ -12,6 +14,8 @@ import pytest
 
 from sparsity import cli
 from sparsity.core import schedules
+from sparsity.core.config import DEFAULT_PRUNABLE
+from sparsity.maxtext import families, layout
 from sparsity.science import planning as pl, scaling_laws as sl
 
 SMALL = pl.ModelShape(emb=64, num_query_heads=4, num_kv_heads=2, head_dim=16, mlp_dim=256, num_layers=2, vocab=1000)
@@ -241,3 +245,12 @@ def test_plan_command_sparse_equivalent(monkeypatch, capsys, tmp_path):
   with pytest.raises(SystemExit) as exit_:  # needs a law: bad usage, exit code 2
     cli.main(["plan", "cfg.yml", "--sparse-equivalent"])
   assert exit_.value.code == 2 and "needs --law-file" in capsys.readouterr().err
+
+
+def test_param_counts_prune_what_the_default_prunable_params_match():
+  # the core's DEFAULT_PRUNABLE (LLaMA names) and MaxText runs' default (every family) agree on a LLaMA decoder
+  shapes = layout.llama_param_shapes(64, 2, 4, 2, 16, 128, 100)
+  core = {p for p in shapes if re.search(DEFAULT_PRUNABLE, p)}
+  assert core == {p for p in shapes if re.search(families.default_prunable(), p)}
+  counts = pl.param_counts(pl.ModelShape(64, 4, 2, 16, 128, 2, 100))
+  assert counts["prunable"] == sum(math.prod(shapes[p]) for p in core)

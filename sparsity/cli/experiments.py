@@ -20,6 +20,7 @@ import sys
 
 from sparsity.cli import (Runner, UsageError, add_data, add_json, add_out, check_out, command, data_path, emit,
                           json_text, write_text)
+from sparsity.core import recipe
 
 
 def _default_xpk_bin() -> str:
@@ -279,12 +280,15 @@ def _dense_sweep(p: argparse.ArgumentParser) -> Runner:
 @command("schedule-fractions", "prune_start/end_fraction (steps) of the paper's compute split for a sparsity")
 def _schedule_fractions(p: argparse.ArgumentParser) -> Runner:
   p.add_argument("--target-sparsity", type=float, required=True)
-  p.add_argument("--dense", type=float, default=0.25, help="fraction of compute trained dense (paper: 0.25)")
-  p.add_argument("--pruning", type=float, default=0.5, help="fraction of compute spent pruning (paper: 0.5)")
+  p.add_argument("--dense", type=float, default=recipe.DENSE_COMPUTE_FRACTION,
+                 help=f"fraction of compute trained dense (paper: {recipe.DENSE_COMPUTE_FRACTION:g})")
+  p.add_argument("--pruning", type=float, default=recipe.PRUNING_COMPUTE_FRACTION,
+                 help=f"fraction of compute spent pruning (paper: {recipe.PRUNING_COMPUTE_FRACTION:g})")
   p.add_argument("--schedule", default="geometric")
   p.add_argument("--steps", type=int, help="the run's steps: with --interval, the fractions the trainer derives for "
                  "this run (sparsity.core.compute.derived_step_fractions); without, the continuous conversion")
-  p.add_argument("--interval", type=int, default=100, help="pruning_interval, with --steps (default 100)")
+  p.add_argument("--interval", type=int, default=recipe.PRUNING_INTERVAL,
+                 help=f"pruning_interval, with --steps (default {recipe.PRUNING_INTERVAL})")
   add_json(p)
 
   def run(args: argparse.Namespace) -> int:

@@ -55,7 +55,7 @@ def _fit(p: argparse.ArgumentParser) -> Runner:
     if "run_name" in df:
       out["run_names"] = [str(v) for v in df["run_name"]]
     if args.law == "p2":
-      out["quality"] = p2_quality(res, df)
+      out["quality"] = scaling_laws.p2_quality(df, res.predictions, res)
     if args.out != "-":
       write_text(json_text(out), args.out)
     sparsity = df["sparsity"] if "sparsity" in df else [0.0] * len(df)
@@ -94,16 +94,6 @@ def _p2_data(path: str):
   df = collect.trajectories(path) if os.path.isdir(path) else pd.read_csv(path)
   results.require_completed(df, path)
   return df
-
-
-def p2_quality(res, df) -> dict[str, float]:
-  """R^2, Huber loss (of log residuals, delta 1e-3, summed), ASD and the leave-one-run-out MAE of a P2 fit."""
-  from sparsity.science import scaling_laws  # pylint: disable=import-outside-toplevel
-
-  groups = df["run_name"] if "run_name" in df else range(len(df))
-  return {"r2": scaling_laws.r_squared(df["loss"], res.predictions), "huber": res.objective,
-          "asd": scaling_laws.average_slope_difference(df["loss"], res.predictions, df["D"], groups),
-          "mae": res.mae, "leave_one_run_out_mae": res.loo_mae}
 
 
 @command("recovery", "recovery tokens a pruned model needs to reach a loss, under a fitted P2 law")

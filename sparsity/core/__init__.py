@@ -1,5 +1,6 @@
 """The pruner core: no MaxText, only JAX and optax.
 
+  recipe      the paper's defaults of the schedule keys (compute split, step fractions, interval), stated once
   schedules   when pruning happens and how dense the model is after each event (pure Python)
   threshold   exact top-k over many (sharded) arrays by radix selection on per-shard histograms
   paths       parameter names ('decoder/layers/mlp/wi_0/kernel') and nesting by them

@@ -23,9 +23,9 @@ Phases of a run (section 3 of the paper): dense = the steps before the first pru
 first event up to (not including) the last; recovery = from the last event on.
 
 The split of a config (``step_split``): when neither ``prune_start_fraction`` nor ``prune_end_fraction`` is set,
-they are derived from ``dense_compute_fraction`` and ``pruning_compute_fraction`` (the paper's 0.25 and 0.5) for
-the run's steps, target sparsity, schedule and pruning interval (``schedule_split = "compute"``); when either is
-set, the step fractions are used as given, a missing one taking its step default (0.25 / 0.75 of the steps), and
+they are derived from ``dense_compute_fraction`` and ``pruning_compute_fraction`` (the paper's, ``sparsity.core.recipe``)
+for the run's steps, target sparsity, schedule and pruning interval (``schedule_split = "compute"``); when either is
+set, the step fractions are used as given, a missing one taking its step default (``STEP_FRACTIONS``), and
 ``schedule_split = "steps"``.
 """
 
@@ -36,11 +36,10 @@ import math
 from typing import Any, NamedTuple, Sequence
 
 from sparsity.core import schedules
+# The paper's split and step defaults (``sparsity.core.recipe``), named here too as part of this module's API.
+from sparsity.core.recipe import DENSE_COMPUTE_FRACTION, PRUNING_COMPUTE_FRACTION, PRUNING_INTERVAL, STEP_FRACTIONS
 
 FLOPS_PER_PARAM_TOKEN = 6.0  # forward + backward: 6 FLOPs per parameter and token
-DENSE_COMPUTE_FRACTION = 0.25  # the paper's split: 25% of the compute dense,
-PRUNING_COMPUTE_FRACTION = 0.5  # 50% pruning, the rest (25%) recovery
-STEP_FRACTIONS = (0.25, 0.75)  # a step split with only one of the two step fractions set: the other one's value
 PHASES = ("dense", "pruning", "recovery")
 SPLITS = ("compute", "steps")
 DIGITS = 6  # ``step_fractions`` rounds to this many decimals (plenty for any run length used here)
@@ -179,8 +178,8 @@ def _candidates(steps: int, s: float, schedule: str, interval: int, td: float, t
 
 
 @functools.lru_cache(maxsize=1024)
-def derived_step_fractions(steps: int, target_sparsity: float, schedule: str = "geometric", interval: int = 100,
-                           dense_fraction: float = DENSE_COMPUTE_FRACTION,
+def derived_step_fractions(steps: int, target_sparsity: float, schedule: str = "geometric",
+                           interval: int = PRUNING_INTERVAL, dense_fraction: float = DENSE_COMPUTE_FRACTION,
                            pruning_fraction: float = PRUNING_COMPUTE_FRACTION) -> tuple[float, float]:
   """``(prune_start_fraction, prune_end_fraction)`` whose discrete schedule spends its compute closest to the split.
 
@@ -255,7 +254,8 @@ def step_split(config: Any) -> StepSplit:
   return StepSplit(s, e, "compute")
 
 
-__all__ = ["FLOPS_PER_PARAM_TOKEN", "DENSE_COMPUTE_FRACTION", "PRUNING_COMPUTE_FRACTION", "STEP_FRACTIONS", "PHASES",
+__all__ = ["FLOPS_PER_PARAM_TOKEN", "DENSE_COMPUTE_FRACTION", "PRUNING_COMPUTE_FRACTION", "STEP_FRACTIONS",
+           "PRUNING_INTERVAL", "PHASES",
            "SPLITS", "flops", "phase_param_steps", "fractions", "measured_fractions", "check_split",
            "mean_pruning_density", "step_fractions", "prune_start_for", "prune_end_for", "derived_step_fractions",
            "StepSplit", "step_split"]

@@ -12,7 +12,7 @@ from typing import Literal
 
 import pydantic
 
-from sparsity.core import compute
+from sparsity.core import compute, recipe
 from sparsity.core.schedules import SCHEDULES
 
 # Dense kernels named like MaxText's LLaMA decoder (attention q/k/v/out, MLP wi/wo, the untied output projection):
@@ -47,8 +47,8 @@ def structure_target(structure: str) -> float:
 
 
 class SparsityKeys(pydantic.BaseModel):
-  """Sparse pre-training keys (paper: dense for 25% of the compute, pruning every 100 steps over the next 50%, then
-  a fixed mask)."""
+  """Sparse pre-training keys; the defaults are the paper's recipe (``sparsity.core.recipe``: dense for 25% of the
+  compute, pruning every 100 steps over the next 50%, then a fixed mask)."""
 
   target_sparsity: float = pydantic.Field(
       0.0, ge=0.0, lt=1.0, description="Final fraction of prunable weights set to zero; 0 trains densely; 'auto': "
@@ -58,18 +58,20 @@ class SparsityKeys(pydantic.BaseModel):
       "geometric", description="Density after each pruning event: geometric (paper), cubic, linear, one_shot."
   )
   dense_compute_fraction: float = pydantic.Field(
-      compute.DENSE_COMPUTE_FRACTION, ge=0.0, le=1.0, description="Fraction of the training compute trained dense "
-      "(paper: 0.25); with pruning_compute_fraction it sets the step fractions unless those are set.")
+      recipe.DENSE_COMPUTE_FRACTION, ge=0.0, le=1.0, description="Fraction of the training compute trained dense "
+      f"(paper: {recipe.DENSE_COMPUTE_FRACTION:g}); with pruning_compute_fraction it sets the step fractions unless "
+      "those are set.")
   pruning_compute_fraction: float = pydantic.Field(
-      compute.PRUNING_COMPUTE_FRACTION, ge=0.0, le=1.0, description="Fraction of the training compute spent pruning "
-      "(paper: 0.5); the rest is recovery with a fixed mask.")
+      recipe.PRUNING_COMPUTE_FRACTION, ge=0.0, le=1.0, description="Fraction of the training compute spent pruning "
+      f"(paper: {recipe.PRUNING_COMPUTE_FRACTION:g}); the rest is recovery with a fixed mask.")
   prune_start_fraction: float | None = pydantic.Field(
       None, ge=0.0, le=1.0, description="First event at this fraction of steps; unset: derived from the compute "
       "fractions (sparsity.core.compute.step_split).")
   prune_end_fraction: float | None = pydantic.Field(
       None, ge=0.0, le=1.0, description="Last event at this fraction of steps; unset: derived from the compute "
-      "fractions, or 0.75 when only prune_start_fraction is set.")
-  pruning_interval: int = pydantic.Field(100, gt=0, description="Steps between pruning events (the paper's P).")
+      f"fractions, or {recipe.STEP_FRACTIONS[1]:g} when only prune_start_fraction is set.")
+  pruning_interval: int = pydantic.Field(recipe.PRUNING_INTERVAL, gt=0,
+                                         description="Steps between pruning events (the paper's P).")
   pruning_scope: Literal[SCOPES] = pydantic.Field(  # type: ignore[valid-type]
       "global", description="One magnitude threshold over all prunable weights, or one per tensor."
   )

@@ -334,11 +334,8 @@ def pruned(
         steps_arr = jnp.asarray(event_steps, jnp.int32)
         event_idx = jnp.argmax(steps_arr == step)
         # This event's keep counts as exact wide integers (two int32 limbs), looked up by event number.
-        keep = tuple(
-            (jnp.asarray([row[g] >> 16 for row in table], jnp.int32)[event_idx],
-             jnp.asarray([row[g] & 0xFFFF for row in table], jnp.int32)[event_idx])
-            for g in range(len(table[0]))
-        )
+        columns = (threshold.wide_array([row[g] for row in table]) for g in range(len(table[0])))
+        keep = tuple((hi[event_idx], lo[event_idx]) for hi, lo in columns)
         carry = jax.lax.cond(jnp.any(steps_arr == step), with_event(Event(keep, step, True, False)), lambda c: c,
                              carry)
       masks, inner_state = carry

@@ -29,6 +29,8 @@ import dataclasses
 import math
 from typing import Sequence
 
+from sparsity.core.recipe import PRUNING_INTERVAL, STEP_FRACTIONS
+
 SCHEDULES = ("geometric", "cubic", "linear", "one_shot")
 
 
@@ -140,11 +142,12 @@ def make_schedule(
     steps: int,
     target_sparsity: float,
     schedule: str = "geometric",
-    start_fraction: float = 0.25,
-    end_fraction: float = 0.75,
-    interval: int = 100,
+    start_fraction: float = STEP_FRACTIONS[0],
+    end_fraction: float = STEP_FRACTIONS[1],
+    interval: int = PRUNING_INTERVAL,
 ) -> Schedule:
-  """Builds the run's schedule; ``target_sparsity == 0`` gives a schedule with no events (dense training)."""
+  """Builds the run's schedule; ``target_sparsity == 0`` gives a schedule with no events (dense training). The
+  defaults are the paper's step split (``sparsity.core.recipe``)."""
   if not 0.0 <= target_sparsity < 1.0:
     raise ValueError(f"target_sparsity must be in [0, 1), got {target_sparsity}")
   if target_sparsity == 0.0:

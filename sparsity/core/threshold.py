@@ -46,6 +46,13 @@ def wide_const(n: int) -> Wide:
   return jnp.int32(n >> _LIMB), jnp.int32(n & _LIMB_MASK)
 
 
+def wide_array(values: Sequence[int]) -> Wide:
+  """Python integers as one wide array (``hi`` and ``lo`` int32 arrays of ``len(values)``)."""
+  if any(n < 0 or n >= 1 << 47 for n in values):
+    raise ValueError(f"count out of range in {list(values)}")
+  return jnp.asarray([n >> _LIMB for n in values], jnp.int32), jnp.asarray([n & _LIMB_MASK for n in values], jnp.int32)
+
+
 def wide_from_int32(x) -> Wide:
   """Non-negative int32 values as wide counts."""
   x = jnp.asarray(x, jnp.int32)

@@ -25,19 +25,18 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import os
 import types
 from typing import Any, Iterable
 
 import pandas as pd
-import yaml
 
 from sparsity.science import compute_fractions
 from sparsity.core import compute, schedules
 from sparsity.core.config import SPARSITY_KEYS, SparsityKeys
-from sparsity.maxtext import status, yaml_chain
+from sparsity.maxtext import overrides, status, yaml_chain
 from sparsity.experiments import results
+from sparsity.experiments.results import missing
 from sparsity.experiments.sweep import MANIFEST_FILE
 
 SUMMARY_EXTRAS = ("final_train_loss", "final_eval_loss", "final_eval_step", "target_sparsity", "final_sparsity",
@@ -61,7 +60,7 @@ def schedule_from_summary(s: Any) -> schedules.Schedule:
   prune_steps = s["prune_steps"]
   if isinstance(prune_steps, str):
     prune_steps = json.loads(prune_steps)
-  prune_steps = [] if _missing(prune_steps) else [int(x) for x in prune_steps]
+  prune_steps = [] if missing(prune_steps) else [int(x) for x in prune_steps]
   target = float(s["target_sparsity"])
   if not prune_steps or target == 0.0:
     return schedules.Schedule(steps, (), ())
@@ -100,10 +99,7 @@ def config_values(entry: dict[str, Any]) -> dict[str, Any]:
   values = dict(_chain(base, os.path.getmtime(base)))
   for word in entry.get("overrides", []):
     key, _, text = word.partition("=")
-    try:
-      values[key] = yaml.safe_load(text)
-    except yaml.YAMLError:
-      values[key] = text
+    values[key] = overrides.read_value(text)
   return {**values, **step_fractions_of(values)}
 
 
@@ -120,17 +116,13 @@ def step_fractions_of(values: dict[str, Any]) -> dict[str, Any]:
   return compute.step_split(types.SimpleNamespace(**dict(keys), steps=steps))._asdict()
 
 
-def _missing(v: Any) -> bool:
-  return v is None or (isinstance(v, float) and math.isnan(v))
-
-
 def _number(v: Any) -> Any:
-  """Numeric strings (command-line overrides) as numbers; anything else unchanged."""
+  """Text that reads as a number (``sparsity.maxtext.overrides.read_value``, the overrides' rule) as that number;
+  anything else (``2:4``, ``true``, a name) unchanged."""
   if isinstance(v, str):
-    try:
-      return float(v) if any(c in v for c in ".eE") else int(v)
-    except ValueError:
-      return v
+    value = overrides.read_value(v)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+      return value
   return v
 
 
@@ -162,21 +154,21 @@ def collect(directory: str, manifests: Iterable[str] = (), include_incomplete: b
     values = entry.get("values", {})
     config = None
     for k in list(JOINED_KEYS) + [c for c in columns if c not in row]:
-      if _missing(row.get(k)):
+      if missing(row.get(k)):
         v = summary.get(k)
-        v = values.get(k) if _missing(v) else v
-        if _missing(v) and entry and k in JOINED_KEYS:
+        v = values.get(k) if missing(v) else v
+        if missing(v) and entry and k in JOINED_KEYS:
           config = config_values(entry) if config is None else config
           v = config.get(k)
-        if _missing(v):
+        if missing(v):
           row[k] = float("nan")
         else:
           row[k] = json.dumps(v) if isinstance(v, (list, dict)) else _number(v)
-    if (_missing(row.get("dense_fraction")) or _missing(row.get("pruning_fraction"))) and summary.get("prune_steps") \
+    if (missing(row.get("dense_fraction")) or missing(row.get("pruning_fraction"))) and summary.get("prune_steps") \
         and float(summary.get("target_sparsity") or 0) > 0:
       measured = compute_fractions.measured_fractions(schedule_from_summary(summary))
       for k, v in zip(("dense_fraction", "pruning_fraction"), measured):
-        if _missing(row.get(k)):
+        if missing(row.get(k)):
           row[k] = round(v, FRACTION_DIGITS)
     rows.append(row)
   df = pd.DataFrame(rows)

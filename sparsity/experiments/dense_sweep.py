@@ -19,8 +19,9 @@ from typing import Any, Sequence
 
 import yaml
 
-from sparsity.science import compute_fractions, planning
 from sparsity import repo
+from sparsity.core import recipe
+from sparsity.science import compute_fractions, planning
 from sparsity.maxtext import yaml_chain
 
 # (model, budget) -> config file, relative to configs/sweeps/.
@@ -64,7 +65,8 @@ def dense_matched_spec(sparsities: Sequence[float] = SPARSITIES, divisor: int = 
     shape = _shape_of(cfg)
     steps = int(cfg["steps"])
     for s in sparsities:
-      start, end = compute_fractions.step_fractions(s, 0.25, 0.5, str(cfg["sparsity_schedule"]))
+      start, end = compute_fractions.step_fractions(s, recipe.DENSE_COMPUTE_FRACTION, recipe.PRUNING_COMPUTE_FRACTION,
+                                                    str(cfg["sparsity_schedule"]))
       p = planning.plan(shape, steps, 1, float(s), str(cfg["sparsity_schedule"]), start, end,
                         int(cfg["pruning_interval"]))
       m = planning.match_dense(p["avg_active_params"], shape, divisor)

@@ -28,16 +28,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from sparsity.experiments import collect, results
+from sparsity.experiments import markdown as md
+from sparsity.experiments.results import missing
 from sparsity.science import plots, scaling_laws
 from sparsity.core import schedules
 
@@ -84,10 +84,6 @@ class Report:
   law: Any = None
 
 
-def _missing(v: Any) -> bool:
-  return v is None or (isinstance(v, float) and math.isnan(v))
-
-
 def schedule_of(row: Any) -> schedules.Schedule:
   """The run's schedule rebuilt from its row (``sparsity.experiments.collect.schedule_from_summary``)."""
   return collect.schedule_from_summary(row)
@@ -97,7 +93,7 @@ def _listed(v: Any) -> list[int] | None:
   """A list column (a list, or its JSON as ``collect`` writes it); None if missing."""
   if isinstance(v, str):
     v = json.loads(v)
-  if v is None or (not isinstance(v, (list, tuple)) and _missing(v)):
+  if v is None or (not isinstance(v, (list, tuple)) and missing(v)):
     return None
   return [int(x) for x in v]
 
@@ -105,7 +101,7 @@ def _listed(v: Any) -> list[int] | None:
 def trained_steps(row: Any) -> int:
   """The steps the run trained: ``steps_trained``, else (older tables) ``steps``."""
   v = row.get("steps_trained")
-  return int(row["steps"]) if _missing(v) else int(v)
+  return int(row["steps"]) if missing(v) else int(v)
 
 
 def accounting_of(row: Any):
@@ -154,13 +150,6 @@ def dense_partners(df: pd.DataFrame) -> dict[str, str | None]:
   return out
 
 
-def _save(fig: Figure, path: str) -> str:
-  FigureCanvasAgg(fig)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  return path
-
-
 def plot_active_params(df: pd.DataFrame, path: str) -> list[str]:
   """Figure 1 left (see the module docstring); returns the run names drawn (runs without counts, e.g. one that
   failed before its train state could be read, are not)."""
@@ -191,7 +180,7 @@ def plot_active_params(df: pd.DataFrame, path: str) -> list[str]:
   ax.set_title("active parameters over training (dotted: N_avg)")
   if not many:
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
-  _save(fig, path)
+  plots.save(fig, path)
   return drawn
 
 
@@ -237,7 +226,7 @@ def plot_schedule_sweep(df: pd.DataFrame, path: str) -> list[str]:
     ax.set_xlabel("(dense %, pruning %) of training compute")
     ax.set_ylabel("final loss")
     ax.legend(fontsize=7)
-  _save(fig, path)
+  plots.save(fig, path)
   return drawn
 
 
@@ -262,15 +251,6 @@ def law_for(df: pd.DataFrame, law_file: str | None, out_dir: str, law: str = DEF
   return res
 
 
-def _fmt(fmt: str, v: Any) -> str:
-  if _missing(v):
-    return ""
-  try:
-    return fmt.format(v)
-  except (ValueError, TypeError):
-    return str(v)
-
-
 def markdown_table(df: pd.DataFrame, predicted: Sequence[float] | None = None) -> str:
   """The runs as a markdown table (``TABLE_COLUMNS`` present in ``df``, plus ``predicted loss``; and how each run
   ended, when some did not complete)."""
@@ -278,13 +258,11 @@ def markdown_table(df: pd.DataFrame, predicted: Sequence[float] | None = None) -
   if "end_status" in df and results.incomplete(df).any():
     cols.insert(1, ("end_status", "end", "{}"))
   headers = [h for _, h, _ in cols] + (["predicted loss"] if predicted is not None else [])
-  lines = ["| " + " | ".join(headers) + " |", "|" + "|".join(["---"] * len(headers)) + "|"]
+  rows = []
   for i, (_, r) in enumerate(df.iterrows()):
-    cells = [_fmt(f, r[c]) for c, _, f in cols]
-    if predicted is not None:
-      cells.append(_fmt("{:.4f}", predicted[i]))
-    lines.append("| " + " | ".join(cells) + " |")
-  return "\n".join(lines)
+    rows.append([md.cell(f, r[c]) for c, _, f in cols]
+                + ([md.cell("{:.4f}", predicted[i])] if predicted is not None else []))
+  return md.table(headers, rows)
 
 
 def write_report(df: pd.DataFrame, out_dir: str, law_file: str | None = None, law: str = DEFAULT_LAW) -> Report:

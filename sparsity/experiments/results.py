@@ -35,14 +35,15 @@ SUMMARY_COLUMNS = {"tokens": "tokens", "total_params": "params", "avg_active_par
                    "final_active_params": "nonzero_params", "final_sparsity": "sparsity"}
 
 
-def _missing(v: Any) -> bool:
+def missing(v: Any) -> bool:
+  """Whether a table value is missing: None or NaN (what pandas reads from an empty CSV cell)."""
   return v is None or (isinstance(v, float) and math.isnan(v))
 
 
 def run_loss(summary: dict[str, Any], source: str = "") -> float:
   """The run's final loss: its eval loss of the final weights, else its final train loss (see the docstring)."""
   loss = summary.get("final_eval_loss")
-  if _missing(loss):
+  if missing(loss):
     loss = summary.get("final_train_loss")
     return float("nan") if loss is None else float(loss)
   trained = summary.get("steps_trained", summary.get("steps"))
@@ -139,5 +140,5 @@ def load_runs(path: str) -> pd.DataFrame:
   return pd.DataFrame(rows)
 
 
-__all__ = ["SUMMARY_COLUMNS", "run_loss", "summary_to_row", "find_files", "summary_files", "read_json", "load_runs",
+__all__ = ["SUMMARY_COLUMNS", "missing", "run_loss", "summary_to_row", "find_files", "summary_files", "read_json", "load_runs",
            "incomplete", "require_completed"]

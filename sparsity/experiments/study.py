@@ -32,9 +32,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from sparsity.core import recipe
+from sparsity.experiments.markdown import frame_table
 from sparsity.science import plots, scaling_laws
 
 LAWS = (("avg_param", "avg_params", "average active parameters (the paper's law)"),
@@ -136,7 +137,7 @@ def schedule_table(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame()
   ref = df[(df["run_name"] == "fig1-b1-sparse-w64-s0.8-seed0")].copy()
   if not ref.empty:
-    ref["dense_fraction"], ref["pruning_fraction"] = 0.25, 0.5
+    ref["dense_fraction"], ref["pruning_fraction"] = recipe.DENSE_COMPUTE_FRACTION, recipe.PRUNING_COMPUTE_FRACTION
   t = pd.concat([runs, ref])[["run_name", "dense_fraction", "pruning_fraction", "loss", "prune_start_fraction",
                               "prune_end_fraction"]]
   return t.sort_values("loss").reset_index(drop=True)
@@ -184,22 +185,10 @@ def p2_fits(traj: pd.DataFrame) -> dict[str, Any]:
   ext = scaling_laws.fit("p2", small, loo=False)
   pred = ext.predict(big)
 
-  def quality(fit, data, predicted):
-    return {"r2": scaling_laws.r_squared(data["loss"], predicted),
-            "mae": float(np.mean(np.abs(np.asarray(predicted) - data["loss"].to_numpy()))),
-            "asd": scaling_laws.average_slope_difference(data["loss"], predicted, data["D"], data["run_name"])}
-
-  return {"all": all_fit, "all_quality": {**quality(all_fit, traj, all_fit.predictions), "huber": all_fit.objective,
-                                          "leave_one_run_out_mae": all_fit.loo_mae},
-          "extrapolation": ext, "fit_quality": quality(ext, small, ext.predictions),
-          "held_out_quality": quality(ext, big, pred), "held_out_n0": float(biggest)}
-
-
-def _save(fig: Figure, path: str) -> str:
-  FigureCanvasAgg(fig)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  return path
+  quality = scaling_laws.p2_quality
+  return {"all": all_fit, "all_quality": quality(traj, all_fit.predictions, all_fit),
+          "extrapolation": ext, "fit_quality": quality(small, ext.predictions),
+          "held_out_quality": quality(big, pred), "held_out_n0": float(biggest)}
 
 
 def plot_fig1(df: pd.DataFrame, path: str) -> str:
@@ -222,7 +211,7 @@ def plot_fig1(df: pd.DataFrame, path: str) -> str:
     ax.set_title(f"budget {budget}: {part['steps'].iloc[0]:.0f} steps", fontsize=9)
     ax.legend(fontsize=7)
     fig.colorbar(sc, ax=ax, label="target sparsity")
-  return _save(fig, path)
+  return plots.save(fig, path)
 
 
 def plot_laws(df: pd.DataFrame, fits: list[LawRow], path: str) -> str:
@@ -238,18 +227,7 @@ def plot_laws(df: pd.DataFrame, fits: list[LawRow], path: str) -> str:
     ax.set_xlabel("actual loss")
     ax.set_ylabel("predicted loss")
   fig.colorbar(sc, ax=ax, label="final sparsity")
-  return _save(fig, path)
-
-
-def _table(frame: pd.DataFrame, columns: list[tuple[str, str, str]]) -> str:
-  lines = ["| " + " | ".join(h for _, h, _ in columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
-  for _, r in frame.iterrows():
-    cells = []
-    for c, _, f in columns:
-      v = r[c]
-      cells.append("" if v is None or (isinstance(v, float) and math.isnan(v)) else f.format(v))
-    lines.append("| " + " | ".join(cells) + " |")
-  return "\n".join(lines)
+  return plots.save(fig, path)
 
 
 def write(df: pd.DataFrame, out_dir: str, traj: pd.DataFrame | None = None) -> dict[str, str]:
@@ -263,7 +241,7 @@ def write(df: pd.DataFrame, out_dir: str, traj: pd.DataFrame | None = None) -> d
   pairs["diff"] = [("+" if m >= 0 else "") + _fmt(m, s) for m, s in zip(pairs["difference"], pairs["difference_sd"])]
   parts += ["## Figure 1: sparse vs dense at equal average active prunable parameters", "",
             f"Seed noise (mean standard deviation over 2 seeds of the same run): {seed_noise(df):.4f}.", "",
-            _table(pairs, [("budget", "budget", "{}"), ("target_sparsity", "sparsity", "{:.0%}"),
+            frame_table(pairs, [("budget", "budget", "{}"), ("target_sparsity", "sparsity", "{:.0%}"),
                            ("avg_prunable", "N_avg prunable", "{:,.0f}"), ("sparse", "sparse loss", "{}"),
                            ("dense", "dense at N_avg", "{}"), ("diff", "sparse - dense", "{}"),
                            ("dense_bracket", "dense bracket (seed 0)", "{}")]), ""]
@@ -273,13 +251,13 @@ def write(df: pd.DataFrame, out_dir: str, traj: pd.DataFrame | None = None) -> d
     files["laws"] = plot_laws(df, fits, os.path.join(out_dir, "laws.png"))
     law_rows = pd.DataFrame([{"law": r.label, "params": ", ".join(f"{k}={v:.4g}" for k, v in r.fit.params.items()),
                               "mae": r.fit.mae, "loo": r.fit.loo_mae, "n": r.fit.n_points} for r in fits])
-    parts += [_table(law_rows, [("law", "law", "{}"), ("n", "runs", "{}"), ("mae", "MAE", "{:.4f}"),
+    parts += [frame_table(law_rows, [("law", "law", "{}"), ("n", "runs", "{}"), ("mae", "MAE", "{:.4f}"),
                                 ("loo", "LOO MAE", "{:.4f}"), ("params", "parameters", "{}")]), ""]
   parts += [f"- {why}" for why in skipped] + ([""] if skipped else [])
   sched = schedule_table(df)
   if not sched.empty:
     parts += ["## Figure 4: schedule (80% at budget b1, seed 0)", "",
-              _table(sched, [("dense_fraction", "dense % of compute", "{:.0%}"),
+              frame_table(sched, [("dense_fraction", "dense % of compute", "{:.0%}"),
                              ("pruning_fraction", "pruning % of compute", "{:.0%}"),
                              ("prune_start_fraction", "first event (fraction of steps)", "{:.3f}"),
                              ("prune_end_fraction", "last event", "{:.3f}"), ("loss", "final eval loss", "{:.4f}")]),
@@ -289,13 +267,13 @@ def write(df: pd.DataFrame, out_dir: str, traj: pd.DataFrame | None = None) -> d
     abl["ablated"] = [_fmt(m, s) for m, s in zip(abl["loss"], abl["loss_sd"])]
     abl["ref"] = [_fmt(m, s) for m, s in zip(abl["reference"], abl["reference_sd"])]
     parts += ["## Ablations (against fig1's run of the same model, budget and seeds)", "",
-              _table(abl, [("ablation", "ablation", "{}"), ("run", "run", "{}"), ("budget", "budget", "{}"),
+              frame_table(abl, [("ablation", "ablation", "{}"), ("run", "run", "{}"), ("budget", "budget", "{}"),
                            ("seeds", "seeds", "{}"), ("ablated", "loss", "{}"), ("ref", "fig1 reference", "{}"),
                            ("difference", "difference", "{:+.4f}")]), ""]
     pairs2 = ablation_pairs(df)
     if not pairs2.empty:
       parts += ["Sparse 80% against its dense bracket under the same learning-rate change (seed 0):", "",
-                _table(pairs2, [("ablation", "ablation", "{}"), ("sparse_loss", "sparse", "{:.4f}"),
+                frame_table(pairs2, [("ablation", "ablation", "{}"), ("sparse_loss", "sparse", "{:.4f}"),
                                 ("dense_loss", "dense at N_avg", "{:.4f}"), ("difference", "sparse - dense",
                                                                               "{:+.4f}")]), ""]
   p2 = None
@@ -320,7 +298,7 @@ def write(df: pd.DataFrame, out_dir: str, traj: pd.DataFrame | None = None) -> d
     rec = pd.DataFrame({"N0": first["N0"], "rho": first["rho"], "structure": first["structure"], "L0": first["L0"],
                         "after": first["loss_after_pruning"], "first": first["loss"], "last": last["loss"],
                         "D": last["D"]}).reset_index().sort_values(["N0", "structure", "rho"])
-    parts += [_table(rec, [("run_name", "run", "{}"), ("N0", "N0", "{:,.0f}"), ("rho", "rho", "{:.2f}"),
+    parts += [frame_table(rec, [("run_name", "run", "{}"), ("N0", "N0", "{:,.0f}"), ("rho", "rho", "{:.2f}"),
                            ("structure", "structure", "{}"), ("L0", "L0 (before pruning)", "{:.4f}"),
                            ("after", "right after pruning", "{:.4f}"), ("last", "after recovery", "{:.4f}"),
                            ("D", "recovery tokens", "{:,.0f}")]), ""]

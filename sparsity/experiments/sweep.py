@@ -70,6 +70,7 @@ import yaml
 from sparsity.science import compute_fractions
 from sparsity.experiments import expressions
 from sparsity.maxtext import layout, status
+from sparsity.maxtext.overrides import read_value
 from sparsity.repo import ROOT, TRAIN_SCRIPT
 
 MANIFEST_FILE = "manifest.json"
@@ -168,15 +169,11 @@ def parse_override(word: str) -> tuple[str, str]:
 
 
 def parse_value(text: str) -> Any:
-  """A command-line override's value as YAML reads it (``0.01`` a number, ``true`` a boolean), so that sweep
-  expressions can compute with it; text YAML would turn into something else (``2:4``, base 60) stays text."""
-  try:
-    value = yaml.safe_load(text)
-  except yaml.YAMLError:
-    return text
-  if value is None or (isinstance(value, int) and not isinstance(value, bool) and ":" in text):
-    return text
-  return value
+  """A command-line override's value as MaxText reads it (``sparsity.maxtext.overrides.read_value``: ``0.01`` and
+  ``1e-3`` numbers, ``true`` a boolean, ``2:4`` text), so that sweep expressions can compute with it; a value that
+  reads as None (``null``, nothing) stays its text and is passed on as given."""
+  value = read_value(text)
+  return text if value is None else value
 
 
 def _resolve_path(path: str, directory: str) -> str:

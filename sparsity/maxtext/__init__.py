@@ -9,6 +9,7 @@
   status      how a run ended (the summary's end_status), told from MaxText's stop messages (no MaxText import)
   checkpoint  reading MaxText checkpoints on the host (inspect, export, resume checks)
   host        what MaxText needs on a host without an accelerator
+  overrides   how a command-line override's value reads (one rule for the sweep and collect; no MaxText import)
   yaml_chain  reading MaxText YAML files with their ``base_config`` chain, without importing MaxText
   launch      N MaxText processes on one machine (MaxText's multi-process CPU path, as XPK starts it)
 """

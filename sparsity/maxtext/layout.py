@@ -125,6 +125,43 @@ def checkpoint_tree(params: dict, masks: dict | None = None, count=None, inner_s
   return tree
 
 
+def llama_param_shapes(emb: int, layers: int, q_heads: int, kv_heads: int, head_dim: int, mlp: int, vocab: int, *,
+                       scan_layers: bool = True, tied: bool = False, experts: int = 1,
+                       moe_mlp: int = 0) -> dict[str, tuple[int, ...]]:
+  """MaxText's parameter paths and stored shapes of a LLaMA-2 decoder (``decoder_block=llama2``; Mistral's is the
+  same), or with ``experts > 1`` a Mixtral one (every layer's MLP a ``MoeBlock_0`` of routed experts of width
+  ``moe_mlp`` (0: ``mlp``) and their router ``gate``). ``scan_layers``: the layers stacked on axis 1
+  (``param_scan_axis``), else one ``layers_<i>`` per layer; ``tied``: no ``logits_dense`` (``logits_via_embedding``).
+  The one table of these paths (export checks checkpoints against it, planning counts parameters with it)."""
+  per_layer = {
+      "self_attention/query/kernel": (emb, q_heads, head_dim),
+      "self_attention/key/kernel": (emb, kv_heads, head_dim),
+      "self_attention/value/kernel": (emb, kv_heads, head_dim),
+      "self_attention/out/kernel": (q_heads, head_dim, emb),
+  }
+  if experts > 1:
+    width = moe_mlp or mlp
+    per_layer.update({
+        "MoeBlock_0/gate/kernel": (emb, experts),
+        "MoeBlock_0/wi_0": (experts, emb, width),
+        "MoeBlock_0/wi_1": (experts, emb, width),
+        "MoeBlock_0/wo": (experts, width, emb),
+    })
+  else:
+    per_layer.update({"mlp/wi_0/kernel": (emb, mlp), "mlp/wi_1/kernel": (emb, mlp), "mlp/wo/kernel": (mlp, emb)})
+  per_layer.update({"pre_self_attention_layer_norm/scale": (emb,), "post_self_attention_layer_norm/scale": (emb,)})
+  out = {"token_embedder/embedding": (vocab, emb), "decoder/decoder_norm/scale": (emb,)}
+  if not tied:
+    out["decoder/logits_dense/kernel"] = (emb, vocab)
+  for name, shape in per_layer.items():
+    if scan_layers:
+      out[f"decoder/layers/{name}"] = (shape[0], layers, *shape[1:])
+    else:
+      for i in range(layers):
+        out[f"decoder/layers_{i}/{name}"] = shape
+  return out
+
+
 def conversion_key(param_path: str) -> str:
   """The key of a parameter in MaxText's checkpoint-conversion tables."""
   return "params-" + param_path.replace("/", "-")
@@ -153,5 +190,5 @@ __all__ = [
     "SUMMARY_FILE", "COMPILE_SUMMARY_FILE", "compile_summary_path", "CHECKPOINTS", "ITEMS", "TENSORBOARD", "STATE_PARAMS", "STATE_OPT", "STATE_MASKS", "STATE_COUNT",
     "STATE_INNER", "STATE_STEP", "CKPT_PARAMS", "CKPT_OPT", "CKPT_MASKS", "CKPT_COUNT", "CKPT_STEP", "run_dir",
     "summary_path", "checkpoints_dir", "items_dir", "tensorboard_dir", "state_param_path", "state_mask_path",
-    "ckpt_param_path", "ckpt_mask_path", "train_state_tree", "checkpoint_tree", "conversion_key", "contraction_axis", "scan_axis",
+    "ckpt_param_path", "ckpt_mask_path", "train_state_tree", "checkpoint_tree", "llama_param_shapes", "conversion_key", "contraction_axis", "scan_axis",
 ]

@@ -66,9 +66,39 @@ def accelerators():
   return _import("maxtext.utils.accelerator_to_spec_map")
 
 
+def model_creation_utils():
+  return _import("maxtext.utils.model_creation_utils")
+
+
+def param_mapping():
+  """MaxText's checkpoint-conversion name and hook tables (``PARAM_MAPPING``, ``HOOK_FNS``), keyed by model name."""
+  return _import("maxtext.checkpoint_conversion.utils.param_mapping")
+
+
+def hf_shape():
+  """MaxText's Hugging Face shape tables (``HF_SHAPE``), keyed by model name."""
+  return _import("maxtext.checkpoint_conversion.utils.hf_shape")
+
+
+def conversion_utils():
+  """MaxText's checkpoint-conversion helpers (``process_maxtext_param``)."""
+  return _import("maxtext.checkpoint_conversion.utils.utils")
+
+
+def maxengine():
+  """MaxText's inference engine module (``MaxEngine``, ``engine_api``)."""
+  return _import("maxtext.inference.maxengine.maxengine")
+
+
+def tokenizer():
+  """MaxText's tokenizers (``build_tokenizer``)."""
+  return _import("maxtext.input_pipeline.tokenizer")
+
+
 def version() -> str | None:
   return getattr(_import("maxtext.version"), "__version__", None)
 
 
 __all__ = ["MAXTEXT_VERSION", "pyconfig", "types", "optimizers", "train", "train_utils", "max_utils", "checkpointing",
-           "exceptions", "train_compile", "maxtext_utils", "sharding", "accelerators", "version"]
+           "exceptions", "train_compile", "maxtext_utils", "sharding", "accelerators", "model_creation_utils",
+           "param_mapping", "hf_shape", "conversion_utils", "maxengine", "tokenizer", "version"]

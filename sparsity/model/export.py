@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from sparsity.maxtext import checkpoint as ckpt
-from sparsity.maxtext import host, layout
+from sparsity.maxtext import host, layout, modules
 from sparsity.model import sparse_bitmask
 
 SAFETENSORS = "model.safetensors"
@@ -107,30 +107,9 @@ def check_supported(config) -> Shape:
 
 
 def expected_params(s: Shape) -> dict[str, tuple[int, ...]]:
-  """MaxText's parameter paths and shapes for a llama2 decoder (scanned layers: layer axis 1)."""
-  per_layer = {
-      "self_attention/query/kernel": (s.emb, s.q_heads, s.head_dim),
-      "self_attention/key/kernel": (s.emb, s.kv_heads, s.head_dim),
-      "self_attention/value/kernel": (s.emb, s.kv_heads, s.head_dim),
-      "self_attention/out/kernel": (s.q_heads, s.head_dim, s.emb),
-      "mlp/wi_0/kernel": (s.emb, s.mlp),
-      "mlp/wi_1/kernel": (s.emb, s.mlp),
-      "mlp/wo/kernel": (s.mlp, s.emb),
-      "pre_self_attention_layer_norm/scale": (s.emb,),
-      "post_self_attention_layer_norm/scale": (s.emb,),
-  }
-  out = {
-      "token_embedder/embedding": (s.vocab, s.emb),
-      "decoder/decoder_norm/scale": (s.emb,),
-      "decoder/logits_dense/kernel": (s.emb, s.vocab),
-  }
-  for name, shape in per_layer.items():
-    if s.scan_layers:
-      out[f"decoder/layers/{name}"] = (shape[0], s.layers, *shape[1:])
-    else:
-      for i in range(s.layers):
-        out[f"decoder/layers_{i}/{name}"] = shape
-  return out
+  """MaxText's parameter paths and shapes for a llama2 decoder (``sparsity.maxtext.layout.llama_param_shapes``)."""
+  return layout.llama_param_shapes(s.emb, s.layers, s.q_heads, s.kv_heads, s.head_dim, s.mlp, s.vocab,
+                                   scan_layers=s.scan_layers)
 
 
 def check_checkpoint(state: ckpt.ModelState, s: Shape, where: str) -> None:
@@ -175,12 +154,10 @@ def _hf_model_dict(s: Shape) -> dict[str, int]:
 
 def to_hf_tensors(params: dict[str, np.ndarray], s: Shape, dtype: str = "float32") -> dict[str, np.ndarray]:
   """{Hugging Face name: array} through MaxText's own to_huggingface mapping for the LLaMA family."""
-  # pylint: disable=import-outside-toplevel
-  from types import SimpleNamespace
+  from types import SimpleNamespace  # pylint: disable=import-outside-toplevel
 
-  from maxtext.checkpoint_conversion.utils import hf_shape, param_mapping
-  from maxtext.checkpoint_conversion.utils.utils import process_maxtext_param
-
+  param_mapping, hf_shape = modules.param_mapping(), modules.hf_shape()
+  process_maxtext_param = modules.conversion_utils().process_maxtext_param
   hf = _hf_model_dict(s)
   names = param_mapping.PARAM_MAPPING[MT_MODEL_KEY](hf, None, s.scan_layers)
   hooks = param_mapping.HOOK_FNS[MT_MODEL_KEY](hf, None, s.scan_layers, saving_to_hf=True)
@@ -203,10 +180,7 @@ def to_hf_tensors(params: dict[str, np.ndarray], s: Shape, dtype: str = "float32
 
 def hf_module_of(path: str, s: Shape) -> list[str]:
   """The Hugging Face weight names that MaxText parameter ``path`` becomes."""
-  # pylint: disable=import-outside-toplevel
-  from maxtext.checkpoint_conversion.utils import param_mapping
-
-  names = param_mapping.PARAM_MAPPING[MT_MODEL_KEY](_hf_model_dict(s), None, s.scan_layers)
+  names = modules.param_mapping().PARAM_MAPPING[MT_MODEL_KEY](_hf_model_dict(s), None, s.scan_layers)
   v = names[layout.conversion_key(path)]
   return v if isinstance(v, list) else [v]
 

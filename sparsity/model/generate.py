@@ -21,7 +21,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from sparsity.maxtext import checkpoint as ckpt
-from sparsity.maxtext import host
+from sparsity.maxtext import host, modules
 
 
 def inference_config(argv: Sequence[str], items_dir: str, extra: dict[str, Any]):
@@ -42,8 +42,8 @@ def inference_config(argv: Sequence[str], items_dir: str, extra: dict[str, Any])
 def forward_logits(argv: Sequence[str], checkpoint: str, tokens: np.ndarray, step: int | None = None) -> np.ndarray:
   """MaxText's logits (float32 activations) for ``tokens`` [batch, length] with the checkpoint's parameters."""
   import jax  # pylint: disable=import-outside-toplevel
-  from maxtext.utils import maxtext_utils, model_creation_utils  # pylint: disable=import-outside-toplevel
 
+  maxtext_utils, model_creation_utils = modules.maxtext_utils(), modules.model_creation_utils()
   tokens = np.asarray(tokens, np.int32)
   where = ckpt.locate(checkpoint, step)
   config = inference_config(
@@ -64,8 +64,8 @@ def generate(config, prompt: str, max_new_tokens: int, seed: int = 1234) -> dict
   # pylint: disable=import-outside-toplevel
   import jax
   import jax.numpy as jnp
-  from maxtext.inference.maxengine import maxengine
-  from maxtext.input_pipeline.tokenizer import build_tokenizer
+
+  maxengine, build_tokenizer = modules.maxengine(), modules.tokenizer().build_tokenizer
 
   jax.config.update("jax_default_prng_impl", "unsafe_rbg")  # as maxtext.inference.decode
   _result_tokens_as_pytree(maxengine.engine_api)

@@ -6,6 +6,9 @@ Conventions (the paper's section 4 and Table 1):
 * Prunable = every linear-layer kernel: attention ``query``, ``key``, ``value``, ``out`` and MLP ``wi_0``,
   ``wi_1``, ``wo`` in every layer, plus the output projection ``logits_dense`` when embeddings are untied.
 * Non-prunable = the token embedding and the RMSNorm scales (2 per layer + the final norm).
+* Counted from MaxText's parameter table (``sparsity.maxtext.layout.llama_param_shapes``): prunable is what the
+  default ``prunable_params`` of MaxText runs matches (``sparsity.maxtext.families.default_prunable``; for LLaMA the
+  same set as the core's ``DEFAULT_PRUNABLE``), the parts are the families' kinds of weight.
 * Active parameters during a step = exact kept prunable count (``Schedule.keep_counts``) + non-prunable.
 * Effective training compute = ``sum over steps of 6 * active prunable params * tokens per step`` (the paper's
   "effective compute", linear in density as in Frantar et al. 2023; the one definition, ``sparsity.core.compute``).
@@ -29,10 +32,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 from typing import Any, Iterable, Mapping, Sequence
 
-from sparsity.core import compute, schedules
+from sparsity.core import compute, recipe, schedules
+from sparsity.maxtext import families, layout
 
 # Hidden sizes of matched dense shapes are multiples of lcm(heads, WIDTH_DIVISOR): brackets about 15% apart in
 # parameters at the paper's sizes. One default for every command (plan --match-dense, dense-sweep).
@@ -89,18 +94,18 @@ def param_counts(shape: ModelShape) -> dict[str, int]:
     token's forward pass uses (all but the ``num_experts - experts_per_token`` experts it is not routed to; = the
     totals when dense).
   """
-  e, L = shape.emb, shape.num_layers
-  q, kv = shape.num_query_heads * shape.head_dim, shape.num_kv_heads * shape.head_dim
-  attention = L * (e * q + 2 * e * kv + q * e)
   moe = int(shape.num_experts) > 1
-  mlp = L * 3 * e * (int(shape.num_experts) * (shape.moe_mlp_dim or shape.mlp_dim) if moe else shape.mlp_dim)
-  router = L * e * int(shape.num_experts) if moe else 0
-  logits = 0 if shape.tied_embeddings else e * shape.vocab
-  embedding = shape.vocab * e
-  norms = (2 * L + 1) * e
-  prunable = attention + mlp + logits
-  non_prunable = embedding + norms + router
-  experts = mlp if moe else 0
+  sizes = {p: math.prod(dims) for p, dims in layout.llama_param_shapes(
+      shape.emb, shape.num_layers, shape.num_query_heads, shape.num_kv_heads, shape.head_dim, shape.mlp_dim,
+      shape.vocab, tied=shape.tied_embeddings, experts=int(shape.num_experts), moe_mlp=shape.moe_mlp_dim).items()}
+  prunable_re = re.compile(families.default_prunable())  # the prunable set MaxText runs default to
+  prunable = sum(n for p, n in sizes.items() if prunable_re.search(p))
+  non_prunable = sum(sizes.values()) - prunable
+  kinds = families.kind_counts(None, sizes)
+  attention, router = kinds.get(families.ATTENTION, 0), kinds.get(families.ROUTER, 0)
+  experts = kinds.get(families.EXPERTS, 0)
+  mlp = kinds.get(families.MLP, 0) + experts
+  logits, embedding, norms = (kinds.get(k, 0) for k in (families.OUTPUT, families.EMBEDDING, families.NORM))
   idle = experts - experts * int(shape.experts_per_token) // int(shape.num_experts) if moe else 0
   return {"total": prunable + non_prunable, "prunable": prunable, "non_prunable": non_prunable,
           "attention": attention, "mlp": mlp, "logits_dense": logits, "embedding": embedding, "norms": norms,
@@ -132,9 +137,9 @@ def plan(
     sparsity_schedule: str = "geometric",
     prune_start_fraction: float | None = None,
     prune_end_fraction: float | None = None,
-    pruning_interval: int = 100,
-    dense_compute_fraction: float = compute.DENSE_COMPUTE_FRACTION,
-    pruning_compute_fraction: float = compute.PRUNING_COMPUTE_FRACTION,
+    pruning_interval: int = recipe.PRUNING_INTERVAL,
+    dense_compute_fraction: float = recipe.DENSE_COMPUTE_FRACTION,
+    pruning_compute_fraction: float = recipe.PRUNING_COMPUTE_FRACTION,
 ) -> dict[str, Any]:
   """Parameter and compute accounting of one run, from the same schedule code the trainer uses.
 
@@ -334,9 +339,9 @@ def find_sparse_equivalent(
     sparsity_schedule: str = "geometric",
     prune_start_fraction: float | None = None,
     prune_end_fraction: float | None = None,
-    pruning_interval: int = 100,
-    dense_compute_fraction: float = compute.DENSE_COMPUTE_FRACTION,
-    pruning_compute_fraction: float = compute.PRUNING_COMPUTE_FRACTION,
+    pruning_interval: int = recipe.PRUNING_INTERVAL,
+    dense_compute_fraction: float = recipe.DENSE_COMPUTE_FRACTION,
+    pruning_compute_fraction: float = recipe.PRUNING_COMPUTE_FRACTION,
     compute_rtol: float = 0.02,
     loss_tolerance: float = 0.0,
 ) -> dict[str, Any]:
@@ -382,8 +387,8 @@ _CONFIG_KEYS = ("base_emb_dim", "base_num_query_heads", "base_num_kv_heads", "he
                 "pruning_interval")
 # Optional: unset step fractions (None or absent) are derived from the compute fractions (defaults: the paper's).
 _SPLIT_KEYS = {"prune_start_fraction": None, "prune_end_fraction": None,
-               "dense_compute_fraction": compute.DENSE_COMPUTE_FRACTION,
-               "pruning_compute_fraction": compute.PRUNING_COMPUTE_FRACTION}
+               "dense_compute_fraction": recipe.DENSE_COMPUTE_FRACTION,
+               "pruning_compute_fraction": recipe.PRUNING_COMPUTE_FRACTION}
 
 
 # The decoders ``param_counts`` describes: LLaMA's (Mistral's is the same; Mixtral's with ``num_experts`` experts).

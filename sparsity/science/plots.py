@@ -18,7 +18,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter
 
 
-def _save(fig: Figure, path: str) -> str:
+def save(fig: Figure, path: str) -> str:
+  """Draws ``fig`` on an Agg canvas, lays it out tightly and writes it to ``path`` (PNG, 120 dpi); returns ``path``."""
   FigureCanvasAgg(fig)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
@@ -39,7 +40,7 @@ def predicted_vs_actual(actual: Any, predicted: Any, sparsity: Any, path: str, t
   ax.set_title(title or f"MAE {np.mean(np.abs(p - a)):.4f}")
   ax.legend(loc="upper left")
   fig.colorbar(sc, ax=ax, label="sparsity")
-  return _save(fig, path)
+  return save(fig, path)
 
 
 def loss_vs_avg_params(avg_params: Any, loss: Any, sparsity: Any, path: str, tokens: Any = None) -> str:
@@ -63,7 +64,7 @@ def loss_vs_avg_params(avg_params: Any, loss: Any, sparsity: Any, path: str, tok
   ax.legend()
   if np.any(~dense):
     fig.colorbar(sc, ax=ax, label="sparsity")
-  return _save(fig, path)
+  return save(fig, path)
 
 
 def recovery_curves(df: Any, fit: Any, path: str, held_out: Any = ()) -> str:
@@ -95,7 +96,7 @@ def recovery_curves(df: Any, fit: Any, path: str, held_out: Any = ()) -> str:
     handles, labels = ax.get_legend_handles_labels()
     unique = dict(zip(labels, handles))
     ax.legend(unique.values(), unique.keys(), fontsize=7)
-  return _save(fig, path)
+  return save(fig, path)
 
 
-__all__ = ["predicted_vs_actual", "loss_vs_avg_params", "recovery_curves"]
+__all__ = ["save", "predicted_vs_actual", "loss_vs_avg_params", "recovery_curves"]

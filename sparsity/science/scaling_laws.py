@@ -15,8 +15,8 @@ Three laws, looked up by name in ``LAWS``:
   removed (column ``rho``, in (0, 1)), ``D`` the recovery tokens so far (column ``D``) and ``L0`` the loss before
   pruning (column ``L0``). ``gamma`` and ``delta`` are not constrained in sign (a loss that grows with the pruning
   rate needs ``gamma < 0`` with this ``rho``); ``alpha, beta >= 0``; ``N_C, D_C, E > 0``. Its data are the points
-  of loss trajectories (``sparsity.experiments.collect.trajectories``); ``FitResult.quality`` adds R^2, the
-  average slope difference and the leave-one-run-out error it is judged by (``p2_quality``).
+  of loss trajectories (``sparsity.experiments.collect.trajectories``); ``p2_quality`` gives R^2, the
+  average slope difference and the leave-one-run-out error it is judged by.
 
 Fitting follows Hoffmann et al. 2022 and the paper's section 5.3:
 
@@ -493,6 +493,24 @@ def average_slope_difference(actual: Any, predicted: Any, tokens: Any, groups: A
   return float(np.mean(diffs)) if diffs else float("nan")
 
 
+def p2_quality(data: Any, predicted: Any, fit: FitResult | None = None) -> dict[str, float]:
+  """How well P2 law predictions follow trajectory points ``data`` (columns ``loss``, ``D`` and, when present,
+  ``run_name``; without it every point is its own run): ``r2`` (``r_squared``), ``asd``
+  (``average_slope_difference`` per run) and ``mae`` (mean absolute loss error). With ``fit``, the fit to ``data``
+  whose predictions these are, also its ``huber`` objective (summed Huber loss of log residuals) and
+  ``leave_one_run_out_mae`` (its ``loo_mae``: NaN unless fitted with ``loo`` and ``groups``). Keys in the order
+  r2, huber, asd, mae, leave_one_run_out_mae."""
+  groups = data["run_name"] if "run_name" in data else range(len(data))
+  out = {"r2": r_squared(data["loss"], predicted)}
+  if fit is not None:
+    out["huber"] = fit.objective
+  out["asd"] = average_slope_difference(data["loss"], predicted, data["D"], groups)
+  out["mae"] = float(np.mean(np.abs(np.asarray(predicted, float) - np.asarray(data["loss"], float))))
+  if fit is not None:
+    out["leave_one_run_out_mae"] = fit.loo_mae
+  return out
+
+
 def recovery_tokens(params: Mapping[str, float], n0: float, rho: float, l0: float, target_loss: float) -> float:
   """Recovery tokens after which the ``p2`` law predicts ``target_loss`` for a model of ``n0`` parameters pruned at
   rate ``rho`` from loss ``l0``: ``inf`` when the law's floor (its limit at infinite data) is above the target."""
@@ -536,4 +554,4 @@ def describe(law: str, params: Mapping[str, float]) -> str:
 
 
 __all__ = ["HUBER_DELTA", "MAXITER", "LAWS", "ScalingLaw", "FitResult", "huber", "get_law", "fit", "predict",
-           "describe", "r_squared", "average_slope_difference", "recovery_tokens", "p2_floor"]
+           "describe", "r_squared", "average_slope_difference", "p2_quality", "recovery_tokens", "p2_floor"]
