@@ -28,7 +28,7 @@ import jax.numpy as jnp
 
 from sparsity.core import accounting, compute, pruner, threshold
 from sparsity.core.paths import flatten, shape_of, size_of
-from sparsity.maxtext import checkpoint, families, layout, modules
+from sparsity.maxtext import checkpoint, families, layout, loop, modules
 from sparsity.maxtext.config import config_class
 from sparsity.maxtext.events import count_kept as mask_kept
 from sparsity.maxtext.events import mask_leaves
@@ -335,8 +335,6 @@ INSTALLED: dict[str, object] = {}
 
 def install() -> None:
   """Installs the hooks into the imported MaxText modules (idempotent)."""
-  from sparsity.maxtext import loop  # pylint: disable=import-outside-toplevel
-
   if INSTALLED:
     return
   check_extension_points()
@@ -346,8 +344,8 @@ def install() -> None:
           _initialize, functools.partial(pyconfig.initialize, config_class=config_class()))),
       "optimizers.get_optimizer": (optimizers, functools.partial(_get_optimizer, optimizers.get_optimizer)),
       "train.train_step": (train, functools.partial(_train_step, train.train_step)),
-      "train.train_loop": (train, functools.partial(loop.train_loop, train.train_loop, train.training_loop_iteration,
-                                                    train)),
+      "train.train_loop": (train, functools.partial(loop.train_loop, RUN, train.train_loop,
+                                                    train.training_loop_iteration, train)),
       "max_utils.initialize_summary_writer": (max_utils, functools.partial(_summary_writer,
                                                                            max_utils.initialize_summary_writer)),
   }

@@ -53,7 +53,6 @@ from sparsity.core import compute, threshold
 from sparsity.core.paths import path_str
 from sparsity.maxtext import events as events_lib
 from sparsity.maxtext import layout, modules, preemption, status
-from sparsity.maxtext.hook import RUN
 
 # Settings that later tools (collect, report) group runs by.
 # prune_start_fraction / prune_end_fraction: as used (sparsity.core.compute.step_split), with schedule_split.
@@ -121,26 +120,27 @@ def _with_event(program, record: LoopRecord, state_events):
   return run
 
 
-def train_loop(original, iteration_original, train_module, config, recorder, state=None):
-  """MaxText's ``train_loop`` with the pruner's loop (see the module docstring)."""
-  RUN.reached.add("train.train_loop")
+def train_loop(run, original, iteration_original, train_module, config, recorder, state=None):
+  """MaxText's ``train_loop`` with the pruner's loop (see the module docstring). ``run``: what the hook learned of
+  this run (``sparsity.maxtext.hook.Run``: plan, counts, extension points reached), passed in by ``hook.install``."""
+  run.reached.add("train.train_loop")
   record = LoopRecord()
   stop = modules.exceptions().StopTraining
 
   def iteration(jax_device_state, python_vars, immutable_data):
-    RUN.reached.add("train.training_loop_iteration")
+    run.reached.add("train.training_loop_iteration")
     first = record.device is None
     record.device, record.python = jax_device_state, python_vars
     if first:  # the optimizer and the step were built and traced by now
-      RUN.require("optimizers.get_optimizer", "train.train_step")
+      run.require("optimizers.get_optimizer", "train.train_step")
       record.start_step = int(immutable_data["start_step"])
       state_events = None
-      if RUN.sparse:
-        state_events = events_lib.StateEvents(RUN.plan, jax_device_state["state"], record.start_step)
+      if run.sparse:
+        state_events = events_lib.StateEvents(run.plan, jax_device_state["state"], record.start_step)
         for name in TRAIN_STEP_PROGRAMS:
           if jax_device_state.get(name) is not None:
             jax_device_state[name] = _with_event(jax_device_state[name], record, state_events)
-      if RUN.sparse and RUN.plan.init_mask_from_zeros:
+      if run.sparse and run.plan.init_mask_from_zeros:
         record.fixed_kept = fixed_mask_count(jax_device_state["state"], record.start_step)
       _recovery_start(config, record, state_events)
     step = int(python_vars["step"])
@@ -162,7 +162,7 @@ def train_loop(original, iteration_original, train_module, config, recorder, sta
     return record.metrics
 
   train_module.training_loop_iteration = iteration
-  RUN.in_train_loop = True
+  run.in_train_loop = True
   notice = preemption.Notice()
   checkpointing = modules.checkpointing()
   save_original = checkpointing.maybe_save_checkpoint
@@ -180,10 +180,10 @@ def train_loop(original, iteration_original, train_module, config, recorder, sta
     train_module.training_loop_iteration = iteration_original
     checkpointing.maybe_save_checkpoint = save_original
     notice.uninstall()
-    RUN.in_train_loop = False
+    run.in_train_loop = False
   if record.device is not None:
     state = record.device["state"]  # the state of the last trained step, also when the loop stopped early
-  if RUN.plan is None or not RUN.total:
+  if run.plan is None or not run.total:
     if error is not None:
       raise error
     if notice.stop_message is not None and events_lib.optimizer_step(state) < int(config.steps):
@@ -193,7 +193,7 @@ def train_loop(original, iteration_original, train_module, config, recorder, sta
     _write_failure(config, record, error)
     raise error
   try:
-    summary = finish(config, state, record)
+    summary = finish(run, config, state, record)
   except Exception as e:
     _write_failure(config, record, e)
     raise
@@ -294,8 +294,8 @@ def _logged_eval_loss(record: LoopRecord) -> float | None:
   return None
 
 
-def finish(config, state, record: LoopRecord) -> dict | None:
-  """The end of the run (see the module docstring); returns the summary on process 0."""
+def finish(run, config, state, record: LoopRecord) -> dict | None:
+  """The end of the run (see the module docstring) of ``run`` (``hook.Run``); returns the summary on process 0."""
   trained = events_lib.optimizer_step(state)
   last = trained - 1
   end, error = end_of_run(config, record, trained)
@@ -313,11 +313,11 @@ def finish(config, state, record: LoopRecord) -> dict | None:
   if record.metrics is not None:
     train_loss = float(events_lib.host_value(record.metrics["scalar"]["learning/loss"]))
 
-  plan = RUN.plan
-  kept = events_lib.count_kept(state) if plan.masks_needed else RUN.prunable  # every process
+  plan = run.plan
+  kept = events_lib.count_kept(state) if plan.masks_needed else run.prunable  # every process
   if plan.init_mask_from_zeros and record.fixed_kept is None:
     raise RuntimeError("init_mask_from_zeros: the fixed mask was not counted before the first step")
-  acc = RUN.accounting(fixed_kept=record.fixed_kept if plan.init_mask_from_zeros else None)
+  acc = run.accounting(fixed_kept=record.fixed_kept if plan.init_mask_from_zeros else None)
   expected = acc.active_at(last) - acc.non_prunable
   if kept != expected:
     what = ("the fixed mask counted before the first step keeps" if plan.init_mask_from_zeros
@@ -342,7 +342,7 @@ def finish(config, state, record: LoopRecord) -> dict | None:
       "eval_history": [{"step": e["step"], "tokens": (e["step"] + 1) * acc.tokens_per_step, "loss": e["loss"]}
                        for e in record.evals],
       "recovery": record.recovery,
-      "model": RUN.model_summary(state, kept),  # family, counts by kind, experts (sparsity.maxtext.families)
+      "model": run.model_summary(state, kept),  # family, counts by kind, experts (sparsity.maxtext.families)
       **{k: getattr(config, k) for k in RUN_SETTINGS},
       **compute.step_split(config)._asdict(),  # prune_start_fraction, prune_end_fraction, schedule_split
   }
