@@ -87,6 +87,7 @@ def test_state_events_refuse_a_count_that_is_not_maxtexts_step():
     events.StateEvents(plan, _state(plan), start_step=5)
 
 
+@pytest.mark.slow  # imports MaxText's trainer (TensorFlow, the models)
 def test_extension_points_are_checked_by_signature(monkeypatch):
   hook.check_extension_points()  # the pinned MaxText passes
   train = hook.modules.train()
