@@ -129,10 +129,10 @@ def test_a_process_that_fails_is_named_and_the_other_stopped(tmp_path):
 
 
 def test_data_that_runs_out_ends_with_a_summary_of_the_steps_trained(tmp_path, c4_path):
-  # 1,000 documents cut to 256 tokens, 8 sequences a step: the data runs out after about 120 of 300 steps, in the
+  # 1,000 documents cut to 64 tokens, 8 sequences a step: the data runs out after about 120 of 300 steps, in the
   # middle of the pruning phase (events every 25 steps from 75 to 225).
   out = run_train(["configs/sparse_base.yml", *TINY, *C4_TFDS, "tokenizer_path=tokenizer.llama2",
-                   "max_target_length=256", "per_device_batch_size=8", "steps=300", "pruning_interval=25",
+                   "max_target_length=64", "per_device_batch_size=8", "steps=300", "pruning_interval=25",
                    "prune_start_fraction=0.25", "prune_end_fraction=0.75", "eval_interval=1000", "eval_steps=4",
                    "run_name=out"], tmp_path)
   s = read_summary(tmp_path, "out")
@@ -140,7 +140,7 @@ def test_data_that_runs_out_ends_with_a_summary_of_the_steps_trained(tmp_path, c
   assert s["end_status"] == "data_exhausted" and s["error"] is None  # MaxText's graceful stop: exit code 0
   assert not s["target_reached"] and "before its pruning schedule ended" in out.stdout + out.stderr
   trained = s["steps_trained"]
-  assert 100 < trained < 150 and s["steps"] == 300 and s["tokens"] == trained * 8 * 256
+  assert 100 < trained < 150 and s["steps"] == 300 and s["tokens"] == trained * 8 * 64
   sched = schedules.make_schedule(300, 0.8, interval=25)
   done = [e for e in sched.prune_steps if e < trained]
   assert s["prune_steps"] == list(sched.prune_steps) and len(done) == 2  # events at 75 and 100
