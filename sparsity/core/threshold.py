@@ -381,31 +381,37 @@ def group_top_n(keys, axis: int, n: int, m: int):
   return _group_rank_below(member, g, axis, n, m).reshape(keys.shape)
 
 
-def protect_top_n(key_fn, axis: int, n: int, m: int):
+def protect_top_n(key_fn, axis: int, n: int, m: int, members: bool | None = None):
   """A key source whose ``n`` largest keys of every group of ``m`` along ``axis`` become ``MAX_KEY``.
 
-  Keys computed entry by entry (``ElementwiseKeys``) are recomputed for each member from the members' own inputs,
-  so that nothing of the array's size is materialised to rank the groups.
+  Keys computed entry by entry (``ElementwiseKeys``) can be ranked from the members' own inputs, each member's key
+  recomputed where it is compared (``members=True``): nothing of the array's size is materialised, which TPU needs
+  (the event's temporaries fall from 0.66 to 0.43 of the weights' bytes on the 1B). ``members=False`` slices the
+  members out of the keys, the form the CPU and GPU keep (on the CPU both take the same time:
+  ``benchmarks/nm_protection.py``). ``None``: per backend, members on TPU. Both select exactly the same keys.
   """
-  if isinstance(key_fn, ElementwiseKeys):
-    src = key_fn
+  key_fn_ = key_fn if isinstance(key_fn, ElementwiseKeys) else _as_key_fn(key_fn)
 
-    def protected(dep):
-      inputs = src.ordered_after(dep)
-      keys = src.fn(*inputs)
-      grouped = [_grouped(x, axis, m) for x in inputs]
-      member = lambda j: src.fn(*[jax.lax.slice_in_dim(x, j, j + 1, axis=axis + 1) for x in grouped])
-      top = _group_rank_below(member, _grouped(keys, axis, m), axis, n, m).reshape(keys.shape)
-      return jnp.where(top & (keys > 0), jnp.uint32(MAX_KEY), keys)
+  def from_keys(keys):
+    return group_top_n(keys, axis, n, m)
 
-    return protected
-  key_fn = _as_key_fn(key_fn)
+  def protected(dep):
+    if not isinstance(key_fn_, ElementwiseKeys) or members is False:
+      keys = key_fn_(dep)
+      top = from_keys(keys)
+    else:
+      inputs = key_fn_.ordered_after(dep)
+      keys = key_fn_.fn(*inputs)
 
-  def protected_keys(dep):
-    keys = key_fn(dep)
-    return jnp.where(group_top_n(keys, axis, n, m) & (keys > 0), jnp.uint32(MAX_KEY), keys)
+      def from_members():
+        grouped = [_grouped(x, axis, m) for x in inputs]
+        member = lambda j: key_fn_.fn(*[jax.lax.slice_in_dim(x, j, j + 1, axis=axis + 1) for x in grouped])
+        return _group_rank_below(member, _grouped(keys, axis, m), axis, n, m).reshape(keys.shape)
 
-  return protected_keys
+      top = from_members() if members else jax.lax.platform_dependent(tpu=from_members, default=lambda: from_keys(keys))
+    return jnp.where(top & (keys > 0), jnp.uint32(MAX_KEY), keys)
+
+  return protected
 
 
 def random_keys(rng, shape, alive) -> jax.Array:
