@@ -390,25 +390,24 @@ def protect_top_n(key_fn, axis: int, n: int, m: int, members: bool | None = None
   members out of the keys, the form the CPU and GPU keep (on the CPU both take the same time:
   ``benchmarks/nm_protection.py``). ``None``: per backend, members on TPU. Both select exactly the same keys.
   """
-  key_fn_ = key_fn if isinstance(key_fn, ElementwiseKeys) else _as_key_fn(key_fn)
-
-  def from_keys(keys):
-    return group_top_n(keys, axis, n, m)
+  elementwise = isinstance(key_fn, ElementwiseKeys) and members is not False
+  key_fn = key_fn if isinstance(key_fn, ElementwiseKeys) else _as_key_fn(key_fn)
 
   def protected(dep):
-    if not isinstance(key_fn_, ElementwiseKeys) or members is False:
-      keys = key_fn_(dep)
-      top = from_keys(keys)
+    if not elementwise:
+      keys = key_fn(dep)
+      top = group_top_n(keys, axis, n, m)
     else:
-      inputs = key_fn_.ordered_after(dep)
-      keys = key_fn_.fn(*inputs)
+      inputs = key_fn.ordered_after(dep)
+      keys = key_fn.fn(*inputs)
 
       def from_members():
         grouped = [_grouped(x, axis, m) for x in inputs]
-        member = lambda j: key_fn_.fn(*[jax.lax.slice_in_dim(x, j, j + 1, axis=axis + 1) for x in grouped])
+        member = lambda j: key_fn.fn(*[jax.lax.slice_in_dim(x, j, j + 1, axis=axis + 1) for x in grouped])
         return _group_rank_below(member, _grouped(keys, axis, m), axis, n, m).reshape(keys.shape)
 
-      top = from_members() if members else jax.lax.platform_dependent(tpu=from_members, default=lambda: from_keys(keys))
+      top = from_members() if members else jax.lax.platform_dependent(
+          tpu=from_members, default=lambda: group_top_n(keys, axis, n, m))
     return jnp.where(top & (keys > 0), jnp.uint32(MAX_KEY), keys)
 
   return protected
