@@ -65,6 +65,21 @@ def run_train(args, tmp_path, devices=1, module=None, check=True, timeout=900, x
   return out
 
 
+def run_configs(cases, tmp_path, entry="train", devices=1, timeout=900, env=None):
+  """Runs configurations that must fail before compiling, all in one process (``tests/many_configs.py``: MaxText
+  imported once): ``cases`` are argv lists of ``MaxText/train.py`` (``entry="train"``) or ``MaxText/train_compile.py``
+  (``"compile"``), each given ``base_output_directory=tmp_path``. Returns one ``(exit code, output)`` per case."""
+  import re  # pylint: disable=import-outside-toplevel
+
+  cases = [[*map(str, c), f"base_output_directory={tmp_path}"] for c in cases]
+  out = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "many_configs.py"), entry, json.dumps(cases)],
+                       cwd=ROOT, env=env or cpu_env(devices), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                       text=True, timeout=timeout, check=False)
+  found = re.findall(r"^@@case (\d+)@@\n(.*?)^@@end \1 (-?\d+)@@$", out.stdout, flags=re.M | re.S)
+  assert out.returncode == 0 and len(found) == len(cases), out.stdout[-6000:]
+  return [(int(code), text) for _, text, code in found]
+
+
 def run_cli(args, timeout=900, cwd=ROOT):
   """``python -m sparsity ARGS`` in a subprocess: (returncode, stdout, stderr)."""
   out = subprocess.run([sys.executable, "-m", "sparsity", *map(str, args)], cwd=cwd, env=cpu_env(),

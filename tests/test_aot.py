@@ -12,7 +12,7 @@ import types
 
 import pytest
 
-from conftest import ROOT, TINY, cpu_env
+from conftest import ROOT, TINY, cpu_env, run_configs
 from sparsity.maxtext import aot, layout
 
 TRAIN_COMPILE = os.path.join(ROOT, "MaxText", "train_compile.py")
@@ -114,18 +114,31 @@ def test_a_7b_model_past_2_31_prunable_weights_traces_every_program(tmp_path):
   assert set(s["programs"]) == {"train_step", "pruning_event", "mask_count", "eval_step"}
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("args, message", [
+BAD_TOPOLOGIES = [
     (["compile_topology=v5p-7", "compile_topology_num_slices=1"], "Invalid compile topology: v5p-7. Valid topology names"),
     (["compile_topology=v5p-8", "compile_topology_num_slices=1", "ici_fsdp_parallelism=3"],
      "do not divide compile_topology=v5p-8"),
     ([], "compile_topology is not set"),
-])
-def test_bad_topologies_are_clear_errors_before_compiling(tmp_path, args, message):
-  out, s = _compile(tmp_path, "bad", *args, "target_sparsity=0.8", "steps=100", "pruning_interval=10")
-  assert out.returncode == 2 and s is None
-  assert message in out.stderr, out.stderr[-3000:]
-  assert "Jitting" not in out.stdout
+]
+
+
+@pytest.fixture(scope="module")
+def bad_topologies(tmp_path_factory):
+  """(exit code, output) of each BAD_TOPOLOGIES case through train_compile's entry, all in one process."""
+  tmp = tmp_path_factory.mktemp("bad_topologies")
+  cases = [[os.path.join(ROOT, "configs", "sparse_base.yml"), *SMALL, *args, "target_sparsity=0.8", "steps=100",
+            "pruning_interval=10", f"run_name=bad{i}"] for i, (args, _) in enumerate(BAD_TOPOLOGIES)]
+  return tmp, run_configs(cases, tmp, entry="compile")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", range(len(BAD_TOPOLOGIES)))
+def test_bad_topologies_are_clear_errors_before_compiling(bad_topologies, case):
+  tmp, results = bad_topologies
+  code, text = results[case]
+  assert code == 2 and BAD_TOPOLOGIES[case][1] in text, text[-3000:]
+  assert "Jitting" not in text
+  assert not os.path.exists(layout.compile_summary_path(layout.run_dir(str(tmp), f"bad{case}")))
 
 
 def _config(**kw):

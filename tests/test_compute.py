@@ -165,16 +165,21 @@ def test_sparse_base_states_the_recipe_the_code_defaults_to():
   assert (sched.prune_steps[0], sched.prune_steps[-1]) == (250, 750)
 
 
-def test_every_paper_config_and_sweep_run_sets_its_step_fractions():
-  """The paper configs and every sparse run of the shipped sweep specs (the study's included) set both step
-  fractions, so they keep the schedules they had before the compute split became the default."""
+# The study specs that train with the default schedule: the trainer derives their step fractions from the split.
+DEFAULT_SPLIT_SPECS = {"paired", "epoch1", "fig4"}
+
+
+def test_every_paper_config_and_sweep_run_sets_its_step_fractions_or_the_split():
+  """The paper configs and every sparse run of the shipped sweep specs set both step fractions (they keep the schedules
+  they had before the compute split became the default), except the study specs made for the default schedule,
+  which set none (fig4.yml sets the split it studies)."""
   for path in glob.glob(os.path.join(ROOT, "configs", "paper", "*.yml")):
     with open(path, encoding="utf-8") as f:
       cfg = yaml.safe_load(f)
     assert {"prune_start_fraction", "prune_end_fraction"} <= set(cfg), path
   specs = glob.glob(os.path.join(ROOT, "configs", "study", "*.yml")) + \
       glob.glob(os.path.join(ROOT, "configs", "sweeps", "*.yml"))
-  checked = 0
+  checked, default = 0, set()
   for path in specs:
     with open(path, encoding="utf-8") as f:
       data = yaml.safe_load(f)
@@ -185,6 +190,35 @@ def test_every_paper_config_and_sweep_run_sets_its_step_fractions():
       keys = {w.split("=", 1)[0] for w in run.overrides}
       values = dict(w.split("=", 1) for w in run.overrides)
       if float(values.get("target_sparsity", 0) or 0) > 0:
-        assert {"prune_start_fraction", "prune_end_fraction"} <= keys, (path, run.name)
+        if spec.name in DEFAULT_SPLIT_SPECS:
+          assert not {"prune_start_fraction", "prune_end_fraction"} & keys, (path, run.name)
+          default.add(spec.name)
+        else:
+          assert {"prune_start_fraction", "prune_end_fraction"} <= keys, (path, run.name)
         checked += 1
-  assert checked > 50
+  assert checked > 50 and default == DEFAULT_SPLIT_SPECS
+
+
+@pytest.mark.parametrize("split", [(0.0, 0.25), (0.0, 1.0), (0.25, 0.5), (0.5, 0.5), (0.75, 0.25)])
+def test_steps_for_compute_match_the_reference_compute_by_brute_force(split):
+  """Figure 4's fixed compute: the steps found for a split spend, counted event by event from the run's own schedule,
+  the compute of the reference run (600 steps at the paper's split) within 2%, and no other step count is closer."""
+  def spent(steps, td, ts):
+    interval = max(1, round(steps * 100 / 26800))
+    start, end = compute.derived_step_fractions(steps, 0.8, "geometric", interval, td, ts)
+    sched = schedules.make_schedule(steps, 0.8, "geometric", start, end, interval)
+    return sum(sched.density_at(t) for t in range(steps))  # density during each step, one by one
+
+  want = spent(600, 0.25, 0.5)
+  steps = compute.steps_for_compute(600, 0.8, *split)
+  assert abs(spent(steps, *split) / want - 1) <= 0.02
+  assert all(abs(spent(steps, *split) - want) <= abs(spent(t, *split) - want) for t in (steps - 1, steps + 1))
+  if split == (0.25, 0.5):
+    assert steps == 600
+  more_dense = compute.steps_for_compute(600, 0.8, 0.5, 0.25)
+  assert more_dense < 600 < compute.steps_for_compute(600, 0.8, 0.0, 0.5)  # denser splits train fewer steps
+
+
+def test_steps_for_compute_says_when_no_step_count_is_close_enough():
+  with pytest.raises(ValueError, match="within 2%"):
+    compute.steps_for_compute(12, 0.8, 0.75, 0.25)

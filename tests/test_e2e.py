@@ -7,8 +7,8 @@ import re
 import numpy as np
 import pytest
 
-from conftest import (TINY, final_state, kill_at_checkpoint, read_metrics, read_summary, read_tensorboard, run_train,
-                      start_train)
+from conftest import (TINY, final_state, kill_at_checkpoint, read_metrics, read_summary, read_tensorboard,
+                      run_configs, run_train, start_train)
 from sparsity.core import compute
 from sparsity.maxtext import layout
 
@@ -23,19 +23,20 @@ def _final_masks(tmp_path, run_name):
   return state.masks, state.params
 
 
-def test_c4_tfds_sparse_run_summary_matches_logged_metrics(tmp_path, c4_path):
+def test_c4_tfds_sparse_run_summary_matches_logged_metrics_and_spends_the_papers_split(tmp_path, c4_path):
+  """A sparse run on the C4 slice with sparse_base.yml's default schedule (no step fractions set: 25% of the compute
+  dense, 50% pruning, 25% recovery): its summary agrees with what MaxText logged and with a brute-force count.
+  (Explicit step fractions win over the split: the study miniature's fig1 runs, tests/test_study.py.)"""
   out = run_train(
       SPARSE
       + [
           "run_name=tfds",
           "dataset_type=tfds",
           f"dataset_path={c4_path}",
-          "steps=16",
+          "steps=40",
           "pruning_interval=2",
           "target_sparsity=0.8",
-          "prune_start_fraction=0.25",  # a step split, explicit: it wins over the compute split
-          "prune_end_fraction=0.75",
-          "eval_interval=8",
+          "eval_interval=20",
           "eval_steps=2",
       ],
       tmp_path,
@@ -46,54 +47,46 @@ def test_c4_tfds_sparse_run_summary_matches_logged_metrics(tmp_path, c4_path):
   # from Google Cloud; the hook restores real event files).
   tb = read_tensorboard(layout.tensorboard_dir(tmp_path / "tfds"))
   active = tb["sparsity/active_params"]
-  assert sorted(active) == list(range(16))
-  # The schedule: start round(.25*16)=4, end round(.75*16)=12, every 2 steps.
-  assert s["prune_steps"] == [4, 6, 8, 10, 12]
-  assert (s["schedule_split"], s["prune_start_fraction"], s["prune_end_fraction"]) == ("steps", 0.25, 0.75)
-  assert s["steps"] == 16 and s["tokens"] == 16 * 4 * 64
+  assert sorted(active) == list(range(40))
+  # The schedule: the step fractions derived from the compute split, events every 2 steps.
+  assert s["schedule_split"] == "compute"
+  start, end = s["prune_start_fraction"], s["prune_end_fraction"]
+  assert (start, end) == compute.derived_step_fractions(40, 0.8, "geometric", 2, 0.25, 0.5)
+  assert s["prune_steps"] == list(range(round(start * 40), round(end * 40) + 1, 2))
+  assert s["steps"] == 40 and s["tokens"] == 40 * 4 * 64
   # Exact final count: round(0.2 * prunable) weights survive.
   kept = s["final_active_params"] - s["non_prunable_params"]
   assert kept == int(np.floor(0.2 * s["prunable_params"] + 0.5))
   assert s["final_sparsity"] == pytest.approx(0.8, abs=1e-6)
-  # The summary's numbers agree with the logged ones.
-  assert active[15] == pytest.approx(s["final_active_params"], rel=1e-6)
-  assert tb["sparsity/avg_active_params"][15] == pytest.approx(s["avg_active_params"], rel=1e-6)
-  assert tb["sparsity/effective_flops"][15] == pytest.approx(s["effective_flops"], rel=1e-6)
-  assert tb["sparsity/density"][15] == pytest.approx(kept / s["prunable_params"], rel=1e-6)
-  assert s["final_train_loss"] == pytest.approx(tb["learning/loss"][15], rel=1e-6)
-  assert s["final_eval_loss"] is not None and np.isfinite(s["final_eval_loss"])
-  # MaxText evaluates after steps 0 and 8 (eval_interval=8); the run ends with an evaluation of the final weights.
-  assert s["final_eval_step"] == 15 and sorted(tb["eval/avg_loss"]) == [0, 8, 15]
-  assert s["final_eval_loss"] == pytest.approx(tb["eval/avg_loss"][15], rel=1e-6)
-  # Density is 1 before the first event and falls at each event.
-  dens = [tb["sparsity/density"][i] for i in range(16)]
-  assert dens[:4] == [1.0] * 4 and dens[4] < 1.0 and all(a >= b for a, b in zip(dens, dens[1:]))
-  # N_avg by hand: the mean over the 16 steps of the logged active params.
-  assert s["avg_active_params"] == pytest.approx(np.mean([active[i] for i in range(16)]), rel=1e-6)
-  assert s["effective_flops"] < s["dense_flops"]
-
-
-def test_the_default_schedule_spends_the_papers_compute_split(tmp_path):
-  """sparse_base.yml's default (no step fractions set): 25% of the compute dense, 50% pruning, 25% recovery."""
-  run_train(SPARSE + ["vocab_size=1024", "run_name=split", "steps=120", "pruning_interval=10", "target_sparsity=0.8"],
-            tmp_path)
-  s = read_summary(tmp_path, "split")
-  assert s["schedule_split"] == "compute"
-  start, end = s["prune_start_fraction"], s["prune_end_fraction"]
-  assert (start, end) == compute.derived_step_fractions(120, 0.8, "geometric", 10, 0.25, 0.5)
-  assert s["prune_steps"][0] == round(start * 120) and s["prune_steps"][-1] == round(end * 120)
-  assert s["prune_steps"][1] - s["prune_steps"][0] == 10
+  # The compute split as spent, by hand from the summary's events and counts: active prunable weights summed over
+  # the phases (dense before the first event, pruning up to the last, recovery from it)
   f = s["compute_fractions"]
   assert (f["dense"], f["pruning"], f["recovery"]) == pytest.approx((0.25, 0.5, 0.25), abs=0.01)
-  # the fractions by hand from the summary's events and counts: active prunable weights summed over the phases
   prunable, spent = s["prunable_params"], [0, 0, 0]
-  for t in range(120):
+  for t in range(40):
     done = [k for e, k in zip(s["prune_steps"], s["kept_after_events"]) if e <= t]
     phase = 0 if t < s["prune_steps"][0] else 1 if t < s["prune_steps"][-1] else 2
     spent[phase] += done[-1] if done else prunable
   assert [f["dense"], f["pruning"], f["recovery"]] == pytest.approx([x / sum(spent) for x in spent], rel=1e-12)
   assert s["effective_flops"] == pytest.approx(6 * s["tokens_per_step"] * sum(spent), rel=1e-12)
-  assert s["dense_flops"] == pytest.approx(6 * s["tokens_per_step"] * 120 * prunable, rel=1e-12)
+  assert s["dense_flops"] == pytest.approx(6 * s["tokens_per_step"] * 40 * prunable, rel=1e-12)
+  # The summary's numbers agree with the logged ones.
+  assert active[39] == pytest.approx(s["final_active_params"], rel=1e-6)
+  assert tb["sparsity/avg_active_params"][39] == pytest.approx(s["avg_active_params"], rel=1e-6)
+  assert tb["sparsity/effective_flops"][39] == pytest.approx(s["effective_flops"], rel=1e-6)
+  assert tb["sparsity/density"][39] == pytest.approx(kept / s["prunable_params"], rel=1e-6)
+  assert s["final_train_loss"] == pytest.approx(tb["learning/loss"][39], rel=1e-6)
+  assert s["final_eval_loss"] is not None and np.isfinite(s["final_eval_loss"])
+  # MaxText evaluates after steps 0 and 20 (eval_interval=20); the run ends with an evaluation of the final weights.
+  assert s["final_eval_step"] == 39 and sorted(tb["eval/avg_loss"]) == [0, 20, 39]
+  assert s["final_eval_loss"] == pytest.approx(tb["eval/avg_loss"][39], rel=1e-6)
+  # Density is 1 before the first event and falls at each event.
+  first = s["prune_steps"][0]
+  dens = [tb["sparsity/density"][i] for i in range(40)]
+  assert dens[:first] == [1.0] * first and dens[first] < 1.0 and all(a >= b for a, b in zip(dens, dens[1:]))
+  # N_avg by hand: the mean over the 40 steps of the logged active params.
+  assert s["avg_active_params"] == pytest.approx(np.mean([active[i] for i in range(40)]), rel=1e-6)
+  assert s["effective_flops"] < s["dense_flops"]
 
 
 def test_c4_grain_sparse_run(tmp_path, c4_path):
@@ -239,40 +232,54 @@ def test_killed_run_resumes_to_the_same_result(tmp_path):
     np.testing.assert_array_equal(ma[name], mb[name], err_msg=name)
 
 
-@pytest.mark.parametrize(
-    "override, message",
-    [
-        # The validation's own words (the key alone also appears in MaxText's echo of its config and argv).
-        ("target_sparsity=1.5", "target_sparsity\n  Input should be less than 1 [type=less_than, input_value=1.5"),
-        ("sparsity_schedule=exponential",
-         "sparsity_schedule\n  Input should be 'geometric', 'cubic', 'linear' or 'one_shot' [type=literal_error, "
-         "input_value='exponential'"),
-        ("pruning_interval=0", "pruning_interval\n  Input should be greater than 0 [type=greater_than, input_value=0"),
-        ("prune_start_fraction=0.9", "prune_start_fraction (0.9) must be <= prune_end_fraction (0.75)"),
-        ("dense_compute_fraction=0.75", "need dense_compute_fraction and pruning_compute_fraction in [0, 1] with a sum"),
-        ("prunable_params=nothing_matches_this", "matches no parameter"),
-        ("prunable_params=(unclosed", "not a valid regular expression"),
-        ("sparsity_typo=0.5", "'sparsity_typo' not in 'target_sparsity', 'sparsity_schedule'"),
-    ],
-)
-def test_bad_config_fails_before_compiling_with_a_clear_message(tmp_path, override, message):
-  out = run_train(SPARSE + ["vocab_size=1024", "steps=4", "run_name=bad", override], tmp_path, check=False, timeout=300)
-  text = out.stdout + out.stderr
-  assert out.returncode != 0
-  assert message in text
+BAD = [
+    # The validation's own words (the key alone also appears in MaxText's echo of its config and argv).
+    ("target_sparsity=1.5", "target_sparsity\n  Input should be less than 1 [type=less_than, input_value=1.5"),
+    ("sparsity_schedule=exponential",
+     "sparsity_schedule\n  Input should be 'geometric', 'cubic', 'linear' or 'one_shot' [type=literal_error, "
+     "input_value='exponential'"),
+    ("pruning_interval=0", "pruning_interval\n  Input should be greater than 0 [type=greater_than, input_value=0"),
+    ("prune_start_fraction=0.9", "prune_start_fraction (0.9) must be <= prune_end_fraction (0.75)"),
+    ("dense_compute_fraction=0.75", "need dense_compute_fraction and pruning_compute_fraction in [0, 1] with a sum"),
+    ("prunable_params=nothing_matches_this", "matches no parameter"),
+    ("prunable_params=(unclosed", "not a valid regular expression"),
+    ("sparsity_typo=0.5", "'sparsity_typo' not in 'target_sparsity', 'sparsity_schedule'"),
+]
+BAD_ARGS = SPARSE + ["vocab_size=1024", "steps=4", "run_name=bad"]
+
+
+@pytest.fixture(scope="module")
+def bad_runs(tmp_path_factory):
+  """{override: (exit code, output)} of every BAD case, run in one process (``conftest.run_configs``)."""
+  results = run_configs([BAD_ARGS + [override] for override, _ in BAD], tmp_path_factory.mktemp("bad"))
+  return dict(zip([override for override, _ in BAD], results))
+
+
+@pytest.mark.parametrize("override, message", BAD)
+def test_bad_config_fails_before_compiling_with_a_clear_message(bad_runs, override, message):
+  code, text = bad_runs[override]
+  assert code != 0, text[-3000:]
+  assert message in text, text[-3000:]
   assert "completed step" not in text and COMPILED not in text
   if "matches no parameter" in message:
     assert "decoder/layers/mlp/wi_0/kernel" in text  # the error lists the candidate paths
 
 
+def test_the_training_script_itself_exits_non_zero_on_a_bad_config(tmp_path):
+  """The cases above run through MaxText/train.py's own entry in one process; the script, as users run it, too."""
+  override, message = BAD[0]
+  out = run_train(BAD_ARGS + [override], tmp_path, check=False, timeout=300)
+  text = out.stdout + out.stderr
+  assert out.returncode == 1 and message in text, text[-3000:]
+  assert "completed step" not in text and COMPILED not in text
+
+
 def test_checkpoint_that_does_not_match_the_config_is_a_clear_error(tmp_path):
   args = SPARSE + ["vocab_size=1024", "run_name=mix", "enable_checkpointing=true", "async_checkpointing=false"]
   run_train(args + ["steps=3", "target_sparsity=0"], tmp_path)  # a dense run leaves a checkpoint
-  out = run_train(args + ["steps=6", "target_sparsity=0.5"], tmp_path, check=False)
-  text = out.stdout + out.stderr
-  assert out.returncode != 0 and "was written by a dense run (no pruning masks)" in text
-  assert "completed step" not in text and COMPILED not in text
-  out = run_train(args + ["steps=6", "target_sparsity=0", "base_emb_dim=32"], tmp_path, check=False)
-  text = out.stdout + out.stderr
-  assert out.returncode != 0 and "does not match the model of this config" in text
-  assert "completed step" not in text and COMPILED not in text
+  sparse, narrower = run_configs([args + ["steps=6", "target_sparsity=0.5"],
+                                  args + ["steps=6", "target_sparsity=0", "base_emb_dim=32"]], tmp_path)
+  for (code, text), message in ((sparse, "was written by a dense run (no pruning masks)"),
+                                (narrower, "does not match the model of this config")):
+    assert code != 0 and message in text, text[-3000:]
+    assert "completed step" not in text and COMPILED not in text

@@ -8,7 +8,8 @@ import subprocess
 import numpy as np
 import pytest
 
-from conftest import (C4_TFDS, ROOT, TINY, final_state, kill_at_checkpoint, read_summary, run_cli, run_train,
+from conftest import (C4_TFDS, ROOT, TINY, final_state, kill_at_checkpoint, read_summary, run_cli, run_configs,
+                      run_train,
                       start_train)
 from sparsity.maxtext import layout
 
@@ -84,12 +85,11 @@ def test_a_mesh_that_splits_groups_is_refused_before_compiling(tmp_path):
 
 
 def test_bad_structures_are_clear_errors(tmp_path):
-  for override, message in [("pruning_structure=2:2", "need 0 < N < M"),
-                            ("target_sparsity=0.75", "is above 1 - N/M = 0.5"),
-                            ("base_mlp_dim=250", "not a multiple of 4")]:
-    out = run_train(NM + ["run_name=bad", "steps=4", override], tmp_path, check=False)
-    text = out.stdout + out.stderr
-    assert out.returncode != 0 and message in text, (override, text[-3000:])
+  cases = [("pruning_structure=2:2", "need 0 < N < M"), ("target_sparsity=0.75", "is above 1 - N/M = 0.5"),
+           ("base_mlp_dim=250", "not a multiple of 4")]
+  results = run_configs([NM + ["run_name=bad", "steps=4", override] for override, _ in cases], tmp_path)
+  for (override, message), (code, text) in zip(cases, results):
+    assert code != 0 and message in text, (override, text[-3000:])
     assert "completed step" not in text
 
 

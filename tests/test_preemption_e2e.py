@@ -14,7 +14,8 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import ROOT, TINY, cpu_env, final_state, read_summary, run_cli, run_train, terminate_at_checkpoint
+from conftest import (ROOT, TINY, cpu_env, final_state, read_summary, run_cli, run_configs, run_train,
+                      terminate_at_checkpoint)
 from sparsity.maxtext import checkpoint, layout, status
 
 pytestmark = pytest.mark.slow
@@ -54,6 +55,7 @@ def runs(tmp_path_factory):
   tmp = tmp_path_factory.mktemp("preemption")
   straight = tmp / "straight"
   run_train(RUN + FSDP4 + [f"run_name={NAME}"], straight, devices=4)
+  run_train(RUN + TENSOR2_FSDP2 + [f"run_name={NAME}"], tmp / "straight_tensor", devices=4)  # the layout's own effect
 
   base = tmp / "same"
   with open(tmp / "preempted.log", "w", encoding="utf-8") as log:
@@ -73,7 +75,7 @@ def runs(tmp_path_factory):
   code2, out2 = _launch(RUN + FSDP4 + [f"run_name={NAME}"], tmp / "two_processes")
   assert code2 == 0, out2[-6000:]
   tensor = run_train(RUN + TENSOR2_FSDP2 + [f"run_name={NAME}"], tmp / "tensor", devices=4)
-  return {"straight": straight, "preempted": preempted, "untouched": tmp / "untouched", "same": (base, same.stdout + same.stderr),
+  return {"straight": straight, "straight_tensor": tmp / "straight_tensor", "preempted": preempted, "untouched": tmp / "untouched", "same": (base, same.stdout + same.stderr),
           "two_processes": (tmp / "two_processes", out2), "tensor": (tmp / "tensor", tensor.stdout + tensor.stderr)}
 
 
@@ -102,11 +104,11 @@ def test_sigterm_mid_pruning_saves_that_step_and_ends_preempted(runs):
     assert not np.any(state.params[name][~mask]), name
 
 
-def _assert_same_end(runs, run_dir, same_masks, exact=False):
+def _assert_same_end(runs, run_dir, same_masks, exact=False, rel=1e-4, max_differ=0):
   """``run_dir`` completed like the uninterrupted run: the same counts, the final loss equal (``exact``) or within
-  1e-4 (relative), the same final masks (``same_masks``; else all but a few boundary weights), and final masks that
-  keep only weights the preemption checkpoint's masks kept (masks only lose entries: the restored masks were
-  resharded, not scrambled)."""
+  ``rel`` (relative), the same final masks (``same_masks``; else all but ``max_differ`` boundary weights), and final
+  masks that keep only weights the preemption checkpoint's masks kept (masks only lose entries: the restored masks
+  were resharded, not scrambled)."""
   straight = runs["straight"] / NAME
   a, b = read_summary(straight.parent, NAME), read_summary(run_dir.parent, NAME)
   assert b["end_status"] == status.COMPLETED and b["steps_trained"] == 30 and b["target_reached"]
@@ -115,7 +117,7 @@ def _assert_same_end(runs, run_dir, same_masks, exact=False):
   if exact:
     assert a["final_train_loss"] == b["final_train_loss"]
   else:
-    assert b["final_train_loss"] == pytest.approx(a["final_train_loss"], rel=1e-4)
+    assert b["final_train_loss"] == pytest.approx(a["final_train_loss"], rel=rel)
   sa, sb, saved = final_state(straight), final_state(run_dir), runs["preempted"]["state"]
   assert sa.state_step == sb.state_step == 30 and sorted(sa.masks) == sorted(sb.masks) == sorted(saved.masks)
   differ = 0
@@ -127,7 +129,12 @@ def _assert_same_end(runs, run_dir, same_masks, exact=False):
     differ += int(np.sum(sa.masks[name] != sb.masks[name]))
     if exact:
       np.testing.assert_array_equal(sa.params[name], sb.params[name], err_msg=name)
-  assert differ <= 1e-3 * a["prunable_params"], differ
+  assert differ <= max_differ, differ
+
+
+def _mask_differences(a_dir, b_dir):
+  a, b = final_state(a_dir), final_state(b_dir)
+  return sum(int(np.sum(a.masks[n] != b.masks[n])) for n in a.masks)
 
 
 def test_the_same_command_resumes_from_the_preemption_checkpoint_to_the_same_result(runs):
@@ -148,19 +155,38 @@ def test_an_fsdp4_checkpoint_resumes_with_tensor2_fsdp2(runs):
   assert _first_step(out) == runs["preempted"]["steps"][-1] + 1
   # Tensor parallelism adds the sharded contractions' partial sums in another order, so the weights trained after the
   # resume differ in their last bits and the later events can flip a few weights at the threshold (as between 1 and
-  # 4 devices, tests/test_e2e.py): exact counts, the final loss within 1e-4, masks equal but for boundary weights.
-  _assert_same_end(runs, run_dir / NAME, same_masks=False)
+  # 4 devices, tests/test_e2e.py). Two uninterrupted runs, fsdp 4 and tensor 2 x fsdp 2, already differ so (measured:
+  # final loss 4e-4 apart, relative): the resumed run must end as close to the fsdp-4 run as that, with exact counts.
+  straight, tensor = read_summary(runs["straight"], NAME), read_summary(runs["straight_tensor"], NAME)
+  layout_gap = abs(tensor["final_train_loss"] / straight["final_train_loss"] - 1)
+  layout_masks = _mask_differences(runs["straight"] / NAME, runs["straight_tensor"] / NAME)
+  assert tensor["kept_after_events"] == straight["kept_after_events"]
+  _assert_same_end(runs, run_dir / NAME, same_masks=False, rel=max(1e-4, 3 * layout_gap),
+                   max_differ=max(3 * layout_masks, 1e-4 * straight["prunable_params"]))
 
 
-@pytest.mark.parametrize("override, message", [
+@pytest.fixture(scope="module")
+def refused(runs, tmp_path_factory):
+  """Resumes that cannot work, from a copy of the preempted run (mid run: a finished run cannot continue), all in
+  one process (``conftest.run_configs``): {override: (exit code, output)}."""
+  tmp = tmp_path_factory.mktemp("refused")
+  shutil.copytree(runs["untouched"], tmp, dirs_exist_ok=True)
+  before = checkpoint.steps(layout.checkpoints_dir(str(tmp / NAME)))
+  results = run_configs([RUN + FSDP4 + [f"run_name={NAME}", override] for override, _ in REFUSED], tmp, devices=4)
+  assert checkpoint.steps(layout.checkpoints_dir(str(tmp / NAME))) == before  # nothing written
+  return dict(zip([override for override, _ in REFUSED], results))
+
+
+REFUSED = [
     ("pruning_structure=1:4", 'pruning_structure: "unstructured" (checkpoint) vs "1:4" (this config)'),
     ("target_sparsity=0.5", "target_sparsity: 0.75 (checkpoint) vs 0.5 (this config)"),
     ("prunable_params=mlp", "but this config prunes ['decoder/layers/mlp/wi_0/kernel'"),
-])
-def test_a_resume_that_cannot_work_stops_before_compiling(runs, tmp_path, override, message):
-  shutil.copytree(runs["untouched"], tmp_path, dirs_exist_ok=True)  # mid run (a finished run cannot continue)
-  out = run_train(RUN + FSDP4 + [f"run_name={NAME}", override], tmp_path, devices=4, check=False, timeout=300)
-  text = out.stdout + out.stderr
-  assert out.returncode != 0 and message in text, text[-4000:]
+]
+
+
+@pytest.mark.parametrize("override, message", REFUSED)
+def test_a_resume_that_cannot_work_stops_before_compiling(refused, override, message):
+  code, text = refused[override]
+  assert code != 0 and message in text, text[-4000:]
   assert "cannot be resumed with this config" in text
   assert "completed step" not in text and COMPILED not in text

@@ -17,8 +17,10 @@ def test_the_study_specs_run_collect_and_report_in_miniature(tmp_path, c4_path):
   code, out, err = run_cli(["sweep", "configs/study/fig1.yml", "step_scale=0.01", "--select", FIG1, "--out", runs],
                            timeout=1800)
   assert code == 0, (out + err)[-4000:]
-  for spec, select in [("ablations", r"abl-score-b1-random-s0.8-seed0$"), ("fig4", r"fig4-b1-d0.0-p0.5$")]:
-    code, out, err = run_cli(["sweep", f"configs/study/{spec}.yml", "step_scale=0.01", "--select", select,
+  for spec, scale, select in [("ablations", 0.01, r"abl-score-b1-random-s0.8-seed0$"),
+                              ("paired", 0.01, r"paired-b1-sparse-w64-s0.8-seed0$"),
+                              ("fig4", 0.05, r"fig4-b1-d0.0-p0.5-seed0$")]:  # fig4: 2% needs 30 reference steps
+    code, out, err = run_cli(["sweep", f"configs/study/{spec}.yml", f"step_scale={scale}", "--select", select,
                               "--out", runs], timeout=1800)
     assert code == 0, (out + err)[-4000:]
   code, out, err = run_cli(["sweep", "configs/study/recovery.yml", "step_scale=0.01", f"runs_dir={runs}",
@@ -32,6 +34,8 @@ def test_the_study_specs_run_collect_and_report_in_miniature(tmp_path, c4_path):
   sparse = fig1.loc["fig1-b1-sparse-w64-s0.8-seed0"]
   assert sparse["steps"] == 6 and sparse["final_eval_step"] == 5  # evaluated once, after the last step
   assert sparse["sparsity"] == pytest.approx(0.8, abs=1e-5) and sparse["pruning_interval"] == 1
+  # fig1.yml sets both step fractions (prune_start_for): explicit step fractions win over the compute split
+  assert sparse["schedule_split"] == "steps" and sparse["prune_start_fraction"] == 0.099765
   again = tmp_path / "again"  # a reader reruns one run from its spec: the same final eval loss, bit for bit
   code, out, err = run_cli(["sweep", "configs/study/fig1.yml", "step_scale=0.01", "--select",
                             r"fig1-b1-sparse-w64-s0.8-seed0$", "--out", again], timeout=1800)
@@ -51,7 +55,13 @@ def test_the_study_specs_run_collect_and_report_in_miniature(tmp_path, c4_path):
   assert code == 0, err[-3000:]
   files = json.loads(out)
   text = (tmp_path / "study" / "study.md").read_text()
-  assert "## Figure 1" in text and "| b1 | 80% |" in text and "fig1_pairs" in files
-  assert "## Figure 4" in text and "| 0% | 50% |" in text
+  assert "## Figure 1" in text and "| fig1 | b1 | 80% | prunable | 1 |" in text and "fig1_pairs" in files
+  # the paired spec's sparse run against fig1's dense runs of its seed: bracketed by prunable count (widths 32, 40),
+  # not by total count (the miniature has no width 48): said, not hidden
+  assert "| paired | b1 | 80% | prunable | 1 |" in text
+  assert "paired b1 80% (total): seeds [0] not bracketed" in text
+  paired = df.set_index("run_name").loc["paired-b1-sparse-w64-s0.8-seed0"]
+  assert paired["schedule_split"] == "compute" and paired["pruning_interval"] == 1  # the trainer derived its split
+  assert "## Figure 4" in text and "| 0% | 50% | 42 |" in text
   assert "## Ablations" in text and "| score | random-s0.8 | b1 | 1 |" in text
   assert "not fitted" in text  # 4 runs are too few for the 5-parameter laws: said, not hidden

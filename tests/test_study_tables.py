@@ -15,7 +15,8 @@ from sparsity.repo import ROOT
 
 def _run(name, kind, seed, prunable, avg_prunable, loss, target=0.0):
   return {"run_name": name, "kind": kind, "budget": "b1", "seed": seed, "target_sparsity": target,
-          "prunable_params": prunable, "non_prunable_params": 1000, "avg_params": avg_prunable + 1000,
+          "base_emb_dim": prunable, "prunable_params": prunable, "total_params": prunable + 1000,
+          "non_prunable_params": 1000, "avg_params": avg_prunable + 1000,
           "loss": loss, "tokens": 1e6}
 
 

@@ -353,7 +353,9 @@ def _tokenizer(p: argparse.ArgumentParser) -> Runner:
 
 @command("study", "the reproduction study's tables and figures (study.md) from collect's CSVs")
 def _study(p: argparse.ArgumentParser) -> Runner:
-  add_data(p, "collect's CSV of the study's runs (fig1, ablations, fig4)", positional=True)
+  add_data(p, "collect's CSV of the study's runs (fig1, ablations, fig4, paired, epoch1)", positional=True)
+  p.add_argument("more", nargs="*", metavar="CSV", help="more of collect's CSVs, read as one table with the first "
+                 "(a run name in two of them is an error)")
   p.add_argument("--trajectories", help="collect --trajectories's CSV of the recovery runs (optional)")
   add_out(p, "directory for study.md and the figures")
   add_json(p)
@@ -365,10 +367,14 @@ def _study(p: argparse.ArgumentParser) -> Runner:
 
     check_out(os.path.join(args.out, "study.md"), args.force)
     traj = pd.read_csv(args.trajectories) if args.trajectories else None
-    runs = pd.read_csv(data_path(args))
-    for table, path in ((runs, data_path(args)), (traj, args.trajectories)):
+    tables = [(pd.read_csv(path), path) for path in [data_path(args), *args.more]]
+    for table, path in [*tables, (traj, args.trajectories)]:
       if table is not None:
         results.require_completed(table, path)  # only completed runs are results (collect --include-incomplete)
+    runs = pd.concat([t for t, _ in tables], ignore_index=True)
+    twice = sorted(set(runs["run_name"][runs["run_name"].duplicated()]))
+    if twice:
+      raise UsageError(f"runs listed in more than one CSV: {', '.join(twice[:5])}")
     files = study.write(runs, args.out, traj)
     emit(args, files, "\n".join(f"{k}: {v}" for k, v in files.items()))
     return 0

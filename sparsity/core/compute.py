@@ -230,6 +230,52 @@ def derived_step_fractions(steps: int, target_sparsity: float, schedule: str = "
   return best[0] / steps, best[1] / steps
 
 
+def interval_for(steps: int, ratio: float = PRUNING_INTERVAL / 26800) -> int:
+  """The pruning interval of a ``steps``-step run scaled like the paper's (100 of 26,800 steps), at least 1."""
+  return max(1, int(round(int(steps) * float(ratio))))
+
+
+def density_steps(steps: int, target_sparsity: float, schedule: str = "geometric",
+                  interval: int | None = None, dense_fraction: float = DENSE_COMPUTE_FRACTION,
+                  pruning_fraction: float = PRUNING_COMPUTE_FRACTION) -> float:
+  """Prunable density summed over the steps of a run with the default (compute) split: its compute in units of one
+  dense step's (``interval`` None: ``interval_for(steps)``)."""
+  interval = interval_for(steps) if interval is None else int(interval)
+  start, end = derived_step_fractions(int(steps), float(target_sparsity), schedule, interval, dense_fraction,
+                                      pruning_fraction)
+  sched = schedules.make_schedule(int(steps), float(target_sparsity), schedule, start, end, interval)
+  return float(sum(phase_param_steps(sched.steps, sched.prune_steps, sched.densities, 1.0)))
+
+
+def steps_for_compute(reference_steps: int, target_sparsity: float, dense_fraction: float, pruning_fraction: float,
+                      schedule: str = "geometric", tolerance: float = 0.02) -> int:
+  """The steps of a run with split ``(dense_fraction, pruning_fraction)`` whose compute equals that of a
+  ``reference_steps``-step run with the paper's split (same target and schedule; intervals ``interval_for``).
+
+  Figure 4 of the paper compares schedules at a fixed effective compute: a split with more dense compute needs
+  fewer steps. The steps are the integer nearest the continuous solution (``reference_steps x K / K_ref``,
+  ``K = t_d + t_s / m + t_r / d``) whose discrete schedule's compute (``density_steps``) is closest to the
+  reference's. ValueError if that is not within ``tolerance`` (relative).
+  """
+  s = float(target_sparsity)
+  want = density_steps(reference_steps, s, schedule)
+
+  def k(td: float, ts: float) -> float:
+    d, m = 1.0 - s, mean_pruning_density(s, schedule)
+    return td + ts / m + max(0.0, 1.0 - td - ts) / d
+
+  guess = int(round(reference_steps * k(dense_fraction, pruning_fraction)
+                    / k(DENSE_COMPUTE_FRACTION, PRUNING_COMPUTE_FRACTION)))
+  cands = range(max(1, guess - 10), guess + 11)
+  best = min(cands, key=lambda t: (abs(density_steps(t, s, schedule, None, dense_fraction, pruning_fraction) - want),
+                                   t))
+  got = density_steps(best, s, schedule, None, dense_fraction, pruning_fraction)
+  if abs(got / want - 1.0) > tolerance:
+    raise ValueError(f"no step count gives the compute of {reference_steps} steps at split ({dense_fraction}, "
+                     f"{pruning_fraction}) within {tolerance:.0%}: best {best} steps, {got / want - 1.0:+.2%}")
+  return best
+
+
 class StepSplit(NamedTuple):
   """The step fractions a run uses and where they came from (``schedule_split``: 'compute' or 'steps')."""
 
@@ -258,4 +304,5 @@ __all__ = ["FLOPS_PER_PARAM_TOKEN", "DENSE_COMPUTE_FRACTION", "PRUNING_COMPUTE_F
            "PRUNING_INTERVAL", "PHASES",
            "SPLITS", "flops", "phase_param_steps", "fractions", "measured_fractions", "check_split",
            "mean_pruning_density", "step_fractions", "prune_start_for", "prune_end_for", "derived_step_fractions",
+           "interval_for", "density_steps", "steps_for_compute",
            "StepSplit", "step_split"]

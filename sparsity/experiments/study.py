@@ -1,10 +1,11 @@
 """The reproduction study's analysis: the tables and figures of the README's "Reproducing the paper at CPU scale".
 
-Input: ``collect``'s CSV of the study's runs (``configs/study/fig1.yml``, ``ablations.yml``, ``fig4.yml``; the
-manifest columns ``kind``, ``budget``, ``seed``, ``ablation``, ``tag``, ``dense_fraction``, ``pruning_fraction``
-tell them apart) and, optionally, ``collect --trajectories``'s CSV of ``recovery.yml``. Output (``write``):
+Input: ``collect``'s CSVs of the study's runs (``configs/study/fig1.yml``, ``paired.yml``, ``epoch1.yml``,
+``ablations.yml``, ``fig4.yml``; run-name prefixes and the manifest columns ``kind``, ``budget``, ``seed``,
+``ablation``, ``tag``, ``dense_compute_fraction`` tell them apart) and, optionally, ``collect --trajectories``'s CSV of
+``recovery.yml``. Output (``write``):
 
-* ``study.md``: every table below, with seed noise;
+* ``study.md``: every table below;
 * ``fig1_pairs.png``: final eval loss against average active prunable parameters, per budget, sparse runs and the
   dense family, each seed a point;
 * ``laws.png``: predicted against actual loss for the four laws;
@@ -12,12 +13,14 @@ tell them apart) and, optionally, ``collect --trajectories``'s CSV of ``recovery
 
 Tables:
 
-* Figure 1 pairs: for each budget and sparsity, the sparse runs' loss (mean and standard deviation over seeds) and
-  the loss of the dense model with the same average active *prunable* count and tokens, interpolated between the
-  two dense widths that bracket it (the paper's footnote 1), per seed; the difference with its spread.
+* Figure 1 (``figure1_section``): per spec, budget, sparsity and matching (prunable or total counts), the paired
+  difference sparse minus dense at equal average active count, mean over seeds with a 95% t interval
+  (``sparsity.experiments.paired``); for paired.yml and epoch1.yml (3-5 seeds, the default schedule) and for
+  fig1.yml's 20..80% runs (2 seeds).
 * Laws: ``avg_param`` (N = average active parameters), ``chinchilla`` with N = the initial dense count and with
-  N = the final non-zero count, and ``frantar``, fitted on every fig1 run; parameters, MAE and leave-one-out MAE.
-* Schedule (Figure 4): loss per (dense %, pruning %) split of compute.
+  N = the final non-zero count, and ``frantar``, fitted on every fig1 run; parameters, MAE and leave-one-group-out
+  MAE (a configuration's seeds held out together).
+* Schedule (Figure 4): loss per (dense %, pruning %) split of compute at a fixed effective compute.
 * Ablations: each against its reference run(s) of fig1 with the same seeds.
 * Prune and recover: the P2 law fitted on all runs (leave-one-run-out) and on the smaller models, predicting the
   largest; R^2, Huber, ASD, MAE.
@@ -34,7 +37,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from sparsity.core import recipe
+from sparsity.experiments import paired
 from sparsity.experiments.markdown import frame_table
 from sparsity.science import plots, scaling_laws
 
@@ -61,43 +64,25 @@ def avg_prunable(df: pd.DataFrame) -> pd.Series:
 def dense_at(dense: pd.DataFrame, target: float) -> tuple[float, dict[str, Any]] | None:
   """The loss of a dense model of ``target`` prunable parameters, interpolated linearly between the two dense runs
   (one seed, one budget) whose prunable counts bracket it; None if none brackets it."""
-  d = dense.sort_values("prunable_params")
-  below = d[d["prunable_params"] <= target]
-  above = d[d["prunable_params"] >= target]
-  if below.empty or above.empty:
-    return None
-  lo, hi = below.iloc[-1], above.iloc[0]
-  if hi["prunable_params"] == lo["prunable_params"]:
-    return float(lo["loss"]), {"lower": lo["run_name"], "upper": hi["run_name"], "weight": 0.0}
-  w = (target - lo["prunable_params"]) / (hi["prunable_params"] - lo["prunable_params"])
-  return float((1 - w) * lo["loss"] + w * hi["loss"]), {"lower": lo["run_name"], "upper": hi["run_name"],
-                                                         "weight": float(w)}
+  found = paired.interpolate(dense, "prunable_params", target)
+  return None if found is None else (found[0], {"lower": found[1], "upper": found[2], "weight": found[3]})
 
 
-def fig1_pairs(df: pd.DataFrame) -> pd.DataFrame:
-  """One row per (budget, target sparsity) of fig1's sparse runs (see the module docstring)."""
-  fig1 = df[df["run_name"].str.startswith("fig1-")]
-  rows = []
-  for (budget, target), sparse in fig1[fig1["kind"] == "sparse"].groupby(["budget", "target_sparsity"]):
-    diffs, dense_losses, brackets = [], [], []
-    for _, run in sparse.iterrows():
-      dense = fig1[(fig1["kind"] == "dense") & (fig1["budget"] == budget) & (fig1["seed"] == run["seed"])]
-      found = dense_at(dense, float(avg_prunable(run.to_frame().T).iloc[0]))
-      if found is None:
-        continue
-      dense_losses.append(found[0])
-      diffs.append(float(run["loss"]) - found[0])
-      brackets.append(found[1])
-    s_mean, s_sd = _mean_sd(sparse["loss"])
-    d_mean, d_sd = _mean_sd(dense_losses) if dense_losses else (float("nan"), float("nan"))
-    f_mean, f_sd = _mean_sd(diffs) if diffs else (float("nan"), float("nan"))
-    rows.append({"budget": budget, "target_sparsity": float(target), "seeds": len(sparse),
-                 "tokens": float(sparse["tokens"].iloc[0]), "avg_prunable": float(avg_prunable(sparse).iloc[0]),
-                 "sparse_loss": s_mean, "sparse_sd": s_sd, "dense_loss": d_mean, "dense_sd": d_sd,
-                 "difference": f_mean, "difference_sd": f_sd,
-                 "dense_bracket": f"{brackets[0]['lower']} .. {brackets[0]['upper']} (w {brackets[0]['weight']:.2f})"
-                 if brackets else ""})
-  return pd.DataFrame(rows)
+def fig1_pairs(df: pd.DataFrame, specs: tuple[str, ...] = ("fig1-",), matching: str = "prunable") -> pd.DataFrame:
+  """One row per (budget, target sparsity) of the sparse runs of ``specs``: the paired difference (each seed's
+  sparse run minus its own seed's dense interpolation, ``sparsity.experiments.paired``) under ``matching``."""
+  diffs = paired.differences(df, specs)
+  if diffs.empty:
+    return pd.DataFrame()
+  diffs = diffs[diffs["matching"] == matching]
+  out = paired.summary(diffs)
+  first = diffs.drop_duplicates(subset=["budget", "target_sparsity"]).set_index(["budget", "target_sparsity"])
+  out["avg_prunable"] = [float(avg_prunable(df[df["run_name"] == first.loc[(b, t), "run_name"]]).iloc[0])
+                         for b, t in zip(out["budget"], out["target_sparsity"])]
+  out["dense_bracket"] = [f"{first.loc[(b, t), 'lower']} .. {first.loc[(b, t), 'upper']} "
+                          f"(w {first.loc[(b, t), 'weight']:.2f})" if first.loc[(b, t), "lower"] else ""
+                          for b, t in zip(out["budget"], out["target_sparsity"])]
+  return out
 
 
 def seed_noise(df: pd.DataFrame) -> float:
@@ -115,8 +100,15 @@ class LawRow:
   fit: Any
 
 
+def seed_groups(df: pd.DataFrame) -> pd.Series:
+  """Each run's configuration without its seed (its run name without ``-seed<k>``): the groups of leave-one-group-out,
+  so that a run's seed twins leave the fit with it."""
+  return df["run_name"].astype(str).str.replace(r"-seed\d+$", "", regex=True)
+
+
 def law_fits(df: pd.DataFrame) -> tuple[list[LawRow], list[str]]:
-  """The four laws fitted on every fig1 run (leave-one-out included), and why any could not be fitted."""
+  """The four laws fitted on every fig1 run (with leave-one-group-out: a configuration's seeds are held out
+  together, ``seed_groups``), and why any could not be fitted."""
   fig1 = df[df["run_name"].str.startswith("fig1-")].reset_index(drop=True)
   out, skipped = [], []
   for law, n_column, label in LAWS:
@@ -124,23 +116,15 @@ def law_fits(df: pd.DataFrame) -> tuple[list[LawRow], list[str]]:
     if law == "chinchilla" and n_column != "params":
       data["params"] = data[n_column]  # the Chinchilla form with another N
     try:
-      out.append(LawRow(label, law, scaling_laws.fit(law, data)))
+      out.append(LawRow(label, law, scaling_laws.fit(law, data, groups=seed_groups(data))))
     except ValueError as e:
       skipped.append(f"{label}: not fitted: {e}")
   return out, skipped
 
 
 def schedule_table(df: pd.DataFrame) -> pd.DataFrame:
-  """Figure 4: the 80% runs of fig4.yml and fig1's (25, 50) run of budget b1, seed 0, by split."""
-  runs = df[df["run_name"].str.startswith("fig4-")].copy()
-  if runs.empty:  # no fig4 run collected: no figure 4
-    return pd.DataFrame()
-  ref = df[(df["run_name"] == "fig1-b1-sparse-w64-s0.8-seed0")].copy()
-  if not ref.empty:
-    ref["dense_fraction"], ref["pruning_fraction"] = recipe.DENSE_COMPUTE_FRACTION, recipe.PRUNING_COMPUTE_FRACTION
-  t = pd.concat([runs, ref])[["run_name", "dense_fraction", "pruning_fraction", "loss", "prune_start_fraction",
-                              "prune_end_fraction"]]
-  return t.sort_values("loss").reset_index(drop=True)
+  """Figure 4 at fixed effective compute: ``paired.fixed_compute_schedule`` of fig4.yml's runs."""
+  return paired.fixed_compute_schedule(df)
 
 
 def ablation_table(df: pd.DataFrame) -> pd.DataFrame:
@@ -230,21 +214,51 @@ def plot_laws(df: pd.DataFrame, fits: list[LawRow], path: str) -> str:
   return plots.save(fig, path)
 
 
+def _interval(mean: float, low: float, high: float, signed: bool = False) -> str:
+  sign = "+" if signed else ""
+  if math.isnan(mean):
+    return ""
+  return f"{mean:{sign}.4f}" + ("" if math.isnan(low) else f" [{low:{sign}.4f}, {high:{sign}.4f}]")
+
+
+def figure1_section(df: pd.DataFrame) -> list[str]:
+  """Figure 1's markdown: the paired differences (``paired``) of paired.yml and epoch1.yml, then of fig1.yml's
+  20..80% runs (2 seeds, the laws' data), each under both matchings."""
+  parts = ["## Figure 1: sparse minus dense at equal average active parameters, paired by seed", "",
+           "Each seed's sparse run minus its own seed's dense loss at the sparse run's average active count "
+           "(interpolated between the two bracketing dense widths); mean over seeds with a 95% t interval "
+           "(n - 1 degrees of freedom). `prunable`: counts of prunable (linear-layer) weights, the paper's "
+           "\"# Prunable\"; `total`: all parameters, embeddings included (the law's N). \"not detected\": the "
+           "interval spans zero.", ""]
+  cols = [("spec", "spec", "{}"), ("budget", "budget", "{}"), ("target_sparsity", "sparsity", "{:.0%}"),
+          ("matching", "matching", "{}"), ("seeds", "seeds", "{}"), ("count", "N_avg", "{:,.0f}"),
+          ("sparse_loss", "sparse loss", "{:.4f}"), ("dense_loss", "dense at N_avg", "{:.4f}"),
+          ("diff", "sparse - dense [95% interval]", "{}"), ("verdict", "", "{}")]
+  diffs = paired.differences(df)
+  if not diffs.empty:
+    table = paired.summary(diffs)
+    table["diff"] = [_interval(m, lo, hi, True) for m, lo, hi in zip(table["difference"], table["low"],
+                                                                      table["high"])]
+    parts += [frame_table(table, cols), ""]
+    missing = table[table["unbracketed"].map(len) > 0]
+    parts += [f"- {r.spec} {r.budget} {r.target_sparsity:.0%} ({r.matching}): seeds {r.unbracketed} not bracketed "
+              "by their dense runs, left out" for r in missing.itertuples()] + ([""] if len(missing) else [])
+  old = pd.concat([fig1_pairs(df, matching=m) for m in paired.MATCHINGS])
+  if not old.empty:
+    old = old.sort_values(["budget", "target_sparsity", "matching"], kind="stable")
+    old["diff"] = [_interval(m, lo, hi, True) for m, lo, hi in zip(old["difference"], old["low"], old["high"])]
+    parts += ["fig1.yml (the laws' runs: 20..80%, 2 seeds, step fractions from `prune_start_for`):", "",
+              f"Seed noise (mean standard deviation over the seeds of the same run): {seed_noise(df):.4f}.", "",
+              frame_table(old, cols + [("dense_bracket", "dense bracket (first seed)", "{}")]), ""]
+  return parts
+
+
 def write(df: pd.DataFrame, out_dir: str, traj: pd.DataFrame | None = None) -> dict[str, str]:
   """Writes ``study.md`` and the figures into ``out_dir``; returns {name: path}."""
   os.makedirs(out_dir, exist_ok=True)
   files = {"fig1_pairs": plot_fig1(df, os.path.join(out_dir, "fig1_pairs.png"))}
   parts = [f"# Reproduction study: {len(df)} runs", ""]
-  pairs = fig1_pairs(df)
-  pairs["sparse"] = [_fmt(m, s) for m, s in zip(pairs["sparse_loss"], pairs["sparse_sd"])]
-  pairs["dense"] = [_fmt(m, s) for m, s in zip(pairs["dense_loss"], pairs["dense_sd"])]
-  pairs["diff"] = [("+" if m >= 0 else "") + _fmt(m, s) for m, s in zip(pairs["difference"], pairs["difference_sd"])]
-  parts += ["## Figure 1: sparse vs dense at equal average active prunable parameters", "",
-            f"Seed noise (mean standard deviation over 2 seeds of the same run): {seed_noise(df):.4f}.", "",
-            frame_table(pairs, [("budget", "budget", "{}"), ("target_sparsity", "sparsity", "{:.0%}"),
-                           ("avg_prunable", "N_avg prunable", "{:,.0f}"), ("sparse", "sparse loss", "{}"),
-                           ("dense", "dense at N_avg", "{}"), ("diff", "sparse - dense", "{}"),
-                           ("dense_bracket", "dense bracket (seed 0)", "{}")]), ""]
+  parts += figure1_section(df)
   fits, skipped = law_fits(df)
   parts += ["## Figure 3: laws fitted on every fig1 run", ""]
   if fits:
@@ -252,16 +266,20 @@ def write(df: pd.DataFrame, out_dir: str, traj: pd.DataFrame | None = None) -> d
     law_rows = pd.DataFrame([{"law": r.label, "params": ", ".join(f"{k}={v:.4g}" for k, v in r.fit.params.items()),
                               "mae": r.fit.mae, "loo": r.fit.loo_mae, "n": r.fit.n_points} for r in fits])
     parts += [frame_table(law_rows, [("law", "law", "{}"), ("n", "runs", "{}"), ("mae", "MAE", "{:.4f}"),
-                                ("loo", "LOO MAE", "{:.4f}"), ("params", "parameters", "{}")]), ""]
+                                ("loo", "leave-one-group-out MAE", "{:.4f}"), ("params", "parameters", "{}")]), ""]
   parts += [f"- {why}" for why in skipped] + ([""] if skipped else [])
   sched = schedule_table(df)
   if not sched.empty:
-    parts += ["## Figure 4: schedule (80% at budget b1, seed 0)", "",
-              frame_table(sched, [("dense_fraction", "dense % of compute", "{:.0%}"),
-                             ("pruning_fraction", "pruning % of compute", "{:.0%}"),
-                             ("prune_start_fraction", "first event (fraction of steps)", "{:.3f}"),
-                             ("prune_end_fraction", "last event", "{:.3f}"), ("loss", "final eval loss", "{:.4f}")]),
-              ""]
+    sched["interval"] = [_interval(m, lo, hi) for m, lo, hi in zip(sched["loss"], sched["low"], sched["high"])]
+    parts += ["## Figure 4: schedule at a fixed effective compute (80%, width 64, the compute of b1's 600 steps)", "",
+              "Each split trains the steps that give it the same effective compute (6 x tokens x active prunable "
+              "weights) as the paper's split at 600 steps (`configs/study/fig4.yml`); sorted by seed 0's loss.", "",
+              frame_table(sched, [("dense", "dense % of compute", "{:.0%}"), ("pruning", "pruning %", "{:.0%}"),
+                             ("steps", "steps", "{}"), ("measured_dense", "measured dense %", "{:.1%}"),
+                             ("measured_pruning", "measured pruning %", "{:.1%}"),
+                             ("flops_ratio", "compute / (25, 50)'s", "{:.4f}"), ("seeds", "seeds", "{}"),
+                             ("seed0_loss", "seed 0 loss", "{:.4f}"),
+                             ("interval", "loss, mean [95% interval]", "{}")]), ""]
   abl = ablation_table(df)
   if not abl.empty:
     abl["ablated"] = [_fmt(m, s) for m, s in zip(abl["loss"], abl["loss_sd"])]
@@ -309,5 +327,5 @@ def write(df: pd.DataFrame, out_dir: str, traj: pd.DataFrame | None = None) -> d
   return files
 
 
-__all__ = ["fig1_pairs", "dense_at", "seed_noise", "law_fits", "schedule_table", "ablation_table", "ablation_pairs",
+__all__ = ["fig1_pairs", "figure1_section", "seed_groups", "dense_at", "seed_noise", "law_fits", "schedule_table", "ablation_table", "ablation_pairs",
            "p2_fits", "write"]

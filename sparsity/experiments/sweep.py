@@ -29,7 +29,9 @@ Rules:
   given on the command line replace ``fixed`` values and may not name an axis or derived key.
 * Expressions (``derived``, ``constraints``) are evaluated by ``sparsity.experiments.expressions`` (no builtins); besides
   its functions they may call ``prune_start_for(S, t_d, t_s, schedule)`` and ``prune_end_for(...)``
-  (``sparsity.science.compute_fractions``: the step fractions of the paper's compute split).
+  (``sparsity.science.compute_fractions``: the step fractions of the paper's compute split),
+  ``interval_for(steps)`` (the paper's 100 of 26,800 steps, scaled) and ``steps_for_compute(steps, S, t_d, t_s)``
+  (the steps of split ``(t_d, t_s)`` with the compute of ``steps`` steps at the paper's split).
 * Run names must match ``RUN_NAME_PATTERN`` (they become directory names) and be unique; two runs with
   the same config and overrides are an error too.
 * Override values are written as MaxText reads them: booleans ``true``/``false``, floats with ``repr``,
@@ -82,7 +84,8 @@ SPEC_KEYS = ("name", "description", "base", "labels", "fixed", "axes", "derived"
 TAIL_LINES = 40
 # Callables of sweep expressions: the safe builtins plus the compute-to-step schedule conversion.
 FUNCTIONS = {**expressions.FUNCTIONS, "prune_start_for": compute_fractions.prune_start_for,
-             "prune_end_for": compute_fractions.prune_end_for}
+             "prune_end_for": compute_fractions.prune_end_for, "interval_for": compute_fractions.interval_for,
+             "steps_for_compute": compute_fractions.steps_for_compute}
 
 
 @dataclasses.dataclass(frozen=True)
