@@ -9,7 +9,7 @@ import os
 import pandas as pd
 import pytest
 
-from sparsity.experiments import study
+from sparsity.experiments import paired, study
 from sparsity.repo import ROOT
 
 
@@ -45,7 +45,10 @@ def test_fig1_pairs_compare_each_seed_with_its_own_dense_family():
 
 @pytest.fixture(scope="module")
 def committed():
-  return pd.read_csv(os.path.join(ROOT, "results", "study", "runs.csv"))
+  """The committed study: runs.csv (fig1, ablations, pilot) and stats.csv (paired, epoch1, fig4), as `study` reads
+  them (results/study/README.md)."""
+  return pd.concat([pd.read_csv(os.path.join(ROOT, "results", "study", name)) for name in ("runs.csv", "stats.csv")],
+                   ignore_index=True)
 
 
 @pytest.mark.slow  # fits the four laws with leave-one-out (minutes)
@@ -54,6 +57,11 @@ def test_the_committed_study_makes_every_section(committed, tmp_path):
   text = (tmp_path / "study.md").read_text()
   for section in ("## Figure 1", "## Figure 3", "## Figure 4", "## Ablations"):
     assert section in text
+  # the paired statistics: every sparse run of paired.yml bracketed by its own seed's dense runs, both matchings
+  table = paired.summary(paired.differences(committed))
+  assert set(table["matching"]) == {"prunable", "total"} and not table["unbracketed"].map(len).any()
+  assert (table[table["spec"] == "paired"]["seeds"] >= 3).all()
+  assert "| paired | b1 | 80% | total |" in text
   assert set(files) >= {"fig1_pairs", "laws", "study"}
   pairs = study.fig1_pairs(committed)
   assert set(pairs["budget"]) == {"b1", "b2"} and (pairs["seeds"] == 2).all()
@@ -65,6 +73,7 @@ def test_any_part_of_the_study_makes_its_own_sections(committed, tmp_path, monke
   monkeypatch.setattr(study, "law_fits", lambda df: ([], ["laws: not fitted in this test"]))
   fig1_only = committed[committed["run_name"].str.startswith("fig1-")].dropna(axis=1, how="all")
   assert "ablation" not in fig1_only  # the ablation spec's labels are absent, as when only fig1.yml was run
+  assert "dense_compute_fraction" not in fig1_only  # nor fig4's
   study.write(fig1_only, str(tmp_path))
   text = (tmp_path / "study.md").read_text()
   assert "## Figure 1" in text and "## Ablations" not in text and "## Figure 4" not in text
