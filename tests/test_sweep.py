@@ -414,7 +414,7 @@ def test_cli_runs_several_specs_one_after_another(tmp_path):
   code, out, err = cli(["sweep", *specs, "step_scale=0.5", "--dry-run", "--out", tmp_path, "--json"])
   assert code == 0, err
   names = [r["run_name"] for r in json.loads(out)]
-  assert len(names) == 3 + 11 and names[0].startswith("pilot-") and names[-1].startswith("fig4-")
+  assert len(names) == 3 + 13 and names[0].startswith("pilot-") and names[-1].startswith("fig4-")
   commands = {r["run_name"]: r["command"] for r in json.loads(out)}
   assert all("steps=600" in c for n, c in commands.items() if n.startswith("pilot-"))  # step_scale reaches both specs
   assert "steps=300" in commands["fig4-b1-d0.25-p0.5-seed0"] and "steps=151" in commands["fig4-b1-d0.75-p0.25-seed0"]
@@ -422,7 +422,7 @@ def test_cli_runs_several_specs_one_after_another(tmp_path):
                             "--limit", "3"])
   assert code == 0, err
   assert [r["run_name"] for r in json.loads(out)] == ["pilot-sparse-w64-s0.8-seed1", "fig4-b1-d0.0-p0.25-seed0",
-                                                      "fig4-b1-d0.0-p0.5-seed0"]
+                                                      "fig4-b1-d0.0-p0.25-seed1"]
   code, _, err = cli(["sweep", *specs, "--dry-run", "--launcher", "xpk", "--cluster", "c"])
   assert code == 2 and "one SPEC" in err
   code, _, err = cli(["sweep", *specs, "--dry-run", "--select", "nothing-like-this"])
