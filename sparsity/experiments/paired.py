@@ -27,8 +27,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-# matching -> (the dense runs' count column, how the sparse run's average count is read)
-MATCHINGS = ("prunable", "total")
+MATCHINGS = ("prunable", "total")  # the counts a sparse run is matched on (``sparse_count``, ``dense_column``)
 SPARSE_SPECS = ("paired-", "epoch1-")  # the specs whose sparse runs are paired with their seed's dense models
 # the specs whose dense runs form the families (the same dense run in fig1.yml and paired.yml; ablations excluded)
 DENSE_SPECS = ("fig1-", "paired-", "epoch1-")

@@ -77,8 +77,7 @@ def fig1_pairs(df: pd.DataFrame, specs: tuple[str, ...] = ("fig1-",), matching: 
   diffs = diffs[diffs["matching"] == matching]
   out = paired.summary(diffs)
   first = diffs.drop_duplicates(subset=["budget", "target_sparsity"]).set_index(["budget", "target_sparsity"])
-  out["avg_prunable"] = [float(avg_prunable(df[df["run_name"] == first.loc[(b, t), "run_name"]]).iloc[0])
-                         for b, t in zip(out["budget"], out["target_sparsity"])]
+  out["avg_prunable"] = out["count"]  # the prunable matching's count: the average active prunable weights
   out["dense_bracket"] = [f"{first.loc[(b, t), 'lower']} .. {first.loc[(b, t), 'upper']} "
                           f"(w {first.loc[(b, t), 'weight']:.2f})" if first.loc[(b, t), "lower"] else ""
                           for b, t in zip(out["budget"], out["target_sparsity"])]
@@ -120,11 +119,6 @@ def law_fits(df: pd.DataFrame) -> tuple[list[LawRow], list[str]]:
     except ValueError as e:
       skipped.append(f"{label}: not fitted: {e}")
   return out, skipped
-
-
-def schedule_table(df: pd.DataFrame) -> pd.DataFrame:
-  """Figure 4 at fixed effective compute: ``paired.fixed_compute_schedule`` of fig4.yml's runs."""
-  return paired.fixed_compute_schedule(df)
 
 
 def ablation_table(df: pd.DataFrame) -> pd.DataFrame:
@@ -268,7 +262,7 @@ def write(df: pd.DataFrame, out_dir: str, traj: pd.DataFrame | None = None) -> d
     parts += [frame_table(law_rows, [("law", "law", "{}"), ("n", "runs", "{}"), ("mae", "MAE", "{:.4f}"),
                                 ("loo", "leave-one-group-out MAE", "{:.4f}"), ("params", "parameters", "{}")]), ""]
   parts += [f"- {why}" for why in skipped] + ([""] if skipped else [])
-  sched = schedule_table(df)
+  sched = paired.fixed_compute_schedule(df)
   if not sched.empty:
     sched["interval"] = [_interval(m, lo, hi) for m, lo, hi in zip(sched["loss"], sched["low"], sched["high"])]
     parts += ["## Figure 4: schedule at a fixed effective compute (80%, width 64, the compute of b1's 600 steps)", "",
@@ -327,5 +321,5 @@ def write(df: pd.DataFrame, out_dir: str, traj: pd.DataFrame | None = None) -> d
   return files
 
 
-__all__ = ["fig1_pairs", "figure1_section", "seed_groups", "dense_at", "seed_noise", "law_fits", "schedule_table", "ablation_table", "ablation_pairs",
+__all__ = ["fig1_pairs", "figure1_section", "seed_groups", "dense_at", "seed_noise", "law_fits", "ablation_table", "ablation_pairs",
            "p2_fits", "write"]
