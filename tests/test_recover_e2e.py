@@ -47,10 +47,19 @@ def test_prune_and_recover_records_l0_and_the_trajectory(tmp_path, c4_path):
     at_t += int(mask[mag == t].sum())
   assert at_t == kept - int(np.sum(mags > t)) >= 1
   assert any(int(m.sum()) != m.size // 2 for m in state.masks.values())  # not half of every tensor
+  # The unpruned control: the same checkpoint trained the same steps, dense; it records L0 alike, and nothing pruned
+  run_train(MODEL + ["run_name=ctrl", "steps=10", f"load_parameters_path={items}", "target_sparsity=0",
+                     "eval_interval=5", "learning_rate=1e-3"], tmp_path)
+  c = read_summary(tmp_path, "ctrl")
+  assert c["recovery"]["pruned"] is False and rec["pruned"] is True
+  assert c["recovery"]["loss_before_pruning"] == rec["loss_before_pruning"]  # same weights, same eval batches
+  assert c["recovery"]["loss_after_pruning"] == c["recovery"]["loss_before_pruning"]
+  assert [e["tokens"] for e in c["eval_history"]] == [e["tokens"] for e in s["eval_history"]]  # the same steps
+  assert c["final_sparsity"] == 0 and c["final_active_params"] == c["total_params"] == s["total_params"]
   code, out, err = run_cli(["collect", tmp_path, "--trajectories", "--out", "-", "--json"])
   assert code == 0, err[-2000:]
   import json  # pylint: disable=import-outside-toplevel
 
   rows = json.loads(out)
-  assert [r["run_name"] for r in rows] == ["rec"] * 3 and rows[0]["L0"] == rec["loss_before_pruning"]
-  assert rows[0]["rho"] == pytest.approx(0.5) and rows[0]["N0"] == s["total_params"]
+  assert [r["run_name"] for r in rows] == ["ctrl"] * 3 + ["rec"] * 3 and rows[3]["L0"] == rec["loss_before_pruning"]
+  assert rows[3]["rho"] == pytest.approx(0.5) and rows[3]["N0"] == s["total_params"] and rows[0]["rho"] == 0

@@ -77,3 +77,24 @@ def test_any_part_of_the_study_makes_its_own_sections(committed, tmp_path, monke
   study.write(fig1_only, str(tmp_path))
   text = (tmp_path / "study.md").read_text()
   assert "## Figure 1" in text and "## Ablations" not in text and "## Figure 4" not in text
+
+
+def _traj(name, n0, rho, l0, after, losses, structure="unstructured"):
+  return [{"run_name": name, "N0": n0, "rho": rho, "L0": l0, "loss_after_pruning": after, "structure": structure,
+           "D": 100 * (i + 1), "loss": loss} for i, loss in enumerate(losses)]
+
+
+def test_recovery_runs_are_read_against_their_unpruned_control():
+  traj = pd.DataFrame(_traj("w32-r0.5", 1000, 0.5, 4.0, 6.0, [4.6, 4.2]) + _traj("w64-r0.5", 2000, 0.5, 3.5, 5.0,
+                                                                                  [4.0, 3.7])
+                      + _traj("w32-2of4", 1000, 0.5, 4.0, 7.0, [4.9, 4.4], "2:4"))
+  control = pd.DataFrame(_traj("w32-r0", 1000, 0.0, 4.0, 4.0, [3.95, 3.9]))
+  rec = study.recovery_table(traj, control).set_index("run_name")
+  # the control of N0=1000 ended at 3.9 after the same 200 tokens: its gain -0.1, the pruned runs' gaps to it
+  assert rec.loc["w32-r0.5", "control"] == 3.9 and rec.loc["w32-r0.5", "gap"] == pytest.approx(0.3)
+  assert rec.loc["w32-2of4", "gap"] == pytest.approx(0.5) and rec.loc["w32-2of4", "gain"] == pytest.approx(-0.1)
+  assert pd.isna(rec.loc["w64-r0.5", "control"]) and pd.isna(rec.loc["w64-r0.5", "gap"])  # no control of N0=2000
+  assert "control" not in study.recovery_table(traj)
+  short = control[control["D"] == 100]
+  with pytest.raises(ValueError, match="different tokens"):
+    study.recovery_table(traj, short)

@@ -23,7 +23,8 @@ Tables:
 * Schedule (Figure 4): loss per (dense %, pruning %) split of compute at a fixed effective compute.
 * Ablations: each against its reference run(s) of fig1 with the same seeds.
 * Prune and recover: the P2 law fitted on all runs (leave-one-run-out) and on the smaller models, predicting the
-  largest; R^2, Huber, ASD, MAE.
+  largest; R^2, Huber, ASD, MAE; each run's final loss against the unpruned control's (``recovery_table``: the
+  same checkpoint trained the same steps unpruned, ``rho == 0`` in the trajectories, never in the fits).
 """
 
 from __future__ import annotations
@@ -169,6 +170,62 @@ def p2_fits(traj: pd.DataFrame) -> dict[str, Any]:
           "held_out_quality": quality(big, pred), "held_out_n0": float(biggest)}
 
 
+def recovery_table(traj: pd.DataFrame, control: pd.DataFrame | None = None) -> pd.DataFrame:
+  """One row per prune-and-recover run: N0, rho, structure, L0, the loss right after pruning and after recovery,
+  the recovery tokens; with ``control`` (the trajectories of unpruned runs from the same checkpoints, ``rho == 0``)
+  also the control's final loss at the same N0 (``control``), the run's final loss minus it (``gap``) and the
+  control's final loss minus L0 (``gain``)."""
+  first = traj.sort_values("D").groupby("run_name").first()
+  last = traj.sort_values("D").groupby("run_name").last()
+  rec = pd.DataFrame({"N0": first["N0"], "rho": first["rho"], "structure": first["structure"], "L0": first["L0"],
+                      "after": first["loss_after_pruning"], "last": last["loss"],
+                      "D": last["D"]}).reset_index().sort_values(["N0", "structure", "rho"])
+  if control is not None and not control.empty:
+    c = control.sort_values("D").groupby("N0").last()
+    rec["control"] = rec["N0"].map(c["loss"])
+    rec["control_D"] = rec["N0"].map(c["D"])
+    if (rec["control_D"].notna() & (rec["control_D"] != rec["D"])).any():
+      raise ValueError("the unpruned control and a pruned run of the same N0 trained different tokens")
+    rec["gap"] = rec["last"] - rec["control"]
+    rec["gain"] = rec["control"] - rec["L0"]
+  return rec
+
+
+def recovery_section(traj: pd.DataFrame, control: pd.DataFrame, out_dir: str, files: dict[str, str]) -> list[str]:
+  """The report's prune-and-recover section: the P2 law's fits (when the runs allow them; ``recovery.png`` into
+  ``files``) and every run's ``recovery_table`` row, against the unpruned control when there is one."""
+  parts = ["## Prune and recover: the P2 law", ""]
+  try:
+    p2 = p2_fits(traj)
+  except ValueError as e:
+    p2 = None
+    parts += [f"- not fitted: {e}", ""]
+  if p2 is not None:
+    files["recovery"] = plots.recovery_curves(traj, p2["extrapolation"], os.path.join(out_dir, "recovery.png"),
+                                              held_out=[p2["held_out_n0"]])
+    q, fq, hq = p2["all_quality"], p2["fit_quality"], p2["held_out_quality"]
+    parts += [f"All runs ({traj['run_name'].nunique()} runs, {len(traj)} points): R^2 {q['r2']:.4f}, MAE "
+              f"{q['mae']:.4f}, ASD {q['asd']:.4f}, Huber {q['huber']:.4g}, leave-one-run-out MAE "
+              f"{q['leave_one_run_out_mae']:.4f}; {p2['all'].describe()}", "",
+              f"Fitted on N0 < {p2['held_out_n0']:,.0f} (R^2 {fq['r2']:.4f}, MAE {fq['mae']:.4f}, ASD {fq['asd']:.4f}), "
+              f"predicting N0 = {p2['held_out_n0']:,.0f}: R^2 {hq['r2']:.4f}, MAE {hq['mae']:.4f}, ASD {hq['asd']:.4f}; "
+              f"{p2['extrapolation'].describe()}", ""]
+  if traj.empty:
+    return parts
+  rec = recovery_table(traj, control)
+  columns = [("run_name", "run", "{}"), ("N0", "N0", "{:,.0f}"), ("rho", "rho", "{:.2f}"),
+             ("structure", "structure", "{}"), ("L0", "L0 (before pruning)", "{:.4f}"),
+             ("after", "right after pruning", "{:.4f}"), ("last", "after recovery", "{:.4f}"),
+             ("D", "recovery tokens", "{:,.0f}")]
+  if "control" in rec:
+    parts += ["The unpruned control: the same checkpoint trained the same steps without pruning "
+              "(`configs/study/recovery.yml`, tag r0). \"gap to control\" is a pruned run's final loss minus the "
+              "control's, \"control gain\" the control's final loss minus L0 (what the extra steps alone do).", ""]
+    columns += [("control", "control after the same steps", "{:.4f}"), ("gap", "gap to control", "{:+.4f}"),
+                ("gain", "control gain", "{:+.4f}")]
+  return parts + [frame_table(rec, columns), ""]
+
+
 def plot_fig1(df: pd.DataFrame, path: str) -> str:
   fig1 = df[df["run_name"].str.startswith("fig1-")]
   budgets = sorted(fig1["budget"].unique())
@@ -288,32 +345,8 @@ def write(df: pd.DataFrame, out_dir: str, traj: pd.DataFrame | None = None) -> d
                 frame_table(pairs2, [("ablation", "ablation", "{}"), ("sparse_loss", "sparse", "{:.4f}"),
                                 ("dense_loss", "dense at N_avg", "{:.4f}"), ("difference", "sparse - dense",
                                                                               "{:+.4f}")]), ""]
-  p2 = None
   if traj is not None and not traj.empty:
-    try:
-      p2 = p2_fits(traj)
-    except ValueError as e:
-      parts += ["## Prune and recover: the P2 law", "", f"- not fitted: {e}", ""]
-  if p2 is not None:
-    files["recovery"] = plots.recovery_curves(traj, p2["extrapolation"], os.path.join(out_dir, "recovery.png"),
-                                              held_out=[p2["held_out_n0"]])
-    q, fq, hq = p2["all_quality"], p2["fit_quality"], p2["held_out_quality"]
-    parts += ["## Prune and recover: the P2 law", "",
-              f"All runs ({traj['run_name'].nunique()} runs, {len(traj)} points): R^2 {q['r2']:.4f}, MAE "
-              f"{q['mae']:.4f}, ASD {q['asd']:.4f}, Huber {q['huber']:.4g}, leave-one-run-out MAE "
-              f"{q['leave_one_run_out_mae']:.4f}; {p2['all'].describe()}", "",
-              f"Fitted on N0 < {p2['held_out_n0']:,.0f} (R^2 {fq['r2']:.4f}, MAE {fq['mae']:.4f}, ASD {fq['asd']:.4f}), "
-              f"predicting N0 = {p2['held_out_n0']:,.0f}: R^2 {hq['r2']:.4f}, MAE {hq['mae']:.4f}, ASD {hq['asd']:.4f}; "
-              f"{p2['extrapolation'].describe()}", ""]
-    first = traj.sort_values("D").groupby("run_name").first()
-    last = traj.sort_values("D").groupby("run_name").last()
-    rec = pd.DataFrame({"N0": first["N0"], "rho": first["rho"], "structure": first["structure"], "L0": first["L0"],
-                        "after": first["loss_after_pruning"], "first": first["loss"], "last": last["loss"],
-                        "D": last["D"]}).reset_index().sort_values(["N0", "structure", "rho"])
-    parts += [frame_table(rec, [("run_name", "run", "{}"), ("N0", "N0", "{:,.0f}"), ("rho", "rho", "{:.2f}"),
-                           ("structure", "structure", "{}"), ("L0", "L0 (before pruning)", "{:.4f}"),
-                           ("after", "right after pruning", "{:.4f}"), ("last", "after recovery", "{:.4f}"),
-                           ("D", "recovery tokens", "{:,.0f}")]), ""]
+    parts += recovery_section(traj[traj["rho"] > 0], traj[traj["rho"] == 0], out_dir, files)
   parts += [f"![{k}]({os.path.basename(v)})" for k, v in files.items()]
   files["study"] = os.path.join(out_dir, "study.md")
   with open(files["study"], "w", encoding="utf-8") as f:
@@ -322,4 +355,4 @@ def write(df: pd.DataFrame, out_dir: str, traj: pd.DataFrame | None = None) -> d
 
 
 __all__ = ["fig1_pairs", "figure1_section", "seed_groups", "dense_at", "seed_noise", "law_fits", "ablation_table", "ablation_pairs",
-           "p2_fits", "write"]
+           "p2_fits", "recovery_table", "recovery_section", "write"]

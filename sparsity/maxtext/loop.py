@@ -36,7 +36,8 @@ non-zero.
 
 Prune and recover: a run that starts at step 0 from ``load_parameters_path`` with a pruning (or zero-masking)
 event at step 0 and evaluation configured evaluates the loaded weights before the event (``loss_before_pruning``,
-the P2 law's L0) and the pruned weights right after it (``loss_after_pruning``), before it trains.
+the P2 law's L0) and the pruned weights right after it (``loss_after_pruning``), before it trains. A dense run from
+``load_parameters_path`` with evaluation configured (the unpruned control of a recovery) records L0 the same way.
 """
 
 from __future__ import annotations
@@ -94,20 +95,26 @@ class LoopRecord:
 
 
 def _recovery_start(config, record: LoopRecord, state_events) -> None:
-  """Prune and recover (see the module docstring): L0 before the step-0 event, the loss right after it."""
+  """Prune and recover (see the module docstring): L0 before the step-0 event, the loss right after it. A run from
+  ``load_parameters_path`` without an event at step 0 (a dense run: the recovery's unpruned control, trained the
+  same steps) records L0 alone, ``pruned: false``, its loss "after pruning" being L0."""
   if not (config.load_parameters_path and record.start_step == 0 and config.eval_interval > 0):
     return
-  if state_events is None or state_events.due(0) is None:
-    return
+  pruned = state_events is not None and state_events.due(0) is not None
+  if state_events is not None and not pruned:
+    return  # a sparse run whose schedule starts later: not prune-and-recover
   dev = record.device
   before = final_evaluation(config, record, last=False)
-  dev["state"] = state_events(dev["state"], 0)  # the event now, so that the pruned weights can be evaluated
-  after = final_evaluation(config, record, state=events_lib.masked_state(dev["state"]), last=False)
-  record.recovery = {"loaded_from": str(config.load_parameters_path),
+  after = before
+  if pruned:
+    dev["state"] = state_events(dev["state"], 0)  # the event now, so that the pruned weights can be evaluated
+    after = final_evaluation(config, record, state=events_lib.masked_state(dev["state"]), last=False)
+  record.recovery = {"loaded_from": str(config.load_parameters_path), "pruned": pruned,
                      "loss_before_pruning": None if before is None else before[0],
                      "loss_after_pruning": None if after is None else after[0]}
   print(f"prune and recover: eval loss {record.recovery['loss_before_pruning']} before pruning, "
-        f"{record.recovery['loss_after_pruning']} right after it", flush=True)
+        + (f"{record.recovery['loss_after_pruning']} right after it" if pruned else "no pruning (unpruned control)"),
+        flush=True)
 
 
 def _with_event(program, record: LoopRecord, state_events):
