@@ -83,7 +83,7 @@ def test_recovery_tokens_invert_the_law():
     (lambda d: d.drop(columns="L0"), "missing column 'L0'"),
     (lambda d: d.drop(columns="D"), "missing column 'D'"),
     (lambda d: d.assign(rho=1.0), r"'rho' \(the fraction of prunable weights removed\) must be in \(0, 1\)"),
-    (lambda d: d.assign(rho=0.0), r"must be in \(0, 1\)"),
+    (lambda d: d.assign(rho=0.0), r"must be in \(0, 1\).*unpruned control"),
     (lambda d: d.assign(L0=-1.0), "'L0' must be positive"),
 ])
 def test_bad_trajectory_data_is_a_clear_error(mutate, match):

@@ -219,7 +219,7 @@ def recovery_section(traj: pd.DataFrame, control: pd.DataFrame, out_dir: str, fi
              ("D", "recovery tokens", "{:,.0f}")]
   if "control" in rec:
     parts += ["The unpruned control: the same checkpoint trained the same steps without pruning "
-              "(`configs/study/recovery.yml`, tag r0). \"gap to control\" is a pruned run's final loss minus the "
+              "(`configs/study/recovery.yml`, tag ctrl). \"gap to control\" is a pruned run's final loss minus the "
               "control's, \"control gain\" the control's final loss minus L0 (what the extra steps alone do).", ""]
     columns += [("control", "control after the same steps", "{:.4f}"), ("gap", "gap to control", "{:+.4f}"),
                 ("gain", "control gain", "{:+.4f}")]

@@ -225,7 +225,8 @@ class ScalingLaw:
       r = cols["rho"]
       if not np.all((r > 0) & (r < 1)):
         raise ValueError(f"column 'rho' (the fraction of prunable weights removed) must be in (0, 1), got "
-                         f"{r[~((r > 0) & (r < 1))][:3].tolist()}")
+                         f"{r[~((r > 0) & (r < 1))][:3].tolist()}" + (" (rho 0: an unpruned control run, which is "
+                         "no point of the law: leave it out, e.g. collect --select)" if np.any(r == 0) else ""))
       ln_rho, ln_l0 = np.log(r), np.log(cols["L0"])
     return _Inputs(np.log(cols[self.n_column]), np.log(cols[self.d_column]), ln_1ms, ln_rho, ln_l0)
 
