@@ -243,3 +243,17 @@ def test_a_sparse_run_of_an_undescribed_family_stops_naming_it():
   assert hook._check_family(cfg, plan, paths).decoder_block == "mixtral"  # pylint: disable=protected-access
   cfg = types.SimpleNamespace(decoder_block="transformer_x", prunable_params="query")
   assert hook._check_family(cfg, plan, paths) is None  # pylint: disable=protected-access
+
+
+def test_local_checkpoint_paths_become_absolute(tmp_path, monkeypatch):
+  """Orbax restores only absolute paths: a relative load_parameters_path (as the study's recovery.yml writes it) is
+  made absolute against the working directory when the config is read; URLs stay as they are."""
+  from sparsity.maxtext.config import load_config  # pylint: disable=import-outside-toplevel
+
+  monkeypatch.chdir(tmp_path)
+  base = [os.path.join(ROOT, "configs", "sparse_base.yml"), "steps=10"]
+  config = load_config(base + ["load_parameters_path=runs/a/checkpoints/9/items"])
+  assert config.load_parameters_path == str(tmp_path / "runs" / "a" / "checkpoints" / "9" / "items")
+  assert load_config(base + ["load_full_state_path=b/9/items", "enable_checkpointing=true"]).load_full_state_path == str(tmp_path / "b/9/items")
+  assert load_config(base + ["load_parameters_path=gs://b/c/9/items"]).load_parameters_path == "gs://b/c/9/items"
+  assert load_config(base).load_parameters_path == ""

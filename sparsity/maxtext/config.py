@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 
 import pydantic
 
@@ -29,6 +30,11 @@ def config_class():
     def _plus_default(cls, v):
       return families.extend_default(v) if isinstance(v, str) else v
 
+    @pydantic.field_validator("load_parameters_path", "load_full_state_path", mode="before")
+    @classmethod
+    def _absolute(cls, v):
+      return absolute_local_path(v)
+
     @pydantic.model_validator(mode="after")
     def _schedule_fits_run(self):
       if self.target_sparsity > 0:
@@ -41,9 +47,17 @@ def config_class():
   return SparseMaxTextConfig
 
 
+def absolute_local_path(path):
+  """A local checkpoint path made absolute against the working directory (Orbax restores only absolute paths, and
+  says so deep inside the restore); URLs (``gs://...``) and empty values unchanged."""
+  if isinstance(path, str) and path and "://" not in path and not os.path.isabs(path):
+    return os.path.abspath(os.path.expanduser(path))
+  return path
+
+
 def load_config(argv):
   """MaxText's config from ``[yaml, key=value, ...]`` with the sparsity keys validated (no training)."""
   return modules.pyconfig().initialize(["", *argv], config_class=config_class())
 
 
-__all__ = ["config_class", "load_config"]
+__all__ = ["absolute_local_path", "config_class", "load_config"]
