@@ -47,7 +47,8 @@ MODELS = {
 }
 TOPOLOGIES = ["v5p-8", "v5p-128", "v5e-256", "v4-128"]
 GRID = [(m, t) for m in ("58M", "162M", "468M", "1B", "7B", "13B") for t in TOPOLOGIES]
-EXTRA = [("1B", "v5p-8", "2:4"), ("1B", "v5p-8", "per_tensor"), ("7B", "v5p-64", "sparse"), ("70B", "v5e-256", "sparse")]
+EXTRA = [("1B", "v5p-8", "2:4"), ("1B", "v5p-8", "per_tensor"), ("7B", "v5p-64", "sparse"), ("70B", "v5e-256", "sparse"),
+         ("70B", "v5e-256", "dense")]
 VARIANTS = {
     "dense": ["target_sparsity=0"],
     "sparse": ["target_sparsity=0.8"],
@@ -123,17 +124,17 @@ def table(data: dict) -> str:
                 f"{_ms(step.get('estimated_seconds'))} | {_ms(event.get('estimated_seconds'))} | "
                 f"{'yes' if s['fits'] else 'no: ' + ', '.join(s['programs_over_hbm'])} |")
   rows.append("")
-  rows.append("| model | topology | variant | event temp GB (x prunable) | event est. ms | step est. ms | fits |")
-  rows.append("|---|---|---|---|---|---|---|")
+  rows.append("| model | topology | variant | step GB | event temp GB (x prunable) | event est. ms | step est. ms | fits |")
+  rows.append("|---|---|---|---|---|---|---|---|")
   for model, topology, variant in EXTRA:
     c = cells.get(f"{model}|{topology}|{variant}")
     if not c or "summary" not in c:
-      rows.append(f"| {model} | {topology} | {variant} | | | | {'not compiled' if not c else 'error'} |")
+      rows.append(f"| {model} | {topology} | {variant} | | | | | {'not compiled' if not c else 'error'} |")
       continue
     s = c["summary"]
     step, event = s["programs"].get("train_step", {}), s["programs"].get("pruning_event", {})
     ratio = f" ({event['temp_bytes'] / s['prunable_bytes_per_chip']:.2f})" if "temp_bytes" in event else ""
-    rows.append(f"| {model} | {topology} | {variant} | {_gb(event.get('temp_bytes'))}{ratio} | "
+    rows.append(f"| {model} | {topology} | {variant} | {_peak(step)} | {_gb(event.get('temp_bytes'))}{ratio} | "
                 f"{_ms(event.get('estimated_seconds'))} | {_ms(step.get('estimated_seconds'))} | "
                 f"{'yes' if s['fits'] else 'no: ' + ', '.join(s['programs_over_hbm'])} |")
   fits = [m for m in ("70B", "13B", "7B")
