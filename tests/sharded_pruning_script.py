@@ -30,18 +30,27 @@ mesh = Mesh(np.array(jax.devices()).reshape(2, 2), ("fsdp", "tensor"))
 
 def select(ws, als):
   keys = [threshold.magnitude_keys(ws[n], als[n]) for n in sorted(ws)]
-  return threshold.top_k_masks(keys, threshold.wide_const(k))
+  masks = threshold.top_k_masks(keys, threshold.wide_const(k))
+  return masks, threshold.count_true(masks)
 
 
-f = jax.jit(select)
-single = [np.asarray(m) for m in f({n: jnp.asarray(x, jnp.float32) for n, x in w.items()}, {n: jnp.asarray(a) for n, a in alive.items()})]
-ws = {n: jax.device_put(jnp.asarray(x, jnp.float32), NamedSharding(mesh, specs[n])) for n, x in w.items()}
-als = {n: jax.device_put(jnp.asarray(a), NamedSharding(mesh, specs[n])) for n, a in alive.items()}
-lowered = f.lower(ws, als)
-compiled = lowered.compile()
-sharded_out = f(ws, als)
-sharded = [np.asarray(m) for m in sharded_out]
-hlo = compiled.as_text()
+def run():
+  """The masks on one device and sharded, the sharded program's HLO and its count of the kept entries."""
+  f = jax.jit(select)
+  single = [np.asarray(m) for m in f({n: jnp.asarray(x, jnp.float32) for n, x in w.items()},
+                                     {n: jnp.asarray(a) for n, a in alive.items()})[0]]
+  ws = {n: jax.device_put(jnp.asarray(x, jnp.float32), NamedSharding(mesh, specs[n])) for n, x in w.items()}
+  als = {n: jax.device_put(jnp.asarray(a), NamedSharding(mesh, specs[n])) for n, a in alive.items()}
+  hlo = f.lower(ws, als).compile().as_text()
+  out, count = f(ws, als)
+  return single, out, [np.asarray(m) for m in out], hlo, threshold.wide_to_python(count), ws
+
+
+# Arrays past 2**31 entries are counted in chunks of rows (threshold.row_ranges). With the chunk size shrunk so
+# that every weight here is chunked, at boundaries that do not fall on the shards' (5 rows of 512 entries against
+# shards of 32 rows), the program must still move nothing of the weights' size between devices.
+threshold.MAX_CHUNK = int(sys.argv[1]) if len(sys.argv) > 1 else threshold.MAX_CHUNK
+single, sharded_out, sharded, hlo, counted, ws = run()
 COLLECTIVE = re.compile(r"=\s*(.*?)\s(all-gather|all-to-all|ragged-all-to-all|all-reduce|reduce-scatter|"
                         r"collective-permute|collective-broadcast)(-start|-done)?\(")
 
@@ -73,6 +82,8 @@ print(json.dumps({
     "control_elements": int(np.prod(shapes["logits"])),
     "equal": all(np.array_equal(a, b) for a, b in zip(single, sharded)),
     "kept": int(sum(m.sum() for m in sharded)),
+    "counted": counted,
+    "chunks": {n: len(threshold.row_ranges(s)) for n, s in shapes.items()},
     "k": k,
     "out_shardings": [str(getattr(m, "sharding", "")) for m in sharded_out],
     "collectives": collectives,

@@ -1,7 +1,7 @@
 """Ahead-of-time compile for TPU topologies (MaxText/train_compile.py, sparsity.maxtext.aot), on this CPU host.
 
 The compile tests need the TPU runtime (libtpu), which setup.sh installs; they compile the tiny model for a v5p-8
-(4 chips) and trace a LLaMA-2 7B (more than 2**31 prunable weights) from abstract shapes.
+(4 chips) and trace a LLaMA-2 13B (more than 2**31 prunable weights, kernels past 2**31 entries) from abstract shapes.
 """
 
 import json
@@ -97,20 +97,21 @@ def test_a_program_that_does_not_fit_exits_3_naming_it(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_7b_model_past_2_31_prunable_weights_traces_every_program(tmp_path):
-  # LLaMA-2 7B: 6.6e9 prunable weights. Counts above 2**31 meet traced values in the metrics, the event's kept
-  # counts and the final count; every program must trace (lowered for a v5p-64, nothing compiled or allocated).
+def test_a_13b_model_past_2_31_prunable_weights_traces_every_program(tmp_path):
+  # LLaMA-2 13B: 12.7e9 prunable weights, and MLP kernels of 2.8e9 entries each (counted in chunks of rows,
+  # threshold.row_ranges). Counts above 2**31 meet traced values in the metrics, the event's kept counts and the final
+  # count; every program must trace (lowered for a v5p-64, nothing compiled or allocated).
   code = ("import json, sys; sys.path.insert(0, %r); from sparsity.maxtext import aot; "
           "print('SUMMARY', json.dumps(aot.trace(sys.argv)))") % ROOT
-  argv = [os.path.join(ROOT, "configs", "sparse_base.yml"), "model_name=llama2-7b", "override_model_config=true",
+  argv = [os.path.join(ROOT, "configs", "sparse_base.yml"), "model_name=llama2-13b", "override_model_config=true",
           "compile_topology=v5p-64", "compile_topology_num_slices=1", "ici_fsdp_parallelism=32",
           "per_device_batch_size=1", "max_target_length=512", "target_sparsity=0.8", f"base_output_directory={tmp_path}",
-          "run_name=7b"]
+          "run_name=13b"]
   out = subprocess.run([sys.executable, "-c", code, *argv], cwd=ROOT, env=dict(cpu_env(), ALLOW_MULTIPLE_LIBTPU_LOAD="1"),
                        capture_output=True, text=True, timeout=900, check=False)
   assert out.returncode == 0, out.stderr[-4000:]
   s = json.loads(out.stdout.split("SUMMARY ", 1)[1].splitlines()[0])
-  assert s["prunable_params"] > 2**31
+  assert s["prunable_params"] > 5 * 2**31
   assert set(s["programs"]) == {"train_step", "pruning_event", "mask_count", "eval_step"}
 
 

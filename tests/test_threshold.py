@@ -100,13 +100,19 @@ def test_wide_counts_past_int32():
   assert T.wide_to_python(total) == 5 * (2**31 - 1)
 
 
-def test_arrays_split_in_chunks_select_exactly(monkeypatch):
-  # Arrays past 2**31 elements are histogrammed in chunks; shrink the chunk size to exercise that path.
+@pytest.mark.parametrize("radix", RADIXES[:2], ids=lambda r: f"{r.digit_bits}bit-{r.histogram}")
+def test_arrays_split_in_chunks_select_exactly(monkeypatch, radix):
+  # Arrays past 2**31 elements are counted in chunks of rows; shrink the chunk size to exercise that path. Heavy ties
+  # (4 values): for most k the boundary chunk keeps only some of its ties, and the tie-break runs inside it.
   monkeypatch.setattr(T, "MAX_CHUNK", 64)
   rng = np.random.default_rng(1)
-  keys = [rng.integers(0, 4, size=(50, 7)).astype(np.uint32), rng.integers(0, 4, size=(300,)).astype(np.uint32)]
-  k = 200
-  masks = jax.jit(lambda ks: T.top_k_masks(ks, T.wide_const(k)))([jnp.asarray(x) for x in keys])
-  got = np.concatenate([np.asarray(m).ravel() for m in masks])
-  assert got.sum() == k
-  np.testing.assert_array_equal(got, _reference(keys, k))
+  keys = [rng.integers(0, 4, size=(50, 7)).astype(np.uint32), rng.integers(0, 4, size=(300,)).astype(np.uint32),
+          rng.integers(0, 4, size=(20, 3, 5)).astype(np.uint32)]
+  assert [len(T.row_ranges(x.shape)) for x in keys] == [6, 5, 5]
+  f = jax.jit(lambda ks, hi, lo: T.top_k_masks(ks, (hi, lo), radix=radix))
+  for k in (1, 200, 333, 701):
+    masks = f([jnp.asarray(x) for x in keys], jnp.int32(k >> 16), jnp.int32(k & 0xFFFF))
+    assert [m.shape for m in masks] == [x.shape for x in keys]
+    got = np.concatenate([np.asarray(m).ravel() for m in masks])
+    np.testing.assert_array_equal(got, _reference(keys, k))
+    assert T.wide_to_python(T.count_true(masks)) == k

@@ -22,6 +22,8 @@ bits, so counts that sum over arrays are carried as two int32 limbs ``(hi, lo)``
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
 from typing import Callable, NamedTuple, Sequence
 
 import jax
@@ -130,16 +132,37 @@ SCATTER_RADIX = Radix(8, "scatter", False)
 TPU_RADIX = Radix(4, "compare", True)
 
 
-def chunks(x) -> list:
-  """Splits an array along its first axis into pieces of fewer than 2**31 elements (usually one)."""
-  if x.size <= MAX_CHUNK:
-    return [x]
-  rows = x.shape[0]
-  per_row = x.size // rows
+def row_ranges(shape) -> list[tuple[int, int]]:
+  """Ranges ``[a, b)`` of the first axis that split an array of ``shape`` into chunks of fewer than 2**31 elements
+  (usually one: the whole array). Chunks are counted in place (``chunk_counts``), never sliced out: a slice of a
+  sharded axis would move the array between devices."""
+  size = math.prod(shape)
+  if size <= MAX_CHUNK:
+    return [(0, shape[0] if shape else 1)]
+  rows = shape[0]
+  per_row = size // rows
   if per_row > MAX_CHUNK:
     raise ValueError(f"an array whose rows hold {per_row} >= 2**31 elements is not supported")
   step = MAX_CHUNK // per_row
-  return [x[i : i + step] for i in range(0, rows, step)]
+  return [(a, min(a + step, rows)) for a in range(0, rows, step)]
+
+
+def _in_rows(shape, a: int, b: int):
+  """Whether each entry of an array of ``shape`` lies in rows ``[a, b)`` of its first axis."""
+  r = jax.lax.broadcasted_iota(jnp.int32, shape, 0)
+  return (r >= a) & (r < b)
+
+
+def chunk_counts(x, trailing: int = 0) -> list:
+  """int32 sums of ``x`` (int32) over each chunk of ``row_ranges`` (the last ``trailing`` axes are kept: the bins of
+  a histogram): one reduction over the array to per-row sums, then a masked sum of those per range."""
+  shape = x.shape[:x.ndim - trailing]
+  ranges = row_ranges(shape)
+  if len(ranges) == 1:
+    return [jnp.sum(x, axis=tuple(range(len(shape))))]
+  per_row = jnp.sum(x, axis=tuple(range(1, len(shape))))
+  # Each range's rows by a mask, not a slice: the per-row sums stay where they are (sharded like the array's rows)
+  return [jnp.sum(jnp.where(_in_rows(per_row.shape, a, b), per_row, 0), axis=0) for a, b in ranges]
 
 
 def _as_key_fn(k):
@@ -147,16 +170,22 @@ def _as_key_fn(k):
   return k if callable(k) else (lambda _dep, k=k: k)
 
 
-def _histogram(digit, radix: Radix):
-  """int32 counts of each value ``0 <= d < radix.bins`` in ``digit`` (the value ``radix.bins`` is not counted)."""
+def _histograms(digit, radix: Radix) -> list:
+  """int32 counts of each value ``0 <= d < radix.bins`` in ``digit`` (the value ``radix.bins`` is not counted), one
+  histogram per chunk of ``row_ranges``."""
   if radix.histogram == "scatter":
     # Indexing with an array of the keys' own shape (no ravel): a sharded array is histogrammed in place; int16
-    # indices halve the index buffer; the out-of-range bin is dropped.
-    return jnp.zeros((radix.bins,), jnp.int32).at[digit.astype(jnp.int16)].add(jnp.int32(1), mode="drop")
+    # indices halve the index buffer; the out-of-range bin is dropped. A chunk: the other rows go to that bin.
+    ranges = row_ranges(digit.shape)
+    bins = jnp.zeros((radix.bins,), jnp.int32)
+    if len(ranges) == 1:
+      return [bins.at[digit.astype(jnp.int16)].add(jnp.int32(1), mode="drop")]
+    return [bins.at[jnp.where(_in_rows(digit.shape, a, b), digit, radix.bins).astype(jnp.int16)].add(
+        jnp.int32(1), mode="drop") for a, b in ranges]
   # One fused reduction over the array: nothing of the array's size is built, no two keys write the same place.
   small = digit.astype(jnp.uint8) if radix.bins < 256 else digit
   hits = small[..., None] == jnp.arange(radix.bins, dtype=small.dtype)
-  return jnp.sum(hits.astype(jnp.int32), axis=tuple(range(digit.ndim)))
+  return chunk_counts(hits.astype(jnp.int32), trailing=1)
 
 
 def _pass_histogram(key_fns, shift, prefix, radix: Radix) -> Wide:
@@ -169,14 +198,13 @@ def _pass_histogram(key_fns, shift, prefix, radix: Radix) -> Wide:
   dep = prefix
   for key_fn in key_fns:
     keys = key_fn(dep)
-    for part in chunks(keys):
-      # Keys off the prefix (for the first pass every key matches: a shift by 32 gives 0) go to the bin past the
-      # last, which is not counted.
-      match = (part >> (shift + radix.digit_bits)) == prefix
-      digit = jnp.where(match, (part >> shift) & jnp.uint32(radix.bins - 1), jnp.uint32(radix.bins))
-      h = _histogram(digit, radix)
+    # Keys off the prefix (for the first pass every key matches: a shift by 32 gives 0) go to the bin past the
+    # last, which is not counted.
+    match = (keys >> (shift + radix.digit_bits)) == prefix
+    digit = jnp.where(match, (keys >> shift) & jnp.uint32(radix.bins - 1), jnp.uint32(radix.bins))
+    for h in _histograms(digit, radix):
       total = wide_add(total, wide_from_int32(h))
-      dep = h
+    dep = h
   return total
 
 
@@ -234,13 +262,15 @@ def kth_largest_key(keys: Sequence, k: Wide, radix: Radix | None = None):
   return _per_backend(lambda r: _kth_largest_key(key_fns, k, r), radix)
 
 
-def _flat_index(shape):
-  """Row-major position of every entry (int32; arrays are chunked below 2**31 entries)."""
+def _flat_index(shape, first_row: int = 0):
+  """Row-major position of every entry counted from row ``first_row`` (int32: exact within a chunk of
+  ``row_ranges``; entries outside it wrap, and callers mask them)."""
   flat = jnp.zeros(shape, jnp.int32)
   stride = 1
   for axis in range(len(shape) - 1, -1, -1):
-    flat = flat + jax.lax.broadcasted_iota(jnp.int32, shape, axis) * stride
-    stride *= shape[axis]
+    iota = jax.lax.broadcasted_iota(jnp.int32, shape, axis)
+    flat = flat + (iota - first_row if axis == 0 else iota) * stride
+    stride = stride * shape[axis] if axis else stride
   return flat
 
 
@@ -261,14 +291,15 @@ def top_k_masks(keys: Sequence, k: Wide, radix: Radix | None = None) -> list:
 
 def _top_k_masks(key_fns, k: Wide, radix: Radix) -> list:
   t, need = _kth_largest_key(key_fns, k, radix)
-  parts = []  # (array index, chunk index, chunk shape)
+  parts = []  # (array index, its row range, the array's shape): the chunks of row_ranges, counted in place
   ties, dep = [], t
   for j, key_fn in enumerate(key_fns):
-    for i, part in enumerate(chunks(key_fn(dep))):
-      c = jnp.sum((part == t).astype(jnp.int32))
-      parts.append((j, i, part.shape))
+    key = key_fn(dep)
+    counts = chunk_counts((key == t).astype(jnp.int32))
+    for rows, c in zip(row_ranges(key.shape), counts):
+      parts.append((j, rows, key.shape))
       ties.append(c)
-      dep = c
+    dep = counts[-1]
   # quota of each chunk: clamp(need - ties before it, 0, its ties)
   quotas, before = [], wide_const(0)
   for c in ties:
@@ -277,24 +308,29 @@ def _top_k_masks(key_fns, k: Wide, radix: Radix) -> list:
     quotas.append(jnp.where(wide_ge(before, need), 0, jnp.where(wide_ge(left, wc), c, wide_to_int32(left))))
     before = wide_add(before, wc)
   partial = [(q > 0) & (q < c) for q, c in zip(quotas, ties)]
+  full = [q == c for q, c in zip(quotas, ties)]
   any_partial = jnp.any(jnp.stack(partial))
   boundary_quota = jnp.sum(jnp.stack([jnp.where(p, q, 0) for p, q in zip(partial, quotas)]))
+  chunked = {j: len(row_ranges(shape)) > 1 for j, _, shape in parts}
 
-  def chunk_keys(n, dep):
-    j, i, _ = parts[n]
-    return chunks(key_fns[j](dep))[i]
+  def position_keys(n, key):
+    """Unique keys, larger for earlier positions, on the ties of chunk ``n`` when it is the partial one; 0 elsewhere."""
+    j, (a, b), shape = parts[n]
+    size = (b - a) * (math.prod(shape[1:]) if shape else 1)
+    tie = (key == t) & partial[n]
+    if chunked[j]:
+      tie = tie & _in_rows(shape, a, b)
+    return jnp.where(tie, (size - _flat_index(shape, a)).astype(jnp.uint32), jnp.uint32(0))
 
-  def position_keys(n, dep):
-    """Unique keys, larger for earlier positions, on the ties of the partial chunk; 0 elsewhere."""
-    shape = parts[n][2]
-    size = 1
-    for d in shape:
-      size *= d
-    tie = (chunk_keys(n, dep) == t) & partial[n]
-    return jnp.where(tie, (size - _flat_index(shape)).astype(jnp.uint32), jnp.uint32(0))
+  def array_position_keys(j, key):
+    chunks_of_j = [n for n, p in enumerate(parts) if p[0] == j]
+    out = position_keys(chunks_of_j[0], key)
+    for n in chunks_of_j[1:]:  # the chunks' keys are 0 outside their rows
+      out = out | position_keys(n, key)
+    return out
 
-  pos_fns = [lambda dep, n=n: position_keys(n, dep) for n in range(len(parts))]
-  # The tie-break selection runs only when one tensor keeps part of its ties (rare for float magnitudes), so its passes
+  pos_fns = [lambda dep, j=j: array_position_keys(j, key_fns[j](dep)) for j in range(len(key_fns))]
+  # The tie-break selection runs only when one chunk keeps part of its ties (rare for float magnitudes), so its passes
   # stay a rolled loop whatever the radix (it compiles once; XLA's cost estimate counts its body once).
   t2 = jax.lax.cond(
       any_partial,
@@ -302,23 +338,26 @@ def _top_k_masks(key_fns, k: Wide, radix: Radix) -> list:
       lambda q: jnp.uint32(0xFFFFFFFF),
       boundary_quota,
   )
-  out: dict = {}
+  out = []
   dep = t2
-  for n, (j, i, _) in enumerate(parts):
-    key = chunk_keys(n, dep)
-    full = quotas[n] == ties[n]
-    sel = (key > t) | ((key == t) & full) | (position_keys(n, dep) >= t2)
-    out.setdefault(j, []).append(sel)
-    dep = jnp.sum(sel.astype(jnp.int32)) if len(parts) > 1 else dep
-  return [v[0] if len(v) == 1 else jnp.concatenate(v, axis=0) for _, v in sorted(out.items())]
+  for j, key_fn in enumerate(key_fns):
+    key = key_fn(dep)
+    chunks_of_j = [n for n, p in enumerate(parts) if p[0] == j]
+    keep_ties = full[chunks_of_j[0]]
+    if chunked[j]:
+      keep_ties = functools.reduce(jnp.logical_or, [_in_rows(key.shape, *parts[n][1]) & full[n] for n in chunks_of_j])
+    sel = (key > t) | ((key == t) & keep_ties) | (array_position_keys(j, key) >= t2)
+    out.append(sel)
+    dep = jnp.sum(sel.astype(jnp.int32)) if len(key_fns) > 1 else dep  # a token: may wrap past 2**31
+  return out
 
 
 def count_true(masks: Sequence[jax.Array]) -> Wide:
   """Number of True entries over boolean arrays, as a wide count."""
   total = wide_const(0)
   for m in masks:
-    for part in chunks(m):
-      total = wide_add(total, wide_from_int32(jnp.sum(part.astype(jnp.int32))))
+    for c in chunk_counts(m.astype(jnp.int32)):
+      total = wide_add(total, wide_from_int32(c))
   return total
 
 
