@@ -16,7 +16,9 @@ index, so exactly ``k`` keys are selected whatever the ties.
 
 Counts may exceed 2**31 (models past two billion prunable weights), and JAX's default integers are 32
 bits, so counts that sum over arrays are carried as two int32 limbs ``(hi, lo)`` meaning
-``hi * 2**16 + lo``, exact up to 2**47. A single array is processed in chunks of fewer than 2**31 elements.
+``hi * 2**16 + lo``, exact up to 2**47. A single array past 2**31 elements is counted in chunks of rows of
+fewer than 2**31 (``row_ranges``), in place: per-row counts, then a masked sum per chunk (``chunk_counts``). It is
+never sliced, since slicing a sharded axis moves the array between devices.
 """
 
 from __future__ import annotations
