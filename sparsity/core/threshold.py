@@ -272,7 +272,7 @@ def _flat_index(shape, first_row: int = 0):
   for axis in range(len(shape) - 1, -1, -1):
     iota = jax.lax.broadcasted_iota(jnp.int32, shape, axis)
     flat = flat + (iota - first_row if axis == 0 else iota) * stride
-    stride = stride * shape[axis] if axis else stride
+    stride *= shape[axis]
   return flat
 
 
@@ -293,14 +293,15 @@ def top_k_masks(keys: Sequence, k: Wide, radix: Radix | None = None) -> list:
 
 def _top_k_masks(key_fns, k: Wide, radix: Radix) -> list:
   t, need = _kth_largest_key(key_fns, k, radix)
-  parts = []  # (array index, its row range, the array's shape): the chunks of row_ranges, counted in place
+  parts = []  # (row range, the array's shape) of every chunk of row_ranges, counted in place
+  chunks_of = []  # per array, the indices of its chunks in parts
   ties, dep = [], t
-  for j, key_fn in enumerate(key_fns):
+  for key_fn in key_fns:
     key = key_fn(dep)
     counts = chunk_counts((key == t).astype(jnp.int32))
-    for rows, c in zip(row_ranges(key.shape), counts):
-      parts.append((j, rows, key.shape))
-      ties.append(c)
+    chunks_of.append(list(range(len(parts), len(parts) + len(counts))))
+    parts += [(rows, key.shape) for rows in row_ranges(key.shape)]
+    ties += counts
     dep = counts[-1]
   # quota of each chunk: clamp(need - ties before it, 0, its ties)
   quotas, before = [], wide_const(0)
@@ -313,23 +314,20 @@ def _top_k_masks(key_fns, k: Wide, radix: Radix) -> list:
   full = [q == c for q, c in zip(quotas, ties)]
   any_partial = jnp.any(jnp.stack(partial))
   boundary_quota = jnp.sum(jnp.stack([jnp.where(p, q, 0) for p, q in zip(partial, quotas)]))
-  chunked = {j: len(row_ranges(shape)) > 1 for j, _, shape in parts}
 
-  def position_keys(n, key):
+  def position_keys(n, key, chunked):
     """Unique keys, larger for earlier positions, on the ties of chunk ``n`` when it is the partial one; 0 elsewhere."""
-    j, (a, b), shape = parts[n]
+    (a, b), shape = parts[n]
     size = (b - a) * (math.prod(shape[1:]) if shape else 1)
     tie = (key == t) & partial[n]
-    if chunked[j]:
+    if chunked:
       tie = tie & _in_rows(shape, a, b)
     return jnp.where(tie, (size - _flat_index(shape, a)).astype(jnp.uint32), jnp.uint32(0))
 
   def array_position_keys(j, key):
-    chunks_of_j = [n for n, p in enumerate(parts) if p[0] == j]
-    out = position_keys(chunks_of_j[0], key)
-    for n in chunks_of_j[1:]:  # the chunks' keys are 0 outside their rows
-      out = out | position_keys(n, key)
-    return out
+    chunked = len(chunks_of[j]) > 1
+    # the chunks' keys are 0 outside their rows
+    return functools.reduce(jnp.bitwise_or, [position_keys(n, key, chunked) for n in chunks_of[j]])
 
   pos_fns = [lambda dep, j=j: array_position_keys(j, key_fns[j](dep)) for j in range(len(key_fns))]
   # The tie-break selection runs only when one chunk keeps part of its ties (rare for float magnitudes), so its passes
@@ -344,10 +342,9 @@ def _top_k_masks(key_fns, k: Wide, radix: Radix) -> list:
   dep = t2
   for j, key_fn in enumerate(key_fns):
     key = key_fn(dep)
-    chunks_of_j = [n for n, p in enumerate(parts) if p[0] == j]
-    keep_ties = full[chunks_of_j[0]]
-    if chunked[j]:
-      keep_ties = functools.reduce(jnp.logical_or, [_in_rows(key.shape, *parts[n][1]) & full[n] for n in chunks_of_j])
+    keep_ties = full[chunks_of[j][0]]
+    if len(chunks_of[j]) > 1:
+      keep_ties = functools.reduce(jnp.logical_or, [_in_rows(key.shape, *parts[n][0]) & full[n] for n in chunks_of[j]])
     sel = (key > t) | ((key == t) & keep_ties) | (array_position_keys(j, key) >= t2)
     out.append(sel)
     dep = jnp.sum(sel.astype(jnp.int32)) if len(key_fns) > 1 else dep  # a token: may wrap past 2**31

@@ -100,9 +100,9 @@ def _recovery_start(config, record: LoopRecord, state_events) -> None:
   same steps) records L0 alone, ``pruned: false``, its loss "after pruning" being L0."""
   if not (config.load_parameters_path and record.start_step == 0 and config.eval_interval > 0):
     return
-  pruned = state_events is not None and state_events.due(0) is not None
-  if state_events is not None and not pruned:
+  if state_events is not None and state_events.due(0) is None:
     return  # a sparse run whose schedule starts later: not prune-and-recover
+  pruned = state_events is not None
   dev = record.device
   before = final_evaluation(config, record, last=False)
   after = before
