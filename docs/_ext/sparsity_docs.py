@@ -104,7 +104,9 @@ class SparsityKeysTable(_Markdown):
       default = "unset" if field.default is None else _code(json.dumps(field.default) if isinstance(
           field.default, bool) else field.default if field.default != "" else "''")
       in_base = _code(base[name]) if name in base else ""
-      rows.append([_code(name), _type(field.annotation) + _bounds(field), default, in_base, field.description or ""])
+      kind, unset = _type(field.annotation), ", or unset"
+      kind = kind[:-len(unset)] + _bounds(field) + unset if kind.endswith(unset) else kind + _bounds(field)
+      rows.append([_code(name), kind, default, in_base, field.description or ""])
     return list_table(["key", "type", "default", "`sparse_base.yml`", "meaning"], rows, widths=[14, 14, 12, 10, 50])
 
 

@@ -477,7 +477,7 @@ def r_squared(actual: Any, predicted: Any) -> float:
 def average_slope_difference(actual: Any, predicted: Any, tokens: Any, groups: Any) -> float:
   """Mean absolute difference between the predicted and the actual slope of loss against ``ln D`` between
   consecutive points (by ``D``) of each group (run), over all such pairs: how well a law follows the shape of the
-  recovery curves rather than their level (our reading of the P2 paper's ASD; see docs/prune_and_recover.md)."""
+  recovery curves rather than their level (our reading of the P2 paper's ASD; see docs/howto/prune_and_recover.md)."""
   a, p, d, g = (np.asarray(v) for v in (actual, predicted, tokens, groups))
   diffs = []
   for label in dict.fromkeys(g.tolist()):
