@@ -2,8 +2,9 @@
 
 ``FIELDS`` maps a field to its meaning. Nested fields are dotted (``compute_fractions.dense``); the fields of the
 objects in a list are written ``list[].field`` (``eval_history[].loss``). A field whose value is a mapping with keys
-of its own (``model.params_by_kind``: kind -> count) is one entry. ``tests/test_docs.py`` checks that a real run's
-summary holds exactly these fields, so a field written without a meaning here fails the tests.
+of its own (``model.params_by_kind``: kind -> count) is one entry. ``SOME_RUNS`` names the fields written only by
+some runs, with their sub-fields. ``tests/test_docs.py`` checks that a real run's summary holds exactly these fields
+(``SOME_RUNS`` aside), so a field written without a meaning here fails the tests.
 
 The summary is written by process 0 at the end of every run, also one that stops early or fails
 (``sparsity.maxtext.loop``); a run that fails where its train state cannot be read writes the subset that
@@ -101,4 +102,8 @@ FIELDS: dict[str, str] = {
     "max_target_length": "MaxText's sequence length.",
 }
 
-__all__ = ["FIELDS"]
+# Written only by some runs: a mixture of experts (``model.moe``), prune and recover (``recovery``'s fields; other
+# runs write ``recovery: null``).
+SOME_RUNS = ("model.moe", "recovery.")
+
+__all__ = ["FIELDS", "SOME_RUNS"]
