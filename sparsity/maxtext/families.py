@@ -15,7 +15,7 @@ delta net's projections, DeepSeek-V4's compressed attention), dense MLPs, every 
 and the untied output projection. Not pruned by default: embeddings, norms and biases (not linear layers, as in the
 paper), and the routers (``gate/kernel``, Qwen3-Next's ``shared_expert_gate``, DeepSeek-V4's indexer): a router is
 a small (width x experts) matrix whose every column decides where whole tokens go, so pruning it changes the
-routing rather than thinning a computation; ``prunable_params`` can add it (README).
+routing rather than thinning a computation; ``prunable_params`` can add it (docs/howto/model_families.md).
 
 Axes. A kernel's stored shape is its unstacked axes with the stacked-layer axes inserted at ``param_scan_axis``
 (1 by default; several for nested scans such as Gemma 4's or Qwen3-Next's ``layers x local_layers``): e.g. the
