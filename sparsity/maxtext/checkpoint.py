@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from sparsity.core.paths import path_str
+from sparsity.files import write_json
 from sparsity.maxtext import layout
 
 
@@ -44,8 +45,28 @@ def metadata_tree(items_dir: str):
 
   ckptr = ocp.PyTreeCheckpointer()
   meta = ckptr.metadata(items_dir)
-  tree = getattr(meta, "item_metadata", None) or getattr(meta, "tree", None) or meta
+  tree = getattr(meta, "item_metadata", None) or getattr(meta, "tree", None)
+  if tree is None:  # Orbax logs and swallows why it could not read the metadata: its handler says it
+    _raise_unreadable(items_dir)
   return ckptr, getattr(tree, "tree", tree)
+
+
+def _raise_unreadable(items_dir: str) -> None:
+  """Raises ``integrity.CheckpointUnreadable`` naming the file of ``items_dir`` that Orbax cannot read, and why."""
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+  from etils import epath  # pylint: disable=import-outside-toplevel
+
+  from sparsity.maxtext import integrity  # pylint: disable=import-outside-toplevel
+
+  where = f"the checkpoint at {items_dir} is unreadable"
+  try:
+    ocp.PyTreeCheckpointHandler().metadata(epath.Path(items_dir))
+  except json.JSONDecodeError as e:
+    raise integrity.CheckpointUnreadable(f"{where}: file {os.path.join(items_dir, '_METADATA')} is not JSON "
+                                         f"({e})") from None
+  except Exception as e:  # pylint: disable=broad-except
+    raise integrity.CheckpointUnreadable(f"{where}: {integrity.unreadable_message(str(e), items_dir)}") from None
+  raise integrity.CheckpointUnreadable(f"{where}: Orbax reads no array metadata from it")
 
 
 def metadata_shapes(items_dir: str) -> dict[str, tuple]:
@@ -191,7 +212,12 @@ def check_resumable(checkpoint_dir: str, param_shapes: dict[str, tuple], mask_pa
   ck_params = {layout.ckpt_param_path(p): s for p, s in shapes.items() if layout.ckpt_param_path(p) is not None}
   ck_masks = sorted(m for m in map(layout.ckpt_mask_path, shapes) if m is not None)
   where = f"the checkpoint at {items} (step {step})"
-  if ck_params and ck_params != param_shapes:
+  if not ck_params:
+    from sparsity.maxtext import integrity  # pylint: disable=import-outside-toplevel
+
+    raise integrity.CheckpointUnreadable(f"{where} is unreadable: its metadata ({os.path.join(items, '_METADATA')}) "
+                                         f"lists no MaxText parameters ({'/'.join(layout.CKPT_PARAMS)}/...)")
+  if ck_params != param_shapes:
     diff = sorted(set(ck_params.items()) ^ set(param_shapes.items()))[:6]
     raise ValueError(f"{where} does not match the model of this config; differing (path, shape): {diff}. "
                      "Use another run_name, or the same model keys as the run that wrote it.")
@@ -222,31 +248,36 @@ def read_plan(run_dir: str) -> dict | None:
 
 def write_plan(run_dir: str, plan: dict) -> str:
   """Writes the run's pruning plan (``PLAN_KEYS``) atomically; returns its path."""
-  os.makedirs(run_dir, exist_ok=True)
-  path = layout.plan_path(run_dir)
-  with open(path + ".tmp", "w", encoding="utf-8") as f:
-    json.dump({k: plan[k] for k in PLAN_KEYS}, f, indent=2)
-  os.replace(path + ".tmp", path)
-  return path
+  return write_json(layout.plan_path(run_dir), {k: plan[k] for k in PLAN_KEYS})
 
 
 def check_plan(run_dir: str, plan: dict) -> None:
   """Raises ValueError, before anything is restored, if ``run_dir`` has a finished checkpoint whose run pruned by
   another plan than ``plan`` (another structure, target, schedule, scope, score or prunable set: its masks would
-  not be the ones this config's schedule expects). Nothing is checked without a checkpoint, or without the plan
-  file (a run directory written before it existed)."""
-  written = read_plan(run_dir)
+  not be the ones this config's schedule expects). The plan is read from the run's plan file and from the record
+  beside the latest checkpoint step (``integrity.FILE``), so that deleting the plan file lets no other plan through.
+  Nothing is checked without a checkpoint, or without either record (a run directory written before they existed)."""
+  from sparsity.maxtext import integrity  # pylint: disable=import-outside-toplevel
+
   ckpts = layout.checkpoints_dir(run_dir)
   found = steps(ckpts)
-  if written is None or not found:
+  if not found:
     return
-  differ = [k for k in PLAN_KEYS if written.get(k) != plan[k]]
-  if not differ:
-    return
-  shown = "; ".join(f"{k}: {_short(written.get(k))} (checkpoint) vs {_short(plan[k])} (this config)" for k in differ)
-  raise ValueError(f"the checkpoint at {layout.items_dir(ckpts, found[-1])} (step {found[-1]}) was written by a run "
-                   f"that prunes differently: {shown}. It cannot be resumed with this config. Use another run_name, or "
-                   "load only its weights with load_parameters_path (and init_mask_from_zeros=true to keep its zeros).")
+  records = [(layout.plan_path(run_dir), read_plan(run_dir))]
+  step_record = integrity.read_record(ckpts, found[-1])
+  if step_record is not None:
+    records.append((integrity.record_path(ckpts, found[-1]), step_record.get("plan")))
+  for path, written in records:
+    if written is None:
+      continue
+    differ = [k for k in PLAN_KEYS if written.get(k) != plan[k]]
+    if not differ:
+      continue
+    shown = "; ".join(f"{k}: {_short(written.get(k))} (checkpoint) vs {_short(plan[k])} (this config)" for k in differ)
+    raise ValueError(f"the checkpoint at {layout.items_dir(ckpts, found[-1])} (step {found[-1]}) was written by a run "
+                     f"that prunes differently ({path}): {shown}. It cannot be resumed with this config. Use another "
+                     "run_name, or load only its weights with load_parameters_path (and init_mask_from_zeros=true to "
+                     "keep its zeros).")
 
 
 def _short(value, limit: int = 120) -> str:
