@@ -27,9 +27,9 @@ def main() -> None:
 
 def _run_then_exit(argv) -> None:
   """MaxText's main through the hook; then, in a single process, leave without the interpreter's teardown: exit
-  code 0 after a run that ended without an exception, ``status.PREEMPTED_EXIT_CODE`` (143) after a preempted one
-  (SIGTERM: its summary says ``preempted``), 1 after one that raised (a failed run: its summary says ``failed``,
-  see ``sparsity.maxtext.status``), with the traceback printed.
+  code 0 after a run that ended without an exception, else the code of its end (``sparsity.maxtext.status``:
+  143 preempted, 130 interrupted, 1 diverged or failed, or the code of a ``SystemExit`` inside MaxText's loop), with
+  the traceback of a failure printed.
 
   Everything is written by then (checkpoints waited for, the summary, the logs flushed below). The teardown
   only destroys TensorFlow's data threads, and on this machine that intermittently aborts the process
@@ -47,14 +47,17 @@ def _run_then_exit(argv) -> None:
   code = 0
   try:
     hook.main(argv)
-  except loop.RunPreempted as e:
+  except (loop.RunPreempted, loop.RunInterrupted, loop.RunDiverged) as e:
     print(str(e), flush=True)
-    code = status.PREEMPTED_EXIT_CODE
-  except Exception:  # pylint: disable=broad-except
+    code = e.exit_code
+  except Exception as e:  # pylint: disable=broad-except
     if jax.process_count() > 1:
       raise
     traceback.print_exc()
-    code = 1
+    code = e.exit_code if isinstance(e, loop.RunEnded) else status.FAILED_EXIT_CODE
+  except KeyboardInterrupt:  # before or after the training loop (inside it, SIGINT stops after the step)
+    print("interrupted (SIGINT) outside the training loop", flush=True)
+    code = status.INTERRUPTED_EXIT_CODE
 
   if jax.process_count() == 1:
     logging.flush()

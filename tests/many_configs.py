@@ -6,7 +6,7 @@
 ``MaxText/train_compile.py``: ``sparsity.maxtext.aot.main``), its output between the lines ``@@case I@@`` and
 ``@@end I CODE@@`` (CODE: 0 when it returned, the ``SystemExit`` code, or 1 when it raised, with the traceback
 printed as the scripts print it). Importing MaxText once for all cases is what makes this cheaper than one
-process per case (``conftest.run_configs``); the hook's per-process state is reset between cases.
+process per case (``conftest.run_configs``); each case installs the hooks afresh, with a run state of its own.
 """
 
 import json
@@ -22,7 +22,6 @@ def _one(entry, argv):
   from sparsity.maxtext import aot, hook  # pylint: disable=import-outside-toplevel
   from sparsity.maxtext.host import cpu_defaults  # pylint: disable=import-outside-toplevel
 
-  hook.RUN.__init__()  # what one process shares between hooks, fresh for each case
   try:
     if entry == "train":
       hook.main(cpu_defaults(argv))

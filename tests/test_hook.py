@@ -2,6 +2,8 @@
 like MaxText's, the extension-point checks, the end-of-run rules."""
 
 import functools
+import os
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -140,22 +142,20 @@ def test_maxtext_eval_rule():
 
 
 def test_train_step_wrapper_adds_the_schedules_metrics():
-  run = hook.RUN
-  saved = (run.plan, run.config, run.prunable_sizes, run.total)
-  try:
-    run.config = type("C", (), {"global_batch_size_to_train_on": 2, "max_target_length": 8})()
-    run.plan = sparsity.PrunePlan(schedules.make_schedule(10, 0.5, "one_shot", 0.2, 0.2, 1))
-    run.prunable_sizes, run.total = [100], 150
+  run = hook.Run()
+  run.config = type("C", (), {"global_batch_size_to_train_on": 2, "max_target_length": 8})()
+  run.plan = sparsity.PrunePlan(schedules.make_schedule(10, 0.5, "one_shot", 0.2, 0.2, 1))
+  run.prunable_sizes, run.total = [100], 150
 
-    def original(model, config, state, batch):
-      return layout.train_state_tree({}, {}, state + 1), {"scalar": {"learning/loss": 1.0}}
+  def original(model, config, state, batch):
+    return layout.train_state_tree({}, {}, state + 1), {"scalar": {"learning/loss": 1.0}}
 
-    step = jax.jit(functools.partial(hook._train_step, original, None, None))  # pylint: disable=protected-access
-    for s, active in ((0, 150), (1, 150), (2, 100), (9, 100)):
-      _, m = step(jnp.int32(s), None)
-      assert float(m["scalar"]["sparsity/active_params"]) == active and float(m["scalar"]["learning/loss"]) == 1.0
-  finally:
-    run.plan, run.config, run.prunable_sizes, run.total = saved
+  step = jax.jit(functools.partial(hook._train_step, run, original, None, None))  # pylint: disable=protected-access
+  # one-shot to half of 100 prunable weights before update 2: 150 active, then 50 + 50 non-prunable
+  for s, active in ((0, 150), (1, 150), (2, 100), (9, 100)):
+    _, m = step(jnp.int32(s), None)
+    assert float(m["scalar"]["sparsity/active_params"]) == active and float(m["scalar"]["learning/loss"]) == 1.0
+  assert run.reached == {"train.train_step"}
 
 
 def test_nest_and_unnest_are_inverse():
@@ -205,10 +205,14 @@ def _maxtext_stop(exc):
   stop = hook.modules.exceptions().StopTraining
   try:
     with data_loader.loader_exception_guard(type("C", (), {"elastic_enabled": False})()):
-      raise exc
+      raise exc  # _RAISED_AT
   except stop as e:
     return e
   raise AssertionError("MaxText's loader guard did not raise StopTraining")
+
+
+_RAISED_AT = next(i for i, line in enumerate(open(__file__, encoding="utf-8"), 1) if line.endswith("# _RAISED_AT\n")
+                  and "raise exc" in line)
 
 
 def test_the_end_of_data_is_told_from_a_failing_data_pipeline():
@@ -225,7 +229,9 @@ def test_the_end_of_data_is_told_from_a_failing_data_pipeline():
   cfg = type("C", (), {"steps": 10})()
   rec = loop.LoopRecord()
   rec.stop_reason, rec.stop_cause = str(corrupt), corrupt.__context__
-  assert loop.end_of_run(cfg, rec, 4) == (status.FAILED, "OSError: corrupted record at 10356")
+  end, error = loop.end_of_run(cfg, rec, 4)
+  assert end == status.FAILED and error.startswith("OSError: corrupted record at 10356 (raised at ")
+  assert error.endswith(f"{os.path.abspath(__file__)}:{_RAISED_AT})")  # the file and line the pipeline raised at
   rec.stop_reason, rec.stop_cause = str(out_of_data), out_of_data.__context__
   assert loop.end_of_run(cfg, rec, 4) == (status.DATA_EXHAUSTED, None)
   rec.stop_reason, rec.stop_cause = "Target loss self.config.target_eval_loss=2.5 is achieved.", None
@@ -234,6 +240,67 @@ def test_the_end_of_data_is_told_from_a_failing_data_pipeline():
   assert loop.end_of_run(cfg, loop.LoopRecord(), 10) == (status.COMPLETED, None)
   end, why = loop.end_of_run(cfg, loop.LoopRecord(), 7)  # fewer steps and no stop: never a completed run
   assert end == status.FAILED and "after 7 of 10 steps" in why
+
+
+def test_a_non_finite_loss_ends_the_run_diverged_naming_the_step_and_the_last_finite_loss():
+  cfg = type("C", (), {"steps": 10})()
+  rec = loop.LoopRecord()
+  loss = lambda x: {"scalar": {"learning/loss": jnp.float32(x)}}  # noqa: E731
+  rec.check_loss(0, loss(6.9))
+  rec.check_loss(1, loss(5.25))
+  rec.check_loss(1, loss(float("nan")))  # a step already checked is not read again
+  with pytest.raises(loop.Diverged, match="step 2 is inf"):
+    rec.check_loss(2, loss(float("inf")))
+  assert rec.diverged == (2, float("inf")) and rec.last_finite == (1, 5.25)
+  assert loop.end_of_run(cfg, rec, 3) == (status.DIVERGED, "the training loss of step 2 is inf (last finite loss "
+                                                            "5.2500 at step 1)")
+  assert loop.end_of_run(cfg, rec, 10)[0] == status.DIVERGED  # also after the last step
+  assert status.of_stop(status.SIGINT_STOP) == status.INTERRUPTED and status.of_stop(status.SIGTERM_STOP) == \
+      status.PREEMPTED
+
+
+def test_sweep_reruns_only_runs_that_can_continue_unless_asked():
+  assert [e for e in (None, *status.END_STATUSES) if status.reruns(e)] == [None, status.PREEMPTED, status.INTERRUPTED]
+  assert status.reruns(status.DIVERGED, ("diverged",)) and not status.reruns(status.FAILED, ("diverged",))
+  assert [e for e in status.END_STATUSES if status.reruns(e, ("all",))] == [
+      e for e in status.END_STATUSES if e != status.COMPLETED]
+  assert set(status.EXIT_CODES) == set(status.END_STATUSES)
+
+
+def test_a_failure_message_is_short_and_names_where_it_was_raised():
+  try:
+    raise OSError(28, "No space left on device " + "x" * 5000)
+  except OSError as e:
+    text = status.error_text(e)
+  line = sys._getframe().f_lineno - 3  # pylint: disable=protected-access
+  assert text.startswith("OSError: [Errno 28] No space left on device xxx") and len(text) < 900
+  assert "characters; the full message is in the log" in text and text.endswith(f"{__file__}:{line})")
+
+
+def test_the_run_end_table_names_each_figure():
+  summary = {"end_status": "diverged", "exit_code": 1, "error": "the training loss of step 2 is nan",
+             "steps_trained": 3, "steps": 60, "final_sparsity": 0.0, "target_sparsity": 0.8,
+             "final_kept_params": 196608, "prunable_params": 196608, "avg_active_params": 262464.0,
+             "total_params": 262464, "compute_fractions": {"dense": 1.0, "pruning": 0.0, "recovery": 0.0},
+             "final_train_loss": float("nan"), "final_eval_loss": None, "diverged_at_step": 2,
+             "last_finite_loss": 6.93, "last_finite_loss_step": 1}
+  text = loop.end_table(summary, "/o/r/sparsity_summary.json", None)
+  rows = dict(line.strip().split("  ", 1) for line in text.splitlines()[1:])
+  rows = {k: v.strip() for k, v in rows.items()}
+  assert rows["end status"] == "diverged (exit code 1): the training loss of step 2 is nan"
+  assert rows["diverged at step"] == "2 (last finite loss 6.9300 at step 1)"
+  assert rows["kept weights"] == "196,608 of 196,608 prunable" and rows["final train loss"] == "-"
+  assert rows["compute spent"] == "dense 1.000 / pruning 0.000 / recovery 0.000"
+  assert rows["TensorBoard"] == "off" and rows["summary"] == "/o/r/sparsity_summary.json"
+
+
+def test_each_install_gets_a_run_of_its_own_over_maxtexts_own_functions():
+  train = hook.modules.train()
+  own = getattr(train.train_step, "_sparsity_original", train.train_step)
+  first, second = hook.install(), hook.install()
+  assert first is not second and train.train_step.args[0] is second  # the hook is a partial over its run
+  assert train.train_step.args[1] is own and train.train_step._sparsity_original is own  # pylint: disable=protected-access
+  hook.check_extension_points()
 
 
 def test_old_summaries_get_an_end_status():

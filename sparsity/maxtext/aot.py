@@ -25,7 +25,6 @@ exits with status 3, naming the program.
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import re
 import sys
@@ -33,6 +32,7 @@ from typing import Any
 
 import jax
 
+from sparsity import files
 from sparsity.core import threshold
 from sparsity.core.paths import path_str
 from sparsity.maxtext import events as events_lib
@@ -149,13 +149,12 @@ def _peaks(programs: dict[str, dict]) -> None:
     p["peak_bytes"] = base + p["temp_bytes"] + p["output_bytes"] - p["alias_bytes"] + p["code_bytes"]
 
 
-def compile_programs(config, lower_only: bool = False) -> dict[str, Any]:
+def compile_programs(config, run, lower_only: bool = False) -> dict[str, Any]:
   """Compiles (or with ``lower_only``, only lowers: a trace check that needs no TPU compiler time) every program of
-  the run of ``config`` (a config loaded with the hook installed) for its topology; returns the summary."""
+  the run of ``config`` (loaded by ``load``, with ``run``: the ``hook.Run`` its hooks share) for its topology; returns
+  the summary."""
   # pylint: disable=import-outside-toplevel
   from flax.core.spmd import logical_axis_rules
-
-  from sparsity.maxtext.hook import RUN
 
   if config.enable_diloco:
     raise CompileError("enable_diloco=true: the ahead-of-time compile of a sparse run covers MaxText's standard "
@@ -163,11 +162,11 @@ def compile_programs(config, lower_only: bool = False) -> dict[str, Any]:
   devices = check_topology(config)
   tc, mu, sh, train = modules.train_compile(), modules.maxtext_utils(), modules.sharding(), modules.train()
   mesh = tc.get_topology_mesh(config)
-  RUN.ahead_of_time = True
+  run.ahead_of_time = True
   try:
     shaped_args, shaped_kwargs, state_shardings, _, model = tc.get_shaped_inputs(mesh, config)
   finally:
-    RUN.ahead_of_time = False
+    run.ahead_of_time = False
   params_shardings, state_shardings = sh.maybe_update_params_sharding_with_opt(config, state_shardings)
   input_state_shardings = sh.build_zero1_input_state_mesh_shardings(config, state_shardings, params_shardings)
   options = modules.max_utils().parse_libtpu_flags_to_dict(config.compile_xla_flags)
@@ -198,15 +197,15 @@ def compile_programs(config, lower_only: bool = False) -> dict[str, Any]:
   finish("train_step", lowered(mu.get_functional_train_with_signature(
       train.train_step, data_sharding, input_state_shardings, model, config, params_shardings),
       shaped_args, config.logical_axis_rules, **shaped_kwargs))
-  RUN.require("optimizers.get_optimizer", "train.train_step")  # else the program compiled is the dense one
+  run.require("optimizers.get_optimizer", "train.train_step")  # else the program compiled is the dense one
 
   state = shaped_args[0]
-  if RUN.sparse:
-    state_events = events_lib.StateEvents(RUN.plan, state, start_step=None)
+  if run.sparse:
+    state_events = events_lib.StateEvents(run.plan, state, start_step=None)
     kinds = []
-    if RUN.plan.schedule.prune_steps:
-      kinds.append(("pruning_event", RUN.plan.schedule.prune_steps[0]))
-    if RUN.plan.init_mask_from_zeros:
+    if run.plan.schedule.prune_steps:
+      kinds.append(("pruning_event", run.plan.schedule.prune_steps[0]))
+    if run.plan.init_mask_from_zeros:
       kinds.append(("zero_mask_event", 0))
     for name, step in kinds:
       finish(name, state_events.lower(state, events_lib.abstract(state_events.due(step))))
@@ -223,7 +222,7 @@ def compile_programs(config, lower_only: bool = False) -> dict[str, Any]:
   by_path = {path_str(p): x for p, x in flat}
   masks_by_param = {layout.state_mask_path(p): x for p, x in by_path.items() if layout.state_mask_path(p)}
   params = {layout.state_param_path(p): x for p, x in by_path.items() if layout.state_param_path(p)}
-  prunable = [x for p, x in params.items() if RUN.plan is not None and RUN.plan.is_prunable(p)]
+  prunable = [x for p, x in params.items() if run.plan is not None and run.plan.is_prunable(p)]
   summary: dict[str, Any] = {
       "compile_topology": str(config.compile_topology),
       "compile_topology_num_slices": int(config.compile_topology_num_slices),
@@ -232,8 +231,8 @@ def compile_programs(config, lower_only: bool = False) -> dict[str, Any]:
       "target_sparsity": float(config.target_sparsity),
       "pruning_structure": str(config.pruning_structure),
       "pruning_scope": str(config.pruning_scope),
-      "prunable_params": int(RUN.prunable) if RUN.plan is not None else 0,
-      "total_params": int(RUN.total),
+      "prunable_params": int(run.prunable) if run.plan is not None else 0,
+      "total_params": int(run.total),
       "prunable_bytes_per_chip": shard_bytes(prunable),
       "mask_bytes_per_chip": shard_bytes(list(masks_by_param.values())),
       "estimates": "XLA's cost model of the target chip (cost_analysis()['optimal_seconds']): not measured times",
@@ -274,30 +273,27 @@ def table(summary: dict[str, Any]) -> str:
 
 
 def write(summary: dict[str, Any], config) -> str:
-  run_dir = layout.run_dir(config.base_output_directory, config.run_name)
-  os.makedirs(run_dir, exist_ok=True)
-  path = layout.compile_summary_path(run_dir)
-  with open(path + ".tmp", "w", encoding="utf-8") as f:
-    json.dump(summary, f, indent=2)
-  os.replace(path + ".tmp", path)
-  return path
+  """Writes ``compile_summary.json`` (strict JSON, atomically: ``sparsity.files.write_json``); returns its path."""
+  return files.write_json(layout.compile_summary_path(layout.run_dir(config.base_output_directory, config.run_name)),
+                          summary)
 
 
 def load(argv):
-  """The config of MaxText argv ``[program, yml, key=value, ...]`` with the pruner's hooks installed."""
+  """``(config, run)``: the config of MaxText argv ``[program, yml, key=value, ...]`` with the pruner's hooks
+  installed, and the ``hook.Run`` they share."""
   from sparsity.maxtext import hook  # pylint: disable=import-outside-toplevel
 
-  hook.install()
+  run = hook.install()
   config = modules.pyconfig().initialize(list(argv))
   # MaxText points JAX's persistent cache at jax_cache_dir; executables for absent TPUs cannot be read back here.
   jax.config.update("jax_enable_compilation_cache", False)
-  return config
+  return config, run
 
 
 def trace(argv) -> dict[str, Any]:
   """Every program of the run of ``argv`` traced and lowered for its topology, not compiled (seconds, no memory):
   the check that a configuration of any size traces (e.g. counts past 2**31)."""
-  return compile_programs(load(argv), lower_only=True)
+  return compile_programs(*load(argv), lower_only=True)
 
 
 def main(argv) -> None:
@@ -306,12 +302,12 @@ def main(argv) -> None:
   jax.config.update("jax_default_prng_impl", "unsafe_rbg")
   os.environ["LIBTPU_INIT_ARGS"] = os.environ.get("LIBTPU_INIT_ARGS", "") + " --xla_tpu_spmd_rng_bit_generator_unsafe=true"
   try:
-    config = load(argv)
+    config, run = load(argv)
   except ValueError as e:  # MaxText's pydantic validation (e.g. an unknown compile_topology, with the valid names)
     print(f"train_compile: invalid configuration: {e}", file=sys.stderr, flush=True)
     raise SystemExit(2) from None
   try:
-    summary = compile_programs(config)
+    summary = compile_programs(config, run)
   except CompileError as e:
     print(f"train_compile: {e}", file=sys.stderr, flush=True)
     raise SystemExit(2) from None

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 
 from sparsity.core import accounting, compute, pruner, threshold
 from sparsity.core.paths import flatten, shape_of, size_of
-from sparsity.maxtext import checkpoint, families, layout, loop, modules
+from sparsity.maxtext import checkpoint, families, layout, loop, modules, summary_writer
 from sparsity.maxtext.config import config_class
 from sparsity.maxtext.events import count_kept as mask_kept
 from sparsity.maxtext.events import mask_leaves
@@ -67,7 +67,7 @@ def check_extension_points() -> None:
     fn = getattr(module(), attr, None)
     if fn is None:
       raise RuntimeError(f"MaxText extension point {name} is missing: the pinned maxtext=={modules.MAXTEXT_VERSION} changed")
-    if name in INSTALLED:  # already replaced by our hook (whose original was checked before)
+    if hasattr(fn, _ORIGINAL):  # already replaced by a hook (whose original was checked before)
       continue
     got = tuple(inspect.signature(fn).parameters)
     if got[: len(params)] != params:
@@ -79,7 +79,8 @@ def check_extension_points() -> None:
 
 
 class Run:
-  """What the hooks share within one process: the plan, the parameter counts seen at init, what was reached."""
+  """What the hooks of one run share: the plan, the parameter counts seen at init, what was reached. ``install``
+  makes one and passes it to every hook it installs."""
 
   def __init__(self):
     self.plan: pruner.PrunePlan | None = None
@@ -147,28 +148,34 @@ class Run:
       )
 
 
-RUN = Run()
-
-
 def _is_variable(x) -> bool:
   from flax import nnx  # pylint: disable=import-outside-toplevel
 
   return isinstance(x, nnx.Variable)
 
 
-def _initialize(original, argv, *args, **kwargs):
+def _initialize(run: Run, original, argv, *args, **kwargs):
+  _check_config_file(argv)
   config = original(argv, *args, **kwargs)
-  RUN.config = config
+  run.config = config
   return config
 
 
-def _get_optimizer(original, config, learning_rate_schedule, model=None, mesh=None):
+def _check_config_file(argv) -> None:
+  """A missing YAML file named by the path the user gave (MaxText reports a path it rewrote, ``src/...``)."""
+  path = argv[1] if len(argv) > 1 else ""
+  if path.endswith((".yml", ".yaml")) and "=" not in path and not os.path.isfile(path):
+    if not os.path.isfile(modules.pyconfig().resolve_config_path(path)):
+      raise FileNotFoundError(f"config file not found: {path} (relative to the working directory {os.getcwd()})")
+
+
+def _get_optimizer(run: Run, original, config, learning_rate_schedule, model=None, mesh=None):
   inner = original(config, learning_rate_schedule, model, mesh=mesh)
   plan = pruner.PrunePlan.from_config(config, group_axis=families.GroupAxis(_decoder_block(config),
                                                                         int(config.param_scan_axis)))
-  RUN.plan, RUN.config = plan, config
-  RUN.reached.add("optimizers.get_optimizer")
-  if plan.masks_needed and not (RUN.in_train_loop or RUN.ahead_of_time):
+  run.plan, run.config = plan, config
+  run.reached.add("optimizers.get_optimizer")
+  if plan.masks_needed and not (run.in_train_loop or run.ahead_of_time):
     raise RuntimeError("the optimizer of a sparse run was built outside MaxText's train.train_loop (the extension "
                        "point sparsity.maxtext.loop wraps) and outside the ahead-of-time compile "
                        "(sparsity.maxtext.aot): the pruning events would never run")
@@ -184,13 +191,13 @@ def _get_optimizer(original, config, learning_rate_schedule, model=None, mesh=No
     fam = _check_family(config, plan, [p for p, _ in flat])
     if plan.nm is not None and mesh is not None:
       _check_groups_within_shards(plan, {p: by_path[p] for p in chosen}, mesh, config)
-    RUN.prunable_sizes = [size_of(by_path[p]) for p in chosen]
-    RUN.total = sum(size_of(x) for _, x in flat)
-    RUN.model = _model_counts(config, fam, {p: size_of(x) for p, x in flat}, chosen)
-    RUN._prunable_by_path = {p: size_of(by_path[p]) for p in chosen}  # pylint: disable=protected-access
+    run.prunable_sizes = [size_of(by_path[p]) for p in chosen]
+    run.total = sum(size_of(x) for _, x in flat)
+    run.model = _model_counts(config, fam, {p: size_of(x) for p, x in flat}, chosen)
+    run._prunable_by_path = {p: size_of(by_path[p]) for p in chosen}  # pylint: disable=protected-access
     if config.enable_checkpointing:
-      _check_resume(config, {p: shape_of(x) for p, x in flat}, chosen if plan.masks_needed else [],
-                    _plan_record(config, plan, chosen) if plan.masks_needed else None)
+      _check_resume(run, config, {p: shape_of(x) for p, x in flat}, chosen if plan.masks_needed else [],
+                    _plan_record(config, plan, chosen, run.prunable_sizes) if plan.masks_needed else None)
     return tx.init(params)
 
   return type(tx)(init, tx.update)
@@ -254,17 +261,17 @@ def _check_groups_within_shards(plan: pruner.PrunePlan, params: dict, mesh, conf
                      + "; ".join(bad))
 
 
-def _plan_record(config, plan: pruner.PrunePlan, chosen: list[str]) -> dict:
+def _plan_record(config, plan: pruner.PrunePlan, chosen: list[str], sizes: list[int]) -> dict:
   """The run's pruning plan as ``checkpoint.PLAN_KEYS`` (what its checkpoints' masks follow)."""
   return {"target_sparsity": float(config.target_sparsity), "sparsity_schedule": str(config.sparsity_schedule),
           "pruning_structure": plan.pruning_structure, "pruning_scope": plan.pruning_scope,
           "pruning_score": plan.pruning_score, "pruning_seed": int(plan.pruning_seed),
           "init_mask_from_zeros": bool(plan.init_mask_from_zeros), "prunable_tensors": sorted(chosen),
           "prune_steps": list(plan.schedule.prune_steps),
-          "kept_after_events": list(pruner.kept_after_events(plan, RUN.prunable_sizes))}
+          "kept_after_events": list(pruner.kept_after_events(plan, sizes))}
 
 
-def _check_resume(config, shapes: dict[str, tuple], masks: list[str], plan: dict | None) -> None:
+def _check_resume(run: Run, config, shapes: dict[str, tuple], masks: list[str], plan: dict | None) -> None:
   """A clear error, before MaxText restores anything, if the run directory's checkpoint does not fit (its model, its
   masks, or the plan its masks follow); then process 0 of a sparse run that will train records its ``plan`` beside
   its checkpoints."""
@@ -272,32 +279,35 @@ def _check_resume(config, shapes: dict[str, tuple], masks: list[str], plan: dict
   if "://" in run_dir:  # not local (e.g. gs://): nothing to check here
     return
   ckpt_dir = layout.checkpoints_dir(run_dir)
+  resuming = os.path.isdir(ckpt_dir) and bool(checkpoint.steps(ckpt_dir))
   if os.path.isdir(ckpt_dir):
     checkpoint.check_resumable(ckpt_dir, shapes, masks)
   if plan is not None:
+    run.plan_record = plan  # recorded beside each checkpoint step (sparsity.maxtext.integrity)
     checkpoint.check_plan(run_dir, plan)
-    if jax.process_index() == 0 and not RUN.ahead_of_time:
+    # The plan file is written by a run that starts fresh only: never over checkpoints another plan may have written.
+    if jax.process_index() == 0 and not run.ahead_of_time and not resuming:
       checkpoint.write_plan(run_dir, plan)
 
 
-def _train_step(original, model, config, *args, **kwargs):
+def _train_step(run: Run, original, model, config, *args, **kwargs):
   new_state, metrics = original(model, config, *args, **kwargs)
-  RUN.reached.add("train.train_step")
-  if RUN.plan is not None and RUN.total:
+  run.reached.add("train.train_step")
+  if run.plan is not None and run.total:
     step = new_state
     for key in layout.STATE_STEP:
       step = step[key]
     step = jnp.asarray(getattr(step, "value", step)).astype(jnp.int32) - 1
-    if RUN.plan.init_mask_from_zeros:
-      metrics["scalar"].update(_fixed_mask_metrics(new_state, step))
+    if run.plan.init_mask_from_zeros:
+      metrics["scalar"].update(_fixed_mask_metrics(run, new_state, step))
     else:
-      metrics["scalar"].update(RUN.accounting().step_metrics(step))
+      metrics["scalar"].update(run.accounting().step_metrics(step))
   return new_state, metrics
 
 
-def _fixed_mask_metrics(state, step):
+def _fixed_mask_metrics(run: Run, state, step):
   """Metrics of a fine-tuning run whose mask is fixed from its first step: counted from the masks."""
-  acc = RUN.accounting()
+  acc = run.accounting()
   return fixed_mask_metrics(threshold.count_true(mask_leaves(state)), step, acc.prunable, acc.non_prunable,
                             acc.tokens_per_step)
 
@@ -322,43 +332,55 @@ def fixed_mask_metrics(kept, step, prunable: int, non_prunable: int, tokens_per_
 
 def _summary_writer(original, tensorboard_dir, run_name, enable_tensorboard=True):
   try:
-    from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
+    import tensorboardX  # pylint: disable=import-outside-toplevel,unused-import
   except ImportError:
     return original(tensorboard_dir, run_name, enable_tensorboard)
   if jax.process_index() != 0 or not enable_tensorboard or not tensorboard_dir:
     return original(tensorboard_dir, run_name, enable_tensorboard)
-  return SummaryWriter(os.path.join(tensorboard_dir, run_name) if run_name else tensorboard_dir)
+  return summary_writer.CheckedSummaryWriter(os.path.join(tensorboard_dir, run_name) if run_name else tensorboard_dir)
 
 
-INSTALLED: dict[str, object] = {}
+_ORIGINAL = "_sparsity_original"  # attribute of an installed hook: the MaxText function it wraps
 
 
-def install() -> None:
-  """Installs the hooks into the imported MaxText modules (idempotent)."""
-  if INSTALLED:
-    return
+def _original(module, attr: str):
+  """MaxText's own function at ``module.attr`` (under any hook installed before)."""
+  fn = getattr(module, attr)
+  return getattr(fn, _ORIGINAL, fn)
+
+
+def install() -> Run:
+  """Installs the hooks into the imported MaxText modules for a new run; returns the ``Run`` they share (each hook is
+  a ``functools.partial`` over it). Installing again replaces the previous run's hooks: each wraps MaxText's own
+  function, never another hook."""
   check_extension_points()
+  run = Run()
   pyconfig, optimizers, train, max_utils = modules.pyconfig(), modules.optimizers(), modules.train(), modules.max_utils()
-  patches = {
-      "pyconfig.initialize": (pyconfig, functools.partial(
-          _initialize, functools.partial(pyconfig.initialize, config_class=config_class()))),
-      "optimizers.get_optimizer": (optimizers, functools.partial(_get_optimizer, optimizers.get_optimizer)),
-      "train.train_step": (train, functools.partial(_train_step, train.train_step)),
-      "train.train_loop": (train, functools.partial(loop.train_loop, RUN, train.train_loop,
-                                                    train.training_loop_iteration, train)),
-      "max_utils.initialize_summary_writer": (max_utils, functools.partial(_summary_writer,
-                                                                           max_utils.initialize_summary_writer)),
+  o = {name: _original(module, attr) for name, (module, attr) in {
+      "initialize": (pyconfig, "initialize"), "get_optimizer": (optimizers, "get_optimizer"),
+      "train_step": (train, "train_step"), "train_loop": (train, "train_loop"),
+      "training_loop_iteration": (train, "training_loop_iteration"),
+      "initialize_summary_writer": (max_utils, "initialize_summary_writer")}.items()}
+  hooks = {
+      (pyconfig, "initialize"): functools.partial(
+          _initialize, run, functools.partial(o["initialize"], config_class=config_class())),
+      (optimizers, "get_optimizer"): functools.partial(_get_optimizer, run, o["get_optimizer"]),
+      (train, "train_step"): functools.partial(_train_step, run, o["train_step"]),
+      (train, "train_loop"): functools.partial(loop.train_loop, run, o["train_loop"], o["training_loop_iteration"],
+                                               train),
+      (max_utils, "initialize_summary_writer"): functools.partial(_summary_writer, o["initialize_summary_writer"]),
   }
-  for name, (module, fn) in patches.items():
-    setattr(module, name.split(".")[1], fn)
-    INSTALLED[name] = fn
+  for (module, attr), fn in hooks.items():
+    setattr(fn, _ORIGINAL, o[attr])
+    setattr(module, attr, fn)
+  return run
 
 
 def main(argv) -> None:
   """Runs MaxText's pre-training (``maxtext.trainers.pre_train.train.main``) with the pruner installed."""
-  install()
+  run = install()
   modules.train().main(argv)
-  RUN.require("train.train_loop")
+  run.require("train.train_loop")
 
 
-__all__ = ["EXTENSION_POINTS", "check_extension_points", "install", "main", "RUN", "Run"]
+__all__ = ["EXTENSION_POINTS", "check_extension_points", "install", "main", "Run"]

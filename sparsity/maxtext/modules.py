@@ -99,6 +99,11 @@ def version() -> str | None:
   return getattr(_import("maxtext.version"), "__version__", None)
 
 
-__all__ = ["MAXTEXT_VERSION", "pyconfig", "types", "optimizers", "train", "train_utils", "max_utils", "checkpointing",
+def max_logging():
+  """MaxText's logger (``max_logging.log``)."""
+  return _import("maxtext.utils.max_logging")
+
+
+__all__ = ["MAXTEXT_VERSION", "pyconfig", "types", "optimizers", "train", "train_utils", "max_utils", "checkpointing", "max_logging",
            "exceptions", "train_compile", "maxtext_utils", "sharding", "accelerators", "model_creation_utils",
            "param_mapping", "hf_shape", "conversion_utils", "maxengine", "tokenizer", "version"]

@@ -1,4 +1,5 @@
-"""Preemption: SIGTERM during MaxText's training loop saves a checkpoint of the step being trained, then stops.
+"""Preemption and interrupts: SIGTERM or SIGINT during MaxText's training loop saves a checkpoint of the step being
+trained, then stops (``preempted`` after SIGTERM, ``interrupted`` after SIGINT: ``sparsity.maxtext.status``).
 
 A TPU VM gets SIGTERM shortly before it is preempted. MaxText 0.2.5's own path
 (``maxtext/common/checkpointing.py``) learns of it through JAX's preemption sync point
@@ -6,8 +7,9 @@ A TPU VM gets SIGTERM shortly before it is preempted. MaxText 0.2.5's own path
 (several processes; its preemption service then owns SIGTERM); and, unless ``enable_autocheckpoint=true``, it
 stops with ``StopTraining`` *without* saving the step it reached. ``Notice`` completes that path:
 
-* in a process without JAX's distributed system (one host, ``skip_jax_distributed_system=true``), SIGTERM is caught
-  while MaxText's loop runs (``install``) and only recorded; elsewhere the default action stays (the process dies);
+* in a process without JAX's distributed system (one host, ``skip_jax_distributed_system=true``), SIGTERM and SIGINT
+  (Ctrl-C) are caught while MaxText's loop runs (``install``) and only recorded; elsewhere the default action stays
+  (the process dies); a second SIGINT raises ``KeyboardInterrupt`` at once (the user insists: no save);
 * ``maybe_save_checkpoint`` (installed in place of MaxText's ``checkpointing.maybe_save_checkpoint`` for the loop)
   saves, at the first step boundary after the notice (SIGTERM here, or JAX's sync point), a checkpoint of the step
   just trained through MaxText's own forced save (its final-checkpoint path), waits until it is written, and records
@@ -23,37 +25,52 @@ from __future__ import annotations
 
 import signal
 import threading
+from typing import Any
 
 from sparsity.maxtext import status
 
 
+SIGNALS = {signal.SIGTERM: (status.SIGTERM_STOP, status.PREEMPTED), signal.SIGINT: (status.SIGINT_STOP,
+                                                                                   status.INTERRUPTED)}
+
+
 class Notice:
-  """A preemption notice for one training loop: whether SIGTERM arrived, and the stop it leads to."""
+  """A stop notice for one training loop: whether SIGTERM or SIGINT arrived, and the stop it leads to."""
 
   def __init__(self):
-    self.received = False  # SIGTERM caught by ``install``'s handler
+    self.received = False  # a signal caught by ``install``'s handler
+    self.signal: int | None = None  # the first one caught
     self.saved_step: int | None = None  # the step of the checkpoint saved on the notice
     self.stop_message: str | None = None  # set once the step boundary after the notice was reached
-    self._previous = None
-    self._installed = False
+    self._previous: dict[int, Any] = {}
 
   def install(self, distributed: bool) -> None:
-    """Catches SIGTERM (recording it) unless JAX's distributed system owns it (``distributed``) or this is not the
-    main thread (where Python cannot set handlers)."""
+    """Catches SIGTERM and SIGINT (recording them) unless JAX's distributed system owns them (``distributed``) or
+    this is not the main thread (where Python cannot set handlers)."""
     if distributed or threading.current_thread() is not threading.main_thread():
       return
-    self._previous = signal.signal(signal.SIGTERM, self._handle)
-    self._installed = True
+    for sig in SIGNALS:
+      self._previous[sig] = signal.signal(sig, self._handle)
 
   def uninstall(self) -> None:
-    """Restores the SIGTERM handler ``install`` replaced."""
-    if self._installed:
-      signal.signal(signal.SIGTERM, self._previous)
-      self._installed = False
+    """Restores the handlers ``install`` replaced."""
+    for sig, previous in self._previous.items():
+      signal.signal(sig, previous)
+    self._previous = {}
+
+  @property
+  def end_status(self) -> str:
+    """``preempted`` (SIGTERM, or JAX's preemption sync point) or ``interrupted`` (SIGINT)."""
+    return SIGNALS.get(self.signal, SIGNALS[signal.SIGTERM])[1]
 
   def _handle(self, signum, frame):  # pylint: disable=unused-argument
+    if self.received and signum == signal.SIGINT:
+      raise KeyboardInterrupt  # a second Ctrl-C: stop now, without the save
     if not self.received:
-      print("SIGTERM received: saving a checkpoint after the current step, then stopping (preempted)", flush=True)
+      self.signal = signum
+      name, end = signal.Signals(signum).name, SIGNALS[signum][1]
+      print(f"{name} received: saving a checkpoint after the current step, then stopping ({end})"
+            + ("; Ctrl-C again stops at once without saving" if signum == signal.SIGINT else ""), flush=True)
     self.received = True
 
   def pending_stop(self, stop_class) -> BaseException | None:
@@ -71,7 +88,7 @@ def maybe_save_checkpoint(original, checkpointing, stop_class, notice: Notice, c
   synced = checkpoint_manager is not None and checkpointing.reached_preemption(checkpoint_manager, int(step))
   if not (notice.received or synced):
     return original(checkpoint_manager, state, config, data_iterator, step)
-  message = status.SIGTERM_STOP
+  message = SIGNALS[notice.signal][0] if notice.signal is not None else status.SIGTERM_STOP
   if checkpoint_manager is not None:
     try:  # no step: MaxText's forced save of the state's last step (its final-checkpoint path)
       original(checkpoint_manager, state, config, data_iterator)
@@ -80,7 +97,7 @@ def maybe_save_checkpoint(original, checkpointing, stop_class, notice: Notice, c
     checkpointing.wait_until_finished(checkpoint_manager)
     notice.saved_step = int(step)
   notice.stop_message = message
-  print(f"preempted: stopping after step {int(step)}" + (f" (checkpoint of step {int(step)} saved)"
+  print(f"{notice.end_status}: stopping after step {int(step)}" + (f" (checkpoint of step {int(step)} saved)"
                                                           if notice.saved_step is not None else " (no checkpointing)"),
         flush=True)
   return None
