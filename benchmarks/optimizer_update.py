@@ -33,7 +33,7 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 from benchmarks import common, train_overhead  # noqa: E402
-from sparsity.core import pruner, schedules  # noqa: E402
+from sparsity.core import pruner, timeline  # noqa: E402
 from sparsity.core.config import DEFAULT_PRUNABLE  # noqa: E402
 from sparsity.core.paths import nest  # noqa: E402
 
@@ -63,7 +63,7 @@ def measure(size: str, iters: int) -> dict:
   grads = jax.tree.map(lambda p: p * 0.01, params)
   inner = optax.adamw(1e-3, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1)
   # Events at update 10**6: never reached, so every timed update is an ordinary one.
-  plan = pruner.PrunePlan(schedules.Schedule(2 * 10**6, (10**6,), (0.2,)), DEFAULT_PRUNABLE)
+  plan = pruner.PrunePlan(timeline.Schedule(2 * 10**6, (10**6,), (0.2,)), DEFAULT_PRUNABLE)
   variants = {
       "dense": inner,
       "pruned_events_between_steps": pruner.pruned(inner, plan, events_in_update=False),

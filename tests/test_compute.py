@@ -161,8 +161,10 @@ def test_sparse_base_states_the_recipe_the_code_defaults_to():
                      ("pruning_compute_fraction", recipe.PRUNING_COMPUTE_FRACTION),
                      ("pruning_interval", recipe.PRUNING_INTERVAL)):
     assert base[key] == getattr(keys, key) == value, key
-  sched = schedules.make_schedule(1000, 0.5)  # the step split's defaults, recipe.STEP_FRACTIONS
-  assert (sched.prune_steps[0], sched.prune_steps[-1]) == (250, 750)
+  # one step fraction given: the other's default, recipe.STEP_FRACTIONS
+  for given in ({"start_fraction": 0.25}, {"end_fraction": 0.75}):
+    sched = schedules.make_schedule(1000, 0.5, **given)
+    assert (sched.prune_steps[0], sched.prune_steps[-1]) == (250, 750)
 
 
 # The study specs that train with the default schedule: the trainer derives their step fractions from the split.

@@ -4,9 +4,8 @@ import math
 
 import pytest
 
-from sparsity.science import compute_fractions
 from sparsity.experiments import expressions
-from sparsity.core import schedules
+from sparsity.core import compute, schedules
 
 
 def test_arithmetic_comparisons_and_functions():
@@ -60,12 +59,12 @@ def test_extra_functions_only_when_passed():
 ])
 def test_authors_settings_are_the_25_50_25_compute_split(steps, sparsity, start, end):
   sched = schedules.make_schedule(steps, sparsity, "geometric", start / steps, end / steps, 100)
-  dense, pruning, recovery = compute_fractions.measured_fractions(sched)
+  dense, pruning, recovery = compute.measured_fractions(sched)
   assert dense == pytest.approx(0.25, abs=0.003)
   assert pruning == pytest.approx(0.50, abs=0.003)
   assert recovery == pytest.approx(0.25, abs=0.003)
   # and the conversion recovers their step fractions to within one pruning interval
-  s, e = compute_fractions.step_fractions(sparsity)
+  s, e = compute.step_fractions(sparsity)
   assert abs(s * steps - start) < 100 and abs(e * steps - end) < 100
 
 
@@ -73,20 +72,20 @@ def test_authors_settings_are_the_25_50_25_compute_split(steps, sparsity, start,
 @pytest.mark.parametrize("sparsity", [0.2, 0.4, 0.6, 0.8])
 @pytest.mark.parametrize("td,ts", [(0.25, 0.5), (0.0, 1.0), (0.5, 0.25), (0.75, 0.25), (0.0, 0.25)])
 def test_step_fractions_reach_the_requested_compute_fractions(schedule, sparsity, td, ts):
-  start, end = compute_fractions.step_fractions(sparsity, td, ts, schedule)
+  start, end = compute.step_fractions(sparsity, td, ts, schedule)
   assert 0.0 <= start <= end <= 1.0
   sched = schedules.make_schedule(20000, sparsity, schedule, start, end, 100)
-  dense, pruning, recovery = compute_fractions.measured_fractions(sched)
+  dense, pruning, recovery = compute.measured_fractions(sched)
   assert dense == pytest.approx(td, abs=0.01)
   assert pruning == pytest.approx(ts, abs=0.01)
   assert recovery == pytest.approx(1.0 - td - ts, abs=0.01)
 
 
 def test_step_fractions_edge_cases():
-  assert compute_fractions.step_fractions(0.0, 0.25, 0.5) == (0.25, 0.75)  # dense: nothing to convert
-  assert compute_fractions.step_fractions(0.8, 0.0, 1.0) == (0.0, 1.0)
-  assert compute_fractions.mean_pruning_density(0.5) == pytest.approx(0.5 / math.log(2))
+  assert compute.step_fractions(0.0, 0.25, 0.5) == (0.25, 0.75)  # dense: nothing to convert
+  assert compute.step_fractions(0.8, 0.0, 1.0) == (0.0, 1.0)
+  assert compute.mean_pruning_density(0.5) == pytest.approx(0.5 / math.log(2))
   with pytest.raises(ValueError):
-    compute_fractions.step_fractions(0.5, 0.75, 0.5)
+    compute.step_fractions(0.5, 0.75, 0.5)
   with pytest.raises(ValueError):
-    compute_fractions.step_fractions(1.0)
+    compute.step_fractions(1.0)

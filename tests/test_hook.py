@@ -12,7 +12,7 @@ import optax
 import pytest
 
 import sparsity
-from sparsity.core import pruner, schedules, threshold
+from sparsity.core import pruner, schedules, threshold, timeline
 from sparsity.core.paths import flatten, nest, unnest
 from sparsity.maxtext import events, hook, layout, loop, status
 
@@ -56,7 +56,7 @@ def test_layout_paths_round_trip():
 
 @pytest.mark.parametrize("scope", ["global", "per_tensor"])
 def test_state_events_prune_exactly_zero_moments_and_compile_once(scope):
-  sched = schedules.make_schedule(12, 0.75, interval=2)  # events at 3, 5, 7, 9
+  sched = schedules.make_schedule(12, 0.75, "geometric", 0.25, 0.75, 2)  # events at 3, 5, 7, 9
   plan = sparsity.PrunePlan(sched, pruning_scope=scope)
   state = _state(plan)
   ev = events.StateEvents(plan, state, start_step=0)
@@ -119,7 +119,7 @@ def test_run_accounting_follows_the_scope():
   run = hook.Run()
   run.config = type("C", (), {"global_batch_size_to_train_on": 4, "max_target_length": 16})()
   run.prunable_sizes, run.total = [3, 3, 3], 20
-  sched = schedules.Schedule(10, (2, 4), (0.5, 0.25))
+  sched = timeline.Schedule(10, (2, 4), (0.5, 0.25))
   # By hand: one threshold over 9 weights keeps round(4.5) = 5, then round(2.25) = 2; per tensor each of the three
   # keeps round(1.5) = 2, then round(0.75) = 1 (ties round half up).
   for scope, kept in (("global", (5, 2)), ("per_tensor", (6, 3))):

@@ -10,8 +10,9 @@ import sys
 import pytest
 
 from conftest import ROOT, cpu_env
-from sparsity.science import compute_fractions, planning
-from sparsity.core import schedules
+from sparsity.core import compute
+from sparsity.core.config import schedule_from_config
+from sparsity.science import planning
 from sparsity.maxtext import yaml_chain
 
 PAPER = os.path.join(ROOT, "configs", "paper")
@@ -87,10 +88,10 @@ def test_family_schedule_is_the_papers_compute_split(model, budget):
   assert (cfg["warmup_steps_fraction"], cfg["lr_schedule_type"], cfg["pruning_interval"]) == (0.01, "cosine", 100)
   assert (cfg["dataset_type"], cfg["dataset_name"], cfg["eval_dataset_name"]) == ("tfds", "c4/en:3.1.0", "c4/en:3.1.0")
   assert cfg["dataset_path"] == "" and cfg["tokenizer_path"] == "tokenizer.llama2"
-  start, end = compute_fractions.step_fractions(cfg["target_sparsity"], 0.25, 0.5, cfg["sparsity_schedule"])
+  start, end = compute.step_fractions(cfg["target_sparsity"], 0.25, 0.5, cfg["sparsity_schedule"])
   assert (cfg["prune_start_fraction"], cfg["prune_end_fraction"]) == (start, end)
-  sched = schedules.schedule_from_config(type("C", (), cfg))
-  assert compute_fractions.measured_fractions(sched) == pytest.approx((0.25, 0.5, 0.25), abs=0.005)
+  sched = schedule_from_config(type("C", (), cfg))
+  assert compute.measured_fractions(sched) == pytest.approx((0.25, 0.5, 0.25), abs=0.005)
 
 
 def test_released_1b_settings():
@@ -99,7 +100,7 @@ def test_released_1b_settings():
   assert shape == planning.ModelShape(2048, 8, 8, 256, 8192, 16, 32000, False)
   assert (cfg["steps"], cfg["per_device_batch_size"], cfg["learning_rate"]) == (72200, 16, 7.753e-4)
   assert (cfg["target_sparsity"], cfg["warmup_steps_fraction"]) == (0.5, 0.01)
-  sched = schedules.schedule_from_config(type("C", (), cfg))
+  sched = schedule_from_config(type("C", (), cfg))
   assert sched.prune_steps[0] == 12500 and sched.prune_steps[-1] == 47200
   assert all(b - a == 100 for a, b in zip(sched.prune_steps, sched.prune_steps[1:]))
 

@@ -9,7 +9,7 @@ import optax
 import pytest
 
 import sparsity
-from sparsity.core import accounting, compute, pruner, schedules
+from sparsity.core import accounting, compute, pruner, schedules, timeline
 from sparsity.core.config import DEFAULT_PRUNABLE
 from sparsity.core.paths import flatten, unnest
 
@@ -185,7 +185,7 @@ def test_event_hides_the_count_representation_and_is_due_only_at_events():
   assert ev.prune and not ev.mask_zeros
   values = [jnp.arange(100.0), jnp.arange(50.0)]
   masks = jax.jit(lambda v, m, e: sparsity.mask_event(v, m, e, plan))(values, [jnp.ones(100, bool), jnp.ones(50, bool)], ev)
-  assert sum(int(m.sum()) for m in masks) == schedules.round_half_up(0.2 * 150)
+  assert sum(int(m.sum()) for m in masks) == timeline.round_half_up(0.2 * 150)
 
 
 def test_extra_arguments_reach_the_inner_optimizer():
@@ -214,7 +214,7 @@ def test_muon_state_is_zeroed_by_path_and_training_works():
   hist = _train(plan, 20, inner=optax.contrib.muon(1e-2), params=params, events_in_update=False)
   params, state = hist[-1]
   mask = unnest(state.masks)["decoder/mlp/wo/kernel"]
-  assert mask.sum() == schedules.round_half_up(0.2 * 128)
+  assert mask.sum() == timeline.round_half_up(0.2 * 128)
   leaves = [(p, x) for p, x in flatten(state.inner_state)[0] if p.endswith("decoder/mlp/wo/kernel")]
   assert leaves and all(not np.any(np.asarray(x)[~mask]) for _, x in leaves), [p for p, _ in leaves]
   assert not np.any(params["decoder"]["mlp"]["wo"]["kernel"][~mask])
@@ -300,7 +300,7 @@ def test_per_tensor_accounting_uses_the_counts_the_scope_keeps(target):
   assert acc.active_at(29) - 10 == kept[-1]
   assert acc.summary()["final_active_params"] == kept[-1] + 10
   # Hand-made: three tensors of 3 at density 0.5 keep 2 each (6 in all), one threshold over the 9 keeps 5.
-  small = sparsity.PrunePlan(schedules.Schedule(10, (2,), (0.5,)), pruning_scope="per_tensor")
+  small = sparsity.PrunePlan(timeline.Schedule(10, (2,), (0.5,)), pruning_scope="per_tensor")
   assert pruner.kept_after_events(small, [3, 3, 3]) == (6,)
   assert pruner.kept_after_events(sparsity.PrunePlan(small.schedule, pruning_scope="global"), [3, 3, 3]) == (5,)
 

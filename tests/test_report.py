@@ -10,10 +10,11 @@ import pandas as pd
 import pytest
 
 from conftest import ROOT, cli
-from sparsity.core import accounting, compute, schedules
+from sparsity.core import accounting, compute, schedules, timeline
 from sparsity.experiments import collect, report, sweep
 from sparsity.maxtext import layout, loop
-from sparsity.science import compute_fractions, planning
+from sparsity.science import planning
+from references import curve_average
 
 TRUTH = {"E": 1.8, "A": 400.0, "alpha": 0.34, "B": 900.0, "beta": 0.28}
 SPLITS = [(0.25, 0.5), (0.0, 1.0), (0.5, 0.25)]
@@ -36,7 +37,7 @@ def runs_dir(tmp_path_factory):
       for steps in (1000, 2000):
         td, ts = SPLITS[i % len(SPLITS)] if s else (0.25, 0.5)
         i += 1
-        start, end = compute_fractions.step_fractions(s, td, ts)
+        start, end = compute.step_fractions(s, td, ts)
         sched = schedules.make_schedule(steps, s, "geometric", start, end, 100)
         acc = accounting.from_schedule(sched, counts["prunable"], counts["non_prunable"], TOKENS_PER_STEP)
         name = f"w{width}-s{s}-n{steps}"
@@ -123,7 +124,7 @@ def test_active_curves_reproduce_n_avg(runs_dir):
     assert edges[0] == 0 and edges[-1] == row["tokens"]
     mean = float(np.sum(np.diff(edges) * active) / row["tokens"])
     assert mean == pytest.approx(row["avg_params"], rel=1e-12)
-    assert report.curve_average(row) == pytest.approx(row["avg_params"], rel=1e-12)
+    assert curve_average(row) == pytest.approx(row["avg_params"], rel=1e-12)
 
 
 def test_dense_partners_are_the_closest_in_log_scale_with_the_same_tokens():
@@ -149,14 +150,14 @@ def test_curves_are_what_was_trained():
   edges, active = report.active_curve(row)
   assert list(edges) == [0, 40, 80, 120, 160, 180]  # up to the 45 steps trained, not the 100 configured
   assert list(active) == [1050, 951, 852, 753, 654]
-  assert report.curve_average(row) == (10 * 1050 + 10 * 951 + 10 * 852 + 10 * 753 + 5 * 654) / 45
+  assert curve_average(row) == (10 * 1050 + 10 * 951 + 10 * 852 + 10 * 753 + 5 * 654) / 45
   # A fine-tuning run: its mask fixed at step 0 (target_sparsity 0, one "event" at 0 keeping 400).
   ft = dict(row, steps=20, steps_trained=20, prune_steps="[0]", kept_after_events="[400]", target_sparsity=0.0)
   edges, active = report.active_curve(ft)
-  assert list(edges) == [0, 80] and list(active) == [450] and report.curve_average(ft) == 450
+  assert list(edges) == [0, 80] and list(active) == [450] and curve_average(ft) == 450
   # An older table (no steps_trained, no kept_after_events): the planned schedule with one global rounding.
   old = {k: v for k, v in row.items() if k not in ("steps_trained", "kept_after_events")}
-  sched = schedules.Schedule(100, (10, 20, 30, 40, 50, 60), schedules.event_densities(6, 0.6, "geometric"))
+  sched = timeline.Schedule(100, (10, 20, 30, 40, 50, 60), timeline.event_densities(6, 0.6, "geometric"))
   edges, active = report.active_curve(old)
   assert edges[-1] == 400 and list(active) == [sched.active_at(s, 1000, 50) for s in (0, 10, 20, 30, 40, 50, 60)]
 

@@ -141,7 +141,7 @@ def test_data_that_runs_out_ends_with_a_summary_of_the_steps_trained(tmp_path, c
   assert not s["target_reached"] and "before its pruning schedule ended" in out.stdout + out.stderr
   trained = s["steps_trained"]
   assert 100 < trained < 150 and s["steps"] == 300 and s["tokens"] == trained * 8 * 64
-  sched = schedules.make_schedule(300, 0.8, interval=25)
+  sched = schedules.make_schedule(300, 0.8, "geometric", 0.25, 0.75, 25)
   done = [e for e in sched.prune_steps if e < trained]
   assert s["prune_steps"] == list(sched.prune_steps) and len(done) == 2  # events at 75 and 100
   kept = sched.keep_counts(s["prunable_params"])[len(done) - 1]

@@ -1,14 +1,19 @@
-"""Schedules: event steps, densities, rounding, exact final density, N_avg."""
+"""Schedules: event steps, densities, rounding, exact final density, N_avg; the default is the trainer's."""
 
+import contextlib
+import io
 import math
+import os
 
 import pytest
 
-from sparsity.core import schedules as S
+from conftest import ROOT
+from references import mean_active_by_simulation
+from sparsity.core import schedules as S, timeline as T
 
 
-def test_paper_default_events_every_100_steps_from_25_to_75_percent():
-  sch = S.make_schedule(1000, 0.8)
+def test_step_split_events_every_100_steps_from_25_to_75_percent():
+  sch = S.make_schedule(1000, 0.8, start_fraction=0.25, end_fraction=0.75)
   assert sch.prune_steps == (250, 350, 450, 550, 650, 750)
   n = 6
   for i, d in enumerate(sch.densities, start=1):
@@ -34,16 +39,18 @@ def test_cubic_and_linear_densities(name):
 
 
 def test_one_shot_is_a_single_event_at_the_start():
-  sch = S.make_schedule(1000, 0.7, schedule="one_shot")
+  sch = S.make_schedule(1000, 0.7, schedule="one_shot", start_fraction=0.25)
   assert sch.prune_steps == (250,) and sch.densities == (1 - 0.7,)
+  # by default after a quarter of the compute: a dense steps of 1 and 1000 - a of 0.3, a = (a + 0.3 (1000 - a)) / 4
+  assert S.make_schedule(1000, 0.7, schedule="one_shot").prune_steps == (round(75 / 0.825),)
 
 
 def test_rounding_of_fractions_and_off_grid_end():
   # 0.25 * 30 = 7.5 -> 8 (halves up); 0.75 * 30 = 22.5 -> 23, not on the 8 + 4k grid: appended.
-  assert S.event_steps(30, 0.25, 0.75, 4, "geometric") == (8, 12, 16, 20, 23)
+  assert T.event_steps(30, 0.25, 0.75, 4, "geometric") == (8, 12, 16, 20, 23)
   # the end is clipped to the last step
-  assert S.event_steps(10, 0.5, 1.0, 2, "linear") == (5, 7, 9)
-  assert S.round_half_up(2.5) == 3 and S.round_half_up(3.5) == 4
+  assert T.event_steps(10, 0.5, 1.0, 2, "linear") == (5, 7, 9)
+  assert T.round_half_up(2.5) == 3 and T.round_half_up(3.5) == 4
 
 
 def test_zero_sparsity_is_dense():
@@ -60,9 +67,9 @@ def test_keep_counts_exact_and_non_increasing():
 
 
 def test_average_active_matches_step_by_step_simulation():
-  for name in S.SCHEDULES:
+  for name in T.SCHEDULES:
     sch = S.make_schedule(537, 0.65, schedule=name, start_fraction=0.1, end_fraction=0.8, interval=37)
-    assert sch.average_active(123_457, 999) == pytest.approx(S.mean_active_by_simulation(sch, 123_457, 999), rel=1e-12)
+    assert sch.average_active(123_457, 999) == pytest.approx(mean_active_by_simulation(sch, 123_457, 999), rel=1e-12)
 
 
 def test_hand_computed_average():
@@ -73,3 +80,58 @@ def test_hand_computed_average():
   # active: steps 0-1: 110, steps 2-3: 73, steps 4-7: 35 -> (220 + 146 + 140) / 8
   assert sch.sum_active(100, 10) == 506
   assert sch.average_active(100, 10) == 506 / 8
+
+
+def _spent(sch):
+  """Density summed step by step over (dense, pruning, recovery): before the first event, up to the last, after."""
+  parts = [0.0, 0.0, 0.0]
+  for t in range(sch.steps):
+    phase = 0 if t < sch.prune_steps[0] else 1 if t < sch.prune_steps[-1] else 2
+    parts[phase] += sch.density_at(t)
+  return [p / sum(parts) for p in parts]
+
+
+@pytest.mark.parametrize("steps,target,schedule,interval", [(1000, 0.8, "geometric", 100), (400, 0.8, "geometric", 100),
+                                                            (2000, 0.5, "cubic", 50), (3000, 0.6, "linear", 100)])
+def test_default_is_the_papers_compute_split(steps, target, schedule, interval):
+  """Without step fractions, 25% of the compute (density summed over steps) is dense and 50% pruning."""
+  sch = S.make_schedule(steps, target, schedule, interval=interval)
+  assert _spent(sch) == pytest.approx([0.25, 0.5, 0.25], abs=0.02)
+  assert sch.densities[-1] == 1 - target and all(b - a <= interval for a, b in zip(sch.prune_steps, sch.prune_steps[1:]))
+  # the step split's events are far from it (the paper's steps 25%..75% spend about 12% of the compute dense at 0.8)
+  steps_split = S.make_schedule(steps, target, schedule, start_fraction=0.25, end_fraction=0.75, interval=interval)
+  assert _spent(steps_split)[0] > 0.3
+
+
+def test_the_main_commands_events():
+  """``MaxText/train.py configs/sparse_base.yml target_sparsity=0.8`` (400 steps, P = 100) pruned at steps 40, 140
+  and 202 (its sparsity_summary.json's ``prune_steps``)."""
+  assert S.make_schedule(400, 0.8).prune_steps == (40, 140, 202)
+
+
+TRAINER_KEYS = [["steps=400", "target_sparsity=0.8"],
+                ["steps=1000", "target_sparsity=0.5", "sparsity_schedule=cubic", "pruning_interval=37"],
+                ["steps=300", "target_sparsity=0.9", "sparsity_schedule=linear", "pruning_interval=25"],
+                ["steps=250", "target_sparsity=0.7", "sparsity_schedule=one_shot", "pruning_interval=10"],
+                ["steps=600", "target_sparsity=0.6", "pruning_interval=50", "dense_compute_fraction=0.4",
+                 "pruning_compute_fraction=0.4"],
+                ["steps=500", "target_sparsity=0.75", "pruning_interval=20", "prune_start_fraction=0.1"]]
+
+
+def test_the_library_default_is_the_trainers():
+  """``make_schedule`` of the same keys gives the schedule the trainer builds from its MaxText config
+  (``configs/sparse_base.yml``, read by MaxText's pyconfig; the plan the optimizer hook makes)."""
+  from sparsity.core import pruner  # pylint: disable=import-outside-toplevel
+  from sparsity.maxtext.config import load_config  # pylint: disable=import-outside-toplevel
+
+  for keys in TRAINER_KEYS:
+    with contextlib.redirect_stdout(io.StringIO()):
+      config = load_config([os.path.join(ROOT, "configs", "sparse_base.yml"), *keys])
+    got = pruner.PrunePlan.from_config(config).schedule
+    kw = dict(k.split("=") for k in keys)
+    want = S.make_schedule(
+        int(kw["steps"]), float(kw["target_sparsity"]), kw.get("sparsity_schedule", "geometric"),
+        start_fraction=float(kw["prune_start_fraction"]) if "prune_start_fraction" in kw else None,
+        interval=int(kw.get("pruning_interval", 100)), dense_fraction=float(kw.get("dense_compute_fraction", 0.25)),
+        pruning_fraction=float(kw.get("pruning_compute_fraction", 0.5)))
+    assert got == want and got.prune_steps, keys

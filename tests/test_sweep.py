@@ -1,12 +1,15 @@
 """Sweeps: expansion of the sweep files, the local launcher, xpk commands (shell safety, xpk's own parser),
 and a small real sweep on C4 that is collected, reported and resumed."""
 
+import importlib.util
 import json
 import os
 import shlex
+import shutil
 import stat
 import subprocess
 import sys
+from typing import Sequence
 
 import matplotlib.image
 import numpy as np
@@ -15,9 +18,10 @@ import pytest
 import yaml
 
 from conftest import C4, ROOT, TINY, cli, run_cli
+from references import curve_average
 from sparsity import repo
 from sparsity.experiments import collect, dense_sweep, report, sweep, xpk
-from sparsity.science import compute_fractions, planning
+from sparsity.science import planning
 from sparsity.core import compute, schedules
 from sparsity.maxtext import layout, yaml_chain
 
@@ -59,7 +63,7 @@ def test_paper_schedule_grid_is_80_unique_runs_on_the_10_valid_splits():
     v = r.values
     sched = schedules.make_schedule(steps[os.path.basename(r.base)], v["target_sparsity"], v["sparsity_schedule"],
                                     v["prune_start_fraction"], v["prune_end_fraction"], v["pruning_interval"])
-    dense, pruning, _ = compute_fractions.measured_fractions(sched)
+    dense, pruning, _ = compute.measured_fractions(sched)
     assert dense == pytest.approx(v["dense_fraction"], abs=0.01), r.name
     assert pruning == pytest.approx(v["pruning_fraction"], abs=0.01), r.name
     assert f"prune_start_fraction={v['prune_start_fraction']!r}" in r.overrides
@@ -351,13 +355,51 @@ def test_xpk_options_are_validated(tmp_path):
     xpk.container_command(multiline, "gs://b/s")
 
 
+_OPTIONS_SCRIPT = r"""
+import argparse, json, sys
+from xpk.parser.core import set_parser
+parser = argparse.ArgumentParser(prog="xpk")
+set_parser(parser)
+for word in json.load(sys.stdin):
+  sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+  parser = sub.choices[word]
+print(json.dumps(sorted(parser._option_string_actions)))
+"""
+
+
+def xpk_option_strings(subcommand: Sequence[str], python: str) -> list[str]:
+  """The option strings (e.g. ``--num-slices``) of an xpk subcommand such as ``["workload", "create"]``, read
+  from xpk's parser in ``python`` (argparse accepts abbreviations, so parsing alone does not prove spelling)."""
+  proc = subprocess.run([python, "-c", _OPTIONS_SCRIPT], input=json.dumps(list(subcommand)), capture_output=True,
+                        text=True, check=False, timeout=300)
+  if proc.returncode != 0:
+    raise RuntimeError(f"xpk's parser could not be loaded with {python}:\n{proc.stderr[-3000:]}")
+  return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def find_xpk_python() -> str | None:
+  """An interpreter with xpk installed: ``$XPK_PYTHON``, ``<repo>/.venv-xpk/bin/python``, the interpreter
+  of an ``xpk`` executable on PATH, or this one if it can import xpk; ``None`` if there is none."""
+  candidates = [os.environ.get("XPK_PYTHON", ""), os.path.join(ROOT, ".venv-xpk", "bin", "python")]
+  exe = shutil.which("xpk")
+  if exe:
+    with open(exe, "rb") as f:
+      first = f.readline().decode(errors="replace").strip()
+    if first.startswith("#!"):
+      candidates.append(first[2:].strip().split()[0])
+  for c in candidates:
+    if c and os.path.isfile(c) and os.access(c, os.X_OK):
+      return c
+  return sys.executable if importlib.util.find_spec("xpk") else None
+
+
 @pytest.fixture(scope="module")
 def xpk_python():
   # The pinned xpk in its own venv (tools/setup_xpk_env.sh, idempotent): its pins conflict with MaxText's.
   out = subprocess.run(["bash", os.path.join(ROOT, "tools", "setup_xpk_env.sh")], cwd=ROOT, capture_output=True,
                        text=True, timeout=1200, check=False)
   assert out.returncode == 0, f"tools/setup_xpk_env.sh failed:\n{out.stdout[-2000:]}\n{out.stderr[-4000:]}"
-  python = xpk.find_xpk_python()
+  python = find_xpk_python()
   assert python is not None
   return python
 
@@ -372,7 +414,7 @@ def test_xpk_parser_accepts_the_generated_commands(tmp_path, xpk_python):
   results = xpk.parse_with_xpk(cmds + bad, xpk_python)
   assert [r["ok"] for r in results] == [True] * len(cmds) + [False, False]  # xpk's parser can say no
   # Every flag is spelled as xpk spells it (argparse would also accept unambiguous abbreviations).
-  options = set(xpk.xpk_option_strings(["workload", "create"], xpk_python))
+  options = set(xpk_option_strings(["workload", "create"], xpk_python))
   assert {"--cluster", "--workload", "--tpu-type", "--num-slices", "--docker-image", "--command"} <= options
   assert {a.split("=", 1)[0] for c in cmds for a in c[2:]} <= options
   for run, res in zip(runs, results):
@@ -480,6 +522,10 @@ def test_real_sweep_runs_collects_and_reports(tiny_sweep):
       summaries[n] = json.load(f)
   assert summaries["tiny-s0.5-cubic"]["sparsity_schedule"] == "cubic"
   assert summaries["tiny-s0.5-geometric"]["prune_steps"] == [1, 3, 5]  # the compute split of sparse_base.yml
+  for s in summaries.values():  # the library's default schedule of the same keys is what MaxText/train.py ran
+    lib = schedules.make_schedule(s["steps"], s["target_sparsity"], s["sparsity_schedule"],
+                                  interval=s["pruning_interval"])
+    assert list(lib.prune_steps) == s["prune_steps"]
   assert summaries["tiny-s0.5-geometric"]["schedule_split"] == "compute"
   assert summaries["tiny-s0.0-geometric"]["prune_steps"] == []
 
@@ -501,7 +547,7 @@ def test_real_sweep_runs_collects_and_reports(tiny_sweep):
     want = compute.derived_step_fractions(8, s["target_sparsity"], s["sparsity_schedule"], 2)
     assert (row["prune_start_fraction"], row["prune_end_fraction"], row["pruning_interval"]) == (*want, 2)
     # the rebuilt curve has the summary's N_avg
-    assert report.curve_average(row) == pytest.approx(s["avg_active_params"], rel=1e-12)
+    assert curve_average(row) == pytest.approx(s["avg_active_params"], rel=1e-12)
 
   rep_dir = tmp / "report"
   proc = _cli("report", str(csv), "--out", str(rep_dir))

@@ -35,7 +35,7 @@ import functools
 import math
 from typing import Any, NamedTuple, Sequence
 
-from sparsity.core import schedules
+from sparsity.core import timeline
 # The paper's split and step defaults (``sparsity.core.recipe``), named here too as part of this module's API.
 from sparsity.core.recipe import DENSE_COMPUTE_FRACTION, PRUNING_COMPUTE_FRACTION, PRUNING_INTERVAL, STEP_FRACTIONS
 
@@ -86,7 +86,7 @@ def fractions(parts: Sequence[float]) -> tuple[float, float, float]:
   return tuple(p / total if total else 0.0 for p in parts)  # type: ignore[return-value]
 
 
-def measured_fractions(schedule: schedules.Schedule) -> tuple[float, float, float]:
+def measured_fractions(schedule: timeline.Schedule) -> tuple[float, float, float]:
   """Compute fractions ``(dense, pruning, recovery)`` of a schedule (its densities; a run's own counts differ from
   them by the rounding of counts to whole weights). A schedule without events is all dense."""
   return fractions(phase_param_steps(schedule.steps, schedule.prune_steps, schedule.densities, 1.0))
@@ -116,7 +116,7 @@ def mean_pruning_density(target_sparsity: float, schedule: str = "geometric") ->
     return 1.0 - 0.5 * s
   if schedule == "one_shot":
     return 1.0 - s
-  raise ValueError(f"unknown sparsity_schedule {schedule!r}; choose one of {schedules.SCHEDULES}")
+  raise ValueError(f"unknown sparsity_schedule {schedule!r}; choose one of {timeline.SCHEDULES}")
 
 
 def step_fractions(target_sparsity: float, dense_fraction: float = DENSE_COMPUTE_FRACTION,
@@ -163,7 +163,7 @@ def _candidates(steps: int, s: float, schedule: str, interval: int, td: float, t
   if n == 1:  # one event: dense steps a with a = t_d * (a + (T - a) d)
     denom = 1.0 - td * (1.0 - d_final)
     return {(a, a) for a in around(td * steps * d_final / denom if denom > 0 else steps, 0, last)}
-  dens = schedules.event_densities(n, s, schedule)
+  dens = timeline.event_densities(n, s, schedule)
   q, d_last, base = interval * sum(dens[: n - 2]), dens[n - 2], (n - 2) * interval
   # Unknowns a (dense steps) and g (steps between the last two events, 1..P): the pruning phase has b = base + g
   # steps and spends q + g d_last; a = t_d C, q + g d_last = t_s C, (T - a - b) d = (1 - t_d - t_s) C.
@@ -205,7 +205,7 @@ def derived_step_fractions(steps: int, target_sparsity: float, schedule: str = "
   if s == 0.0:
     return start0, end0
   want = (td, 0.0, 1.0 - td) if schedule == "one_shot" else (td, ts, 1.0 - td - ts)
-  first = schedules.make_schedule(steps, s, schedule, start0, end0, interval)
+  first = timeline.at_step_fractions(steps, s, schedule, start0, end0, interval)
   cands = {(first.prune_steps[0], first.prune_steps[-1])}
   n0 = len(first.prune_steps)
   counts = [1] if schedule == "one_shot" else range(max(1, n0 - _EVENT_WINDOW), n0 + _EVENT_WINDOW + 1)
@@ -214,7 +214,7 @@ def derived_step_fractions(steps: int, target_sparsity: float, schedule: str = "
 
   @functools.cache
   def error(c):
-    got = measured_fractions(schedules.make_schedule(steps, s, schedule, c[0] / steps, c[1] / steps, interval))
+    got = measured_fractions(timeline.at_step_fractions(steps, s, schedule, c[0] / steps, c[1] / steps, interval))
     diffs = [g - w for g, w in zip(got, want)]
     return max(abs(x) for x in diffs), sum(x * x for x in diffs), c
 
@@ -243,7 +243,7 @@ def density_steps(steps: int, target_sparsity: float, schedule: str = "geometric
   interval = interval_for(steps) if interval is None else int(interval)
   start, end = derived_step_fractions(int(steps), float(target_sparsity), schedule, interval, dense_fraction,
                                       pruning_fraction)
-  sched = schedules.make_schedule(int(steps), float(target_sparsity), schedule, start, end, interval)
+  sched = timeline.at_step_fractions(int(steps), float(target_sparsity), schedule, start, end, interval)
   return float(sum(phase_param_steps(sched.steps, sched.prune_steps, sched.densities, 1.0)))
 
 
@@ -284,20 +284,31 @@ class StepSplit(NamedTuple):
   schedule_split: str
 
 
+def split(steps: int, target_sparsity: float, schedule: str = "geometric", interval: int = PRUNING_INTERVAL,
+          start_fraction: float | None = None, end_fraction: float | None = None,
+          dense_fraction: float = DENSE_COMPUTE_FRACTION,
+          pruning_fraction: float = PRUNING_COMPUTE_FRACTION) -> StepSplit:
+  """The step fractions a run uses (see the module docstring): ``derived_step_fractions`` of the compute split when
+  neither step fraction is given ('compute'), else the given ones, a missing one taking its ``STEP_FRACTIONS``
+  default ('steps')."""
+  if start_fraction is not None or end_fraction is not None:
+    return StepSplit(STEP_FRACTIONS[0] if start_fraction is None else float(start_fraction),
+                     STEP_FRACTIONS[1] if end_fraction is None else float(end_fraction), "steps")
+  start, end = derived_step_fractions(int(steps), float(target_sparsity), str(schedule), int(interval),
+                                      float(dense_fraction), float(pruning_fraction))
+  return StepSplit(start, end, "compute")
+
+
 def step_split(config: Any) -> StepSplit:
-  """The step fractions of a config (attributes ``steps``, ``target_sparsity``, ``sparsity_schedule``,
-  ``pruning_interval``, and optionally ``prune_start_fraction`` / ``prune_end_fraction`` (None: unset) and
-  ``dense_compute_fraction`` / ``pruning_compute_fraction``); see the module docstring."""
-  start = getattr(config, "prune_start_fraction", None)
-  end = getattr(config, "prune_end_fraction", None)
+  """``split`` of a config (attributes ``steps``, ``target_sparsity``, ``sparsity_schedule``, ``pruning_interval``,
+  and optionally ``prune_start_fraction`` / ``prune_end_fraction`` (None: unset) and ``dense_compute_fraction`` /
+  ``pruning_compute_fraction``); the first four are read only when the split is derived."""
+  start, end = getattr(config, "prune_start_fraction", None), getattr(config, "prune_end_fraction", None)
   if start is not None or end is not None:
-    return StepSplit(STEP_FRACTIONS[0] if start is None else float(start),
-                     STEP_FRACTIONS[1] if end is None else float(end), "steps")
-  s, e = derived_step_fractions(
-      int(config.steps), float(config.target_sparsity), str(config.sparsity_schedule), int(config.pruning_interval),
-      float(getattr(config, "dense_compute_fraction", DENSE_COMPUTE_FRACTION)),
-      float(getattr(config, "pruning_compute_fraction", PRUNING_COMPUTE_FRACTION)))
-  return StepSplit(s, e, "compute")
+    return split(0, 0.0, start_fraction=start, end_fraction=end)  # given: steps and target are not read
+  return split(config.steps, config.target_sparsity, config.sparsity_schedule, config.pruning_interval, None, None,
+               getattr(config, "dense_compute_fraction", DENSE_COMPUTE_FRACTION),
+               getattr(config, "pruning_compute_fraction", PRUNING_COMPUTE_FRACTION))
 
 
 __all__ = ["FLOPS_PER_PARAM_TOKEN", "DENSE_COMPUTE_FRACTION", "PRUNING_COMPUTE_FRACTION", "STEP_FRACTIONS",
@@ -305,4 +316,4 @@ __all__ = ["FLOPS_PER_PARAM_TOKEN", "DENSE_COMPUTE_FRACTION", "PRUNING_COMPUTE_F
            "SPLITS", "flops", "phase_param_steps", "fractions", "measured_fractions", "check_split",
            "mean_pruning_density", "step_fractions", "prune_start_for", "prune_end_for", "derived_step_fractions",
            "interval_for", "density_steps", "steps_for_compute",
-           "StepSplit", "step_split"]
+           "StepSplit", "split", "step_split"]

@@ -1,8 +1,10 @@
-"""The sparsity keys: one pydantic model, validated wherever they are given.
+"""The sparsity keys: one pydantic model, validated wherever they are given, and the schedule they give.
 
 Every key is flat, so in MaxText it is set in YAML or as ``key=value`` on the command line like any MaxText
 key (``sparsity.maxtext.config`` joins this model to MaxText's own). ``sparsity.core.pruner.PrunePlan`` takes
-the same names, so a plan can be built from these keys or from any MaxText config that holds them.
+the same names, so a plan can be built from these keys or from any MaxText config that holds them; both check
+their values with the same functions (``check_regex``, ``check_target``). ``schedule_from_config`` is the one
+function that gives a config's schedule (the trainer's, the planner's and ``PrunePlan.from_config``'s).
 """
 
 from __future__ import annotations
@@ -12,8 +14,8 @@ from typing import Literal
 
 import pydantic
 
-from sparsity.core import compute, recipe
-from sparsity.core.schedules import SCHEDULES
+from sparsity.core import compute, recipe, schedules, timeline
+from sparsity.core.timeline import SCHEDULES
 
 # Dense kernels named like MaxText's LLaMA decoder (attention q/k/v/out, MLP wi/wo, the untied output projection):
 # the default of the core (``PrunePlan``). MaxText runs default to every model family's linear layers, experts
@@ -38,6 +40,23 @@ def parse_structure(structure: str) -> tuple[int, int] | None:
   if not 0 < n < m:
     raise ValueError(f"pruning_structure={structure!r}: need 0 < N < M (N weights kept in every group of M)")
   return n, m
+
+
+def check_target(structure: str, target_sparsity: float) -> None:
+  """ValueError if ``target_sparsity`` is above what ``structure`` allows (1 - N/M for N:M)."""
+  nm = parse_structure(structure)
+  if nm is not None and target_sparsity > 1.0 - nm[0] / nm[1] + 1e-12:
+    raise ValueError(f"target_sparsity={target_sparsity:g} is above 1 - N/M = {1 - nm[0] / nm[1]:g} for "
+                     f"pruning_structure={structure} (target_sparsity=auto is 1 - N/M)")
+
+
+def check_regex(name: str, value) -> str:
+  """``value`` if it compiles as a regular expression, else a ValueError naming the key ``name``."""
+  try:
+    re.compile(value)
+  except (re.error, TypeError) as e:
+    raise ValueError(f"{name} is not a valid regular expression ({e}): {value!r}") from None
+  return value
 
 
 def structure_target(structure: str) -> float:
@@ -114,20 +133,13 @@ class SparsityKeys(pydantic.BaseModel):
 
   @pydantic.model_validator(mode="after")
   def _target_fits_the_structure(self):
-    nm = parse_structure(self.pruning_structure)
-    if nm is not None and self.target_sparsity > 1.0 - nm[0] / nm[1] + 1e-12:
-      raise ValueError(f"target_sparsity={self.target_sparsity} is above 1 - N/M = {1 - nm[0] / nm[1]:g} for "
-                       f"pruning_structure={self.pruning_structure} (target_sparsity=auto is 1 - N/M)")
+    check_target(self.pruning_structure, self.target_sparsity)
     return self
 
   @pydantic.field_validator("prunable_params", "non_prunable_params")
   @classmethod
-  def _valid_regex(cls, v: str) -> str:
-    try:
-      re.compile(v)
-    except re.error as e:
-      raise ValueError(f"not a valid regular expression ({e}): {v!r}") from e
-    return v
+  def _valid_regex(cls, v: str, info: pydantic.ValidationInfo) -> str:
+    return check_regex(info.field_name, v)
 
   @pydantic.model_validator(mode="after")
   def _finetune_holds_the_mask(self):
@@ -157,3 +169,17 @@ class SparsityKeys(pydantic.BaseModel):
 
 
 SPARSITY_KEYS = tuple(SparsityKeys.model_fields)
+
+
+def schedule_from_config(config) -> timeline.Schedule:
+  """The schedule of a config: ``schedules.make_schedule`` of its keys (attributes ``steps``, ``target_sparsity``,
+  ``sparsity_schedule``, ``pruning_interval``, and optionally ``prune_start_fraction`` / ``prune_end_fraction``
+  (None: unset, so the compute split places the events) and ``dense_compute_fraction`` /
+  ``pruning_compute_fraction``): a ``SparsityKeys``, a MaxText config, or any namespace."""
+  return schedules.make_schedule(
+      steps=int(config.steps), target_sparsity=float(config.target_sparsity),
+      schedule=str(config.sparsity_schedule), interval=int(config.pruning_interval),
+      start_fraction=getattr(config, "prune_start_fraction", None),
+      end_fraction=getattr(config, "prune_end_fraction", None),
+      dense_fraction=float(getattr(config, "dense_compute_fraction", recipe.DENSE_COMPUTE_FRACTION)),
+      pruning_fraction=float(getattr(config, "pruning_compute_fraction", recipe.PRUNING_COMPUTE_FRACTION)))

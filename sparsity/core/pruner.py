@@ -31,9 +31,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from sparsity.core import schedules, threshold
-from sparsity.core.config import DEFAULT_PRUNABLE, SCOPES, SCORES, UNSTRUCTURED, parse_structure
+from sparsity.core import threshold
+from sparsity.core.config import (DEFAULT_PRUNABLE, SCOPES, SCORES, UNSTRUCTURED, check_regex, check_target,
+                                   parse_structure, schedule_from_config)
 from sparsity.core.paths import flatten, nest, shape_of, size_of, unnest
+from sparsity.core.timeline import Schedule
 
 
 def input_axis(path: str, shape: tuple) -> int:  # pylint: disable=unused-argument
@@ -54,11 +56,12 @@ class PrunePlan:
   """What is pruned and when: everything ``pruned`` needs besides arrays. Field names are the config keys.
 
   Attributes:
-    schedule: the run's discrete schedule (``sparsity.core.schedules.make_schedule``).
+    schedule: the run's discrete schedule (``sparsity.core.schedules.make_schedule``, or a config's:
+      ``sparsity.core.config.schedule_from_config``).
     prunable_params: regex of prunable parameter paths (``re.search`` on 'a/b/kernel').
     non_prunable_params: regex of paths never pruned, applied after ``prunable_params`` (empty: none).
     pruning_scope: 'global' (one threshold over all prunable weights) or 'per_tensor'.
-    pruning_score: 'magnitude' (|w|) or 'random' (uniform, seeded by ``pruning_seed``).
+    pruning_score: 'magnitude' (``|w|``) or 'random' (uniform, seeded by ``pruning_seed``).
     pruning_seed: seed of the random score.
     init_mask_from_zeros: at the first update, also mask the prunable weights that are exactly zero (sparse
       fine-tuning from a pruned checkpoint: the zero set is then held fixed).
@@ -73,7 +76,7 @@ class PrunePlan:
     ValueError: naming the field, for a choice that does not exist or a regex that does not compile.
   """
 
-  schedule: schedules.Schedule
+  schedule: Schedule
   prunable_params: str = DEFAULT_PRUNABLE
   non_prunable_params: str = ""
   pruning_scope: str = "global"
@@ -84,20 +87,15 @@ class PrunePlan:
   group_axis: Callable[[str, tuple], int] = dataclasses.field(default=input_axis, compare=True)
 
   def __post_init__(self):
-    if not isinstance(self.schedule, schedules.Schedule):
+    if not isinstance(self.schedule, Schedule):
       raise ValueError(f"schedule must be a sparsity Schedule (make_schedule), got {type(self.schedule).__name__}")
     for name, choices in (("pruning_scope", SCOPES), ("pruning_score", SCORES)):
       if getattr(self, name) not in choices:
         raise ValueError(f"{name} must be one of {choices}, got {getattr(self, name)!r}")
     for name in ("prunable_params", "non_prunable_params"):
-      try:
-        re.compile(getattr(self, name))
-      except (re.error, TypeError) as e:
-        raise ValueError(f"{name} is not a valid regular expression ({e}): {getattr(self, name)!r}") from None
-    nm = parse_structure(self.pruning_structure)
-    if nm is not None and self.schedule.densities and self.schedule.densities[-1] < nm[0] / nm[1] - 1e-12:
-      raise ValueError(f"target sparsity {1 - self.schedule.densities[-1]:g} is above 1 - N/M = {1 - nm[0] / nm[1]:g} "
-                       f"for pruning_structure={self.pruning_structure}")
+      check_regex(name, getattr(self, name))
+    if self.schedule.densities:
+      check_target(self.pruning_structure, 1.0 - self.schedule.densities[-1])
 
   @property
   def nm(self) -> tuple[int, int] | None:
@@ -108,7 +106,7 @@ class PrunePlan:
   def from_config(cls, config, **kwargs) -> "PrunePlan":
     """The plan of a config holding the sparsity keys and ``steps`` (``SparsityKeys``, a MaxText config)."""
     keys = {f.name: getattr(config, f.name) for f in dataclasses.fields(cls) if f.name not in ("schedule", "group_axis")}
-    return cls(schedule=schedules.schedule_from_config(config), **{**keys, **kwargs})
+    return cls(schedule=schedule_from_config(config), **{**keys, **kwargs})
 
   @property
   def masks_needed(self) -> bool:
@@ -194,7 +192,9 @@ class Event:
   """The mask changes due before one update: ``due_event`` makes it, ``mask_event`` applies it.
 
   A pytree: the counts and step are arrays (so one compiled program serves every pruning event), ``prune``
-  and ``mask_zeros`` are static. Attributes:
+  and ``mask_zeros`` are static.
+
+  Attributes:
     keep: this event's kept count per group, as exact two-limb ``(hi, lo)`` int32 counts; () if not pruning.
     step: the update count (int32; the random score uses it).
     prune: whether this is a pruning event of the schedule.

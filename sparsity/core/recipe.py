@@ -8,7 +8,7 @@ for its readers (a test checks that they agree).
 * ``DENSE_COMPUTE_FRACTION``, ``PRUNING_COMPUTE_FRACTION``: the paper's split of the training compute, 25% dense,
   50% pruning, the rest (25%) recovery with a fixed mask (``dense_compute_fraction``, ``pruning_compute_fraction``).
 * ``STEP_FRACTIONS``: ``(prune_start_fraction, prune_end_fraction)`` when the schedule is split by steps: the value
-  of the one not set when only the other is (``sparsity.core.compute.step_split``), and ``make_schedule``'s default.
+  of the one not set when only the other is (``sparsity.core.compute.split``, for configs and ``make_schedule``).
 * ``PRUNING_INTERVAL``: steps between pruning events (the paper's P, ``pruning_interval``).
 """
 

@@ -11,7 +11,7 @@
   lacks them;
 * ``dense_fraction`` / ``pruning_fraction`` (the paper's Figure 4 tuple: shares of the density-weighted
   training compute) when no manifest label gives them: measured from the summary's pruning events with
-  ``sparsity.science.compute_fractions.measured_fractions``, rounded to ``FRACTION_DIGITS`` decimals (sparse runs only).
+  ``sparsity.core.compute.measured_fractions``, rounded to ``FRACTION_DIGITS`` decimals (sparse runs only).
 
 Rows are sorted by ``run_name``; a run missing from every manifest keeps NaN in the joined columns.
 
@@ -31,8 +31,7 @@ from typing import Any, Iterable
 
 import pandas as pd
 
-from sparsity.science import compute_fractions
-from sparsity.core import compute, schedules
+from sparsity.core import compute, timeline
 from sparsity.core.config import SPARSITY_KEYS, SparsityKeys
 from sparsity.maxtext import overrides, status, yaml_chain
 from sparsity.experiments import results
@@ -53,7 +52,7 @@ LEADING = ("run_name", "end_status", "loss", "tokens", "params", "avg_params", "
            "pruning_interval", "dense_fraction", "pruning_fraction", "learning_rate", "steps", "tokens_per_step")
 
 
-def schedule_from_summary(s: Any) -> schedules.Schedule:
+def schedule_from_summary(s: Any) -> timeline.Schedule:
   """A run's schedule rebuilt from its summary (or a results row): ``steps``, ``prune_steps`` (a list or its
   JSON), ``target_sparsity`` and ``sparsity_schedule``."""
   steps = int(s["steps"])
@@ -63,9 +62,9 @@ def schedule_from_summary(s: Any) -> schedules.Schedule:
   prune_steps = [] if missing(prune_steps) else [int(x) for x in prune_steps]
   target = float(s["target_sparsity"])
   if not prune_steps or target == 0.0:
-    return schedules.Schedule(steps, (), ())
-  dens = schedules.event_densities(len(prune_steps), target, str(s["sparsity_schedule"]))
-  return schedules.Schedule(steps, tuple(prune_steps), dens)
+    return timeline.Schedule(steps, (), ())
+  dens = timeline.event_densities(len(prune_steps), target, str(s["sparsity_schedule"]))
+  return timeline.Schedule(steps, tuple(prune_steps), dens)
 
 
 def find_manifests(directory: str) -> list[str]:
@@ -166,7 +165,7 @@ def collect(directory: str, manifests: Iterable[str] = (), include_incomplete: b
           row[k] = json.dumps(v) if isinstance(v, (list, dict)) else _number(v)
     if (missing(row.get("dense_fraction")) or missing(row.get("pruning_fraction"))) and summary.get("prune_steps") \
         and float(summary.get("target_sparsity") or 0) > 0:
-      measured = compute_fractions.measured_fractions(schedule_from_summary(summary))
+      measured = compute.measured_fractions(schedule_from_summary(summary))
       for k, v in zip(("dense_fraction", "pruning_fraction"), measured):
         if missing(row.get(k)):
           row[k] = round(v, FRACTION_DIGITS)

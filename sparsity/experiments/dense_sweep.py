@@ -2,7 +2,7 @@
 
 For every paper model and budget (``PAPER_CONFIGS``) and every target sparsity, the sparse run's average
 active parameter count comes from ``sparsity.science.planning.plan`` with the config's steps and the paper's compute
-split (``sparsity.science.compute_fractions``), and ``sparsity.science.planning.match_dense`` gives the two dense widths
+split (``sparsity.core.compute.step_fractions``), and ``sparsity.science.planning.match_dense`` gives the two dense widths
 whose total parameter counts bracket it (same depth, heads and MLP ratio; hidden sizes multiples of
 ``width_step``). Each distinct (model, budget, width) becomes one dense run; the bracketing and the
 interpolation weight of every sparse run are kept in the spec's ``meta.matches`` (the dense loss at N_avg is
@@ -20,8 +20,8 @@ from typing import Any, Sequence
 import yaml
 
 from sparsity import repo
-from sparsity.core import recipe
-from sparsity.science import compute_fractions, planning
+from sparsity.core import compute, recipe
+from sparsity.science import planning
 from sparsity.maxtext import yaml_chain
 
 # (model, budget) -> config file, relative to configs/sweeps/.
@@ -65,8 +65,8 @@ def dense_matched_spec(sparsities: Sequence[float] = SPARSITIES, divisor: int = 
     shape = _shape_of(cfg)
     steps = int(cfg["steps"])
     for s in sparsities:
-      start, end = compute_fractions.step_fractions(s, recipe.DENSE_COMPUTE_FRACTION, recipe.PRUNING_COMPUTE_FRACTION,
-                                                    str(cfg["sparsity_schedule"]))
+      start, end = compute.step_fractions(s, recipe.DENSE_COMPUTE_FRACTION, recipe.PRUNING_COMPUTE_FRACTION,
+                                          str(cfg["sparsity_schedule"]))
       p = planning.plan(shape, steps, 1, float(s), str(cfg["sparsity_schedule"]), start, end,
                         int(cfg["pruning_interval"]))
       m = planning.match_dense(p["avg_active_params"], shape, divisor)

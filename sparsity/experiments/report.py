@@ -39,7 +39,7 @@ from sparsity.experiments import collect, results
 from sparsity.experiments import markdown as md
 from sparsity.experiments.results import missing
 from sparsity.science import plots, scaling_laws
-from sparsity.core import schedules
+from sparsity.core import timeline
 
 FIGURES = {"active_params": "active_params.png", "loss_vs_avg_params": "loss_vs_avg_params.png",
            "schedule_sweep": "schedule_sweep.png", "predicted_vs_actual": "predicted_vs_actual.png"}
@@ -84,7 +84,7 @@ class Report:
   law: Any = None
 
 
-def schedule_of(row: Any) -> schedules.Schedule:
+def schedule_of(row: Any) -> timeline.Schedule:
   """The run's schedule rebuilt from its row (``sparsity.experiments.collect.schedule_from_summary``)."""
   return collect.schedule_from_summary(row)
 
@@ -126,12 +126,6 @@ def active_curve(row: Any) -> tuple[np.ndarray, np.ndarray]:
   edges = np.array(starts + [trained], float) * float(acc.tokens_per_step)
   active = np.array([acc.active_at(s) for s in starts], float)
   return edges, active
-
-
-def curve_average(row: Any) -> float:
-  """N_avg of the rebuilt curve (equals the summary's ``avg_active_params`` when the summary is consistent)."""
-  trained = trained_steps(row)
-  return accounting_of(row).cumulative_active(trained - 1) / trained
 
 
 def dense_partners(df: pd.DataFrame) -> dict[str, str | None]:
@@ -322,6 +316,6 @@ def markdown(df: pd.DataFrame, rep: Report, predicted: Sequence[float] | None) -
 
 
 __all__ = ["FIGURES", "TABLE_FILE", "TABLE_COLUMNS", "Report", "schedule_of", "accounting_of", "trained_steps",
-           "active_curve", "curve_average",
+           "active_curve",
            "dense_partners", "plot_active_params", "plot_schedule_sweep", "law_for", "markdown_table",
            "write_report", "markdown"]

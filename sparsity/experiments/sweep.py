@@ -29,7 +29,7 @@ Rules:
   given on the command line replace ``fixed`` values and may not name an axis or derived key.
 * Expressions (``derived``, ``constraints``) are evaluated by ``sparsity.experiments.expressions`` (no builtins); besides
   its functions they may call ``prune_start_for(S, t_d, t_s, schedule)`` and ``prune_end_for(...)``
-  (``sparsity.science.compute_fractions``: the step fractions of the paper's compute split),
+  (``sparsity.core.compute``: the step fractions of the paper's compute split),
   ``interval_for(steps)`` (the paper's 100 of 26,800 steps, scaled) and ``steps_for_compute(steps, S, t_d, t_s)``
   (the steps of split ``(t_d, t_s)`` with the compute of ``steps`` steps at the paper's split).
 * Run names must match ``RUN_NAME_PATTERN`` (they become directory names) and be unique; two runs with
@@ -69,7 +69,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import yaml
 
-from sparsity.science import compute_fractions
+from sparsity.core import compute
 from sparsity.experiments import expressions
 from sparsity.maxtext import layout, status
 from sparsity.maxtext.overrides import read_value
@@ -83,9 +83,9 @@ RUN_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+=-]{0,199}")  # a direct
 SPEC_KEYS = ("name", "description", "base", "labels", "fixed", "axes", "derived", "constraints", "run_name", "meta")
 TAIL_LINES = 40
 # Callables of sweep expressions: the safe builtins plus the compute-to-step schedule conversion.
-FUNCTIONS = {**expressions.FUNCTIONS, "prune_start_for": compute_fractions.prune_start_for,
-             "prune_end_for": compute_fractions.prune_end_for, "interval_for": compute_fractions.interval_for,
-             "steps_for_compute": compute_fractions.steps_for_compute}
+FUNCTIONS = {**expressions.FUNCTIONS, "prune_start_for": compute.prune_start_for,
+             "prune_end_for": compute.prune_end_for, "interval_for": compute.interval_for,
+             "steps_for_compute": compute.steps_for_compute}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -240,47 +240,6 @@ def parse_with_xpk(arg_lists: Sequence[Sequence[str]], python: str) -> list[dict
   return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-_OPTIONS_SCRIPT = r"""
-import argparse, json, sys
-from xpk.parser.core import set_parser
-parser = argparse.ArgumentParser(prog="xpk")
-set_parser(parser)
-for word in json.load(sys.stdin):
-  sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-  parser = sub.choices[word]
-print(json.dumps(sorted(parser._option_string_actions)))
-"""
-
-
-def xpk_option_strings(subcommand: Sequence[str], python: str) -> list[str]:
-  """The option strings (e.g. ``--num-slices``) of an xpk subcommand such as ``["workload", "create"]``, read
-  from xpk's parser in ``python`` (argparse accepts abbreviations, so parsing alone does not prove spelling)."""
-  proc = subprocess.run([python, "-c", _OPTIONS_SCRIPT], input=json.dumps(list(subcommand)), capture_output=True,
-                        text=True, check=False, timeout=300)
-  if proc.returncode != 0:
-    raise RuntimeError(f"xpk's parser could not be loaded with {python}:\n{proc.stderr[-3000:]}")
-  return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-def find_xpk_python() -> str | None:
-  """An interpreter with xpk installed: ``$XPK_PYTHON``, ``<repo>/.venv-xpk/bin/python``, the interpreter
-  of an ``xpk`` executable on PATH, or this one if it can import xpk; ``None`` if there is none."""
-  import importlib.util  # pylint: disable=import-outside-toplevel
-  import shutil  # pylint: disable=import-outside-toplevel
-
-  candidates = [os.environ.get("XPK_PYTHON", ""), os.path.join(ROOT, ".venv-xpk", "bin", "python")]
-  exe = shutil.which("xpk")
-  if exe:
-    with open(exe, "rb") as f:
-      first = f.readline().decode(errors="replace").strip()
-    if first.startswith("#!"):
-      candidates.append(first[2:].strip().split()[0])
-  for c in candidates:
-    if c and os.path.isfile(c) and os.access(c, os.X_OK):
-      return c
-  return sys.executable if importlib.util.find_spec("xpk") else None
-
-
 __all__ = ["XPK_REQUIREMENT", "NAME_PATTERN", "MAX_NAME_LENGTH", "SUPER_SLICING_MAX_NAME_LENGTH", "XpkOptions",
            "valid_name", "workload_name", "output_directory", "container_command", "workload_args", "commands",
-           "submit", "compile_check", "parse_with_xpk", "xpk_option_strings", "find_xpk_python"]
+           "submit", "compile_check", "parse_with_xpk"]

@@ -7,8 +7,7 @@ import os
 
 import pydantic
 
-from sparsity.core import schedules
-from sparsity.core.config import SparsityKeys
+from sparsity.core.config import SparsityKeys, schedule_from_config
 from sparsity.maxtext import families, modules
 
 
@@ -39,7 +38,7 @@ def config_class():
     def _schedule_fits_run(self):
       if self.target_sparsity > 0:
         try:
-          schedules.schedule_from_config(self)
+          schedule_from_config(self)
         except ValueError as e:
           raise ValueError(f"sparsity schedule: {e}") from e
       return self

@@ -2,6 +2,5 @@
 
   scaling_laws       Chinchilla, the paper's average-parameter law and Frantar et al.'s: fit, predict
   planning           parameter counts, schedules' N_avg and FLOPs, dense matching, law-based choices
-  compute_fractions  the paper's compute split as step fractions (re-exported from sparsity.core.compute)
   plots              figures of fits
 """

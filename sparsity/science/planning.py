@@ -36,7 +36,8 @@ import re
 import types
 from typing import Any, Iterable, Mapping, Sequence
 
-from sparsity.core import compute, recipe, schedules
+from sparsity.core import compute, recipe, timeline
+from sparsity.core.config import schedule_from_config
 from sparsity.maxtext import families, layout
 
 # Hidden sizes of matched dense shapes are multiples of lcm(heads, WIDTH_DIVISOR): brackets about 15% apart in
@@ -167,13 +168,12 @@ def plan(
     raise ValueError(f"tokens_per_step must be positive, got {tokens_per_step}")
   counts = param_counts(shape)
   prunable, non_prunable, total = counts["prunable"], counts["non_prunable"], counts["total"]
-  split = compute.step_split(types.SimpleNamespace(
+  keys = types.SimpleNamespace(
       steps=steps, target_sparsity=target_sparsity, sparsity_schedule=sparsity_schedule,
       pruning_interval=pruning_interval, prune_start_fraction=prune_start_fraction,
       prune_end_fraction=prune_end_fraction, dense_compute_fraction=dense_compute_fraction,
-      pruning_compute_fraction=pruning_compute_fraction))
-  sched = schedules.make_schedule(int(steps), float(target_sparsity), str(sparsity_schedule),
-                                  split.prune_start_fraction, split.prune_end_fraction, int(pruning_interval))
+      pruning_compute_fraction=pruning_compute_fraction)
+  split, sched = compute.step_split(keys), schedule_from_config(keys)  # the trainer's
   keep = sched.keep_counts(prunable)
   phases = compute.phase_param_steps(int(steps), sched.prune_steps, keep, prunable)
   final_prunable = keep[-1] if keep else prunable
@@ -231,7 +231,7 @@ def scale_shape(shape: ModelShape, emb: int) -> ModelShape:
   ``mlp_dim = round(emb * shape.mlp_dim / shape.emb)`` (halves up)."""
   if emb <= 0 or emb % shape.num_query_heads:
     raise ValueError(f"hidden size {emb} is not a positive multiple of {shape.num_query_heads} heads")
-  mlp = schedules.round_half_up(emb * shape.mlp_dim / shape.emb)
+  mlp = timeline.round_half_up(emb * shape.mlp_dim / shape.emb)
   return dataclasses.replace(shape, emb=emb, head_dim=emb // shape.num_query_heads, mlp_dim=mlp)
 
 
