@@ -232,10 +232,11 @@ sys.exit(1 if first == "failed" else 0)
 """
 
 
-def test_local_launcher_reruns_every_run_that_did_not_complete(tmp_path):
+def test_local_launcher_resumes_stopped_runs_and_reruns_the_others_only_when_asked(tmp_path):
   script = tmp_path / "resuming_train.py"
   script.write_text(RESUMING_TRAIN)
-  ends = ["completed", "data_exhausted", "target_eval_loss", "preempted", "failed", "old-data-ran-out"]
+  ends = ["completed", "data_exhausted", "target_eval_loss", "preempted", "failed", "old-data-ran-out", "interrupted",
+          "diverged"]
   spec = _spec(tmp_path, axes={"first": ends}, run_name="{first}")
   runs = sweep.expand(spec)
   out = str(tmp_path / "out")
@@ -245,10 +246,25 @@ def test_local_launcher_reruns_every_run_that_did_not_complete(tmp_path):
   assert reasons == {"data_exhausted": "ended data_exhausted", "target_eval_loss": "ended target_eval_loss",
                      "preempted": "ended preempted", "failed": "exit code 1, ended failed: OSError: bad shard",
                      "old-data-ran-out": "ended data_exhausted: You may have run out of training data. Received "
-                                         "<class 'StopIteration'> exception: ()"}
-  # The same sweep again: the completed run is skipped, every other one runs again (and completes this time).
+                                         "<class 'StopIteration'> exception: ()",
+                     "interrupted": "ended interrupted", "diverged": "ended diverged"}
+  table = {r["run_name"]: r["end_status"] for r in first.table}
+  assert table == {n: "data_exhausted" if n == "old-data-ran-out" else n for n in ends}
+  with open(os.path.join(out, sweep.STATUS_FILE)) as f:
+    assert json.load(f) == first.table
+  text = sweep.format_status_table(first.table).splitlines()
+  assert len(text) == 1 + len(ends) and text[1].split()[:2] == ["completed", "completed"]
+  # The same sweep again: the completed run is skipped, the stopped ones resume (and complete this time), the others
+  # are left as they ended.
   second = sweep.run_local(runs, out, train_script=str(script), progress=False)
-  assert second.skipped == ["completed"] and second.ok == ends[1:] and not second.failed
+  assert second.skipped == ["completed"] and second.ok == ["preempted", "interrupted"] and not second.failed
+  left = ["data_exhausted", "target_eval_loss", "failed", "old-data-ran-out", "diverged"]
+  assert [x["run_name"] for x in second.left] == left and second.exit_code == 1
+  # Asked to: the diverged one runs again, then every other one.
+  third = sweep.run_local(runs, out, train_script=str(script), progress=False, rerun=("diverged",))
+  assert third.ok == ["diverged"] and [x["run_name"] for x in third.left] == left[:-1]
+  fourth = sweep.run_local(runs, out, train_script=str(script), progress=False, rerun=("all",))
+  assert fourth.ok == left[:-1] and not fourth.left and fourth.exit_code == 0
   for name in ends:
     assert (tmp_path / "out" / name / "attempts").read_text() == ("1" if name == "completed" else "2"), name
   assert [sweep.end_status(out, n)[0] for n in ends] == ["completed"] * len(ends)

@@ -1,6 +1,6 @@
 """Experiment commands of ``python -m sparsity`` (see ``sparsity.cli`` for the common style).
 
-  sweep               SPEC [SPEC ...] [key=value ...] [--dry-run] [--launcher local|xpk [--compile-first]] [--out DIR] [--select REGEX] [--json]
+  sweep               SPEC [SPEC ...] [key=value ...] [--dry-run] [--launcher local|xpk [--compile-first]] [--out DIR] [--select REGEX] [--rerun STATUS] [--json]
   collect             DIR --out CSV|- [--manifest FILE ...] [--trajectories] [--select REGEX] [--include-incomplete] [--json]
   report              CSV --out DIR [--law-file law.json] [--json]
   dense-sweep         --out YAML|- [--divisor N] [--sparsities S ...]
@@ -43,6 +43,10 @@ def _sweep(p: argparse.ArgumentParser) -> Runner:
   p.add_argument("--limit", type=int, help="only the first N runs")
   p.add_argument("--select", help="only the runs whose name matches this regex (re.search)")
   p.add_argument("--timeout", type=float, help="local: seconds per run before it is killed and counted failed")
+  p.add_argument("--rerun", action="append", default=[], metavar="STATUS",
+                 choices=("all", "diverged", "failed", "data_exhausted", "target_eval_loss"),
+                 help="local: also run again the runs that ended so (repeatable); by default only runs without a "
+                 "summary, preempted or interrupted run again")
   add_json(p)
   x = p.add_argument_group("xpk launcher")
   x.add_argument("--cluster")
@@ -100,10 +104,12 @@ def _sweep(p: argparse.ArgumentParser) -> Runner:
     results, code = [], 0
     for spec, runs in plans:  # one after another, each resumable
       sweep.write_manifest(out, sweep.manifest(spec, runs, {"launcher": "local", "output_dir": out}))
-      outcome = sweep.run_local(runs, out, timeout=args.timeout)
+      outcome = sweep.run_local(runs, out, timeout=args.timeout, rerun=args.rerun)
       code = max(code, outcome.exit_code)
       results.append({"sweep": spec.name, "output_dir": out, "ok": outcome.ok, "skipped": outcome.skipped,
-                      "failed": outcome.failed, "text": f"sweep {spec.name}: {outcome.describe()}; outputs in {out}"})
+                      "failed": outcome.failed, "left": outcome.left, "status": outcome.table,
+                      "text": f"{sweep.format_status_table(outcome.table)}\nsweep {spec.name}: {outcome.describe()}; "
+                              f"outputs in {out}"})
     emit(args, [{k: v for k, v in r.items() if k != "text"} for r in results] if len(results) > 1
          else {k: v for k, v in results[0].items() if k != "text"}, "\n".join(r["text"] for r in results))
     return code

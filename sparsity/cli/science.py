@@ -48,7 +48,7 @@ def _fit(p: argparse.ArgumentParser) -> Runner:
       df = _p2_data(data_path(args))
       res = scaling_laws.fit("p2", df, loo=not args.no_loo, groups=df["run_name"] if "run_name" in df else None)
     else:
-      df = results.load_runs(data_path(args))
+      df = _without_diverged(results.load_runs(data_path(args)))
       results.require_completed(df, data_path(args))
       res = scaling_laws.fit(args.law, df, loo=not args.no_loo)
     out = res.to_json()
@@ -91,9 +91,25 @@ def _p2_data(path: str):
 
   if not os.path.exists(path):
     raise FileNotFoundError(path)
-  df = collect.trajectories(path) if os.path.isdir(path) else pd.read_csv(path)
+  df = _without_diverged(collect.trajectories(path) if os.path.isdir(path) else pd.read_csv(path))
   results.require_completed(df, path)
   return df
+
+
+def _without_diverged(df):
+  """``df`` without the rows of diverged runs (a loss that went to NaN is no point of a law), said on stderr; any
+  other run that did not complete is still refused (``results.require_completed``)."""
+  import sys  # pylint: disable=import-outside-toplevel
+
+  from sparsity.maxtext import status  # pylint: disable=import-outside-toplevel
+
+  if "end_status" not in df:
+    return df
+  diverged = df["end_status"].astype(str) == status.DIVERGED
+  if diverged.any():
+    names = df["run_name"][diverged] if "run_name" in df else df.index[diverged]
+    print(f"fit: left out {int(diverged.sum())} diverged run(s): {', '.join(map(str, names))}", file=sys.stderr)
+  return df[~diverged].reset_index(drop=True)
 
 
 @command("recovery", "recovery tokens a pruned model needs to reach a loss, under a fitted P2 law")

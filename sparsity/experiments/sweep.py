@@ -29,7 +29,7 @@ Rules:
   given on the command line replace ``fixed`` values and may not name an axis or derived key.
 * Expressions (``derived``, ``constraints``) are evaluated by ``sparsity.experiments.expressions`` (no builtins); besides
   its functions they may call ``prune_start_for(S, t_d, t_s, schedule)`` and ``prune_end_for(...)``
-  (``sparsity.core.compute``: the step fractions of the paper's compute split),
+  (``sparsity.science.compute_fractions``: the step fractions of the paper's compute split),
   ``interval_for(steps)`` (the paper's 100 of 26,800 steps, scaled) and ``steps_for_compute(steps, S, t_d, t_s)``
   (the steps of split ``(t_d, t_s)`` with the compute of ``steps`` steps at the paper's split).
 * Run names must match ``RUN_NAME_PATTERN`` (they become directory names) and be unique; two runs with
@@ -47,11 +47,13 @@ the output directory:
 * ``failures.json``: the failures of the latest invocation;
 * ``_logs/<run_name>.log``: each run's stdout and stderr.
 
-A run whose ``<dir>/<run_name>/sparsity_summary.json`` says it completed its schedule (``end_status``,
-``sparsity.maxtext.status``) is skipped, so re-running a sweep resumes it; any other run (no summary, or one that
-says data exhausted, ``target_eval_loss``, preempted or failed) runs again with the same command, which resumes from
-its latest checkpoint when it has one. A run fails when it exits non-zero, exits without writing its summary, or
-writes one that says it did not complete.
+Re-running a sweep resumes it: a run runs again (with the same command, which resumes from its latest checkpoint)
+when it has no ``<dir>/<run_name>/sparsity_summary.json`` or its summary says it was stopped to be continued
+(``preempted``, ``interrupted``: ``status.RESUMABLE``); a run that completed is skipped, and a run that ended
+otherwise (``diverged``, ``failed``, ``data_exhausted``, ``target_eval_loss``) is left as it is unless
+``rerun`` (``sweep --rerun STATUS``) names its end. A run fails when it exits non-zero, exits without writing its
+summary, or writes one that says it did not complete. Every invocation ends with a status table of all its runs
+(``status_table``; ``sweep_status.json``): each run's end status, exit code, steps trained and error.
 """
 
 from __future__ import annotations
@@ -69,7 +71,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import yaml
 
-from sparsity.core import compute
+from sparsity.science import compute_fractions
+from sparsity import files
 from sparsity.experiments import expressions
 from sparsity.maxtext import layout, status
 from sparsity.maxtext.overrides import read_value
@@ -78,14 +81,15 @@ from sparsity.repo import ROOT, TRAIN_SCRIPT
 MANIFEST_FILE = "manifest.json"
 LOG_FILE = "sweep_log.jsonl"
 FAILURES_FILE = "failures.json"
+STATUS_FILE = "sweep_status.json"
 LOGS_DIR = "_logs"
 RUN_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+=-]{0,199}")  # a directory name, no spaces or slashes
 SPEC_KEYS = ("name", "description", "base", "labels", "fixed", "axes", "derived", "constraints", "run_name", "meta")
 TAIL_LINES = 40
 # Callables of sweep expressions: the safe builtins plus the compute-to-step schedule conversion.
-FUNCTIONS = {**expressions.FUNCTIONS, "prune_start_for": compute.prune_start_for,
-             "prune_end_for": compute.prune_end_for, "interval_for": compute.interval_for,
-             "steps_for_compute": compute.steps_for_compute}
+FUNCTIONS = {**expressions.FUNCTIONS, "prune_start_for": compute_fractions.prune_start_for,
+             "prune_end_for": compute_fractions.prune_end_for, "interval_for": compute_fractions.interval_for,
+             "steps_for_compute": compute_fractions.steps_for_compute}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -373,15 +377,20 @@ class Outcome:
   ok: list[str] = dataclasses.field(default_factory=list)
   skipped: list[str] = dataclasses.field(default_factory=list)
   failed: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+  left: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # ended before, not rerun: {run_name, end_status}
+  table: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # status_table of every run
 
   @property
   def exit_code(self) -> int:
-    return 1 if self.failed else 0
+    return 1 if self.failed or self.left else 0
 
   def describe(self) -> str:
     text = f"{len(self.ok)} ran, {len(self.skipped)} skipped (done before), {len(self.failed)} failed"
     if self.failed:
       text += ": " + ", ".join(f"{f['run_name']} (rc {f['returncode']})" for f in self.failed)
+    if self.left:
+      text += (f"; {len(self.left)} left as they ended (" + ", ".join(f"{x['run_name']}: {x['end_status']}"
+                                                                     for x in self.left) + "; rerun with --rerun)")
     return text
 
 
@@ -402,6 +411,37 @@ def end_status(output_dir: str, run_name: str) -> tuple[str | None, str]:
   except ValueError as e:  # invalid JSON, unknown end_status
     return status.FAILED, f"unreadable {layout.SUMMARY_FILE}: {e}"
   return end, "" if end == status.COMPLETED else str(summary.get("error") or summary.get("stop_reason") or "")
+
+
+def status_table(runs: Sequence[Run], output_dir: str) -> list[dict[str, Any]]:
+  """One row per run: its end status (``not run`` without a summary), exit code, steps trained of its steps, the
+  step it diverged at, and its error or stop reason."""
+  rows = []
+  for run in runs:
+    end, detail = end_status(output_dir, run.name)
+    summary = {}
+    if end is not None:
+      try:
+        with open(summary_path(output_dir, run.name), encoding="utf-8") as f:
+          summary = json.load(f)
+      except ValueError:
+        pass
+    rows.append({"run_name": run.name, "end_status": end or "not run", "exit_code": summary.get("exit_code"),
+                 "steps_trained": summary.get("steps_trained"), "steps": summary.get("steps"),
+                 "diverged_at_step": summary.get("diverged_at_step"), "detail": detail})
+  return rows
+
+
+def format_status_table(rows: Sequence[Mapping[str, Any]], width: int = 100) -> str:
+  """``status_table`` as text, one line per run."""
+  name = max([len("run"), *(len(r["run_name"]) for r in rows)])
+  lines = [f"{'run':<{name}}  {'end status':<16} {'exit':>4}  {'steps':>11}  detail"]
+  for r in rows:
+    steps = "-" if r["steps_trained"] is None else f"{r['steps_trained']}/{r['steps']}"
+    code = "-" if r["exit_code"] is None else str(r["exit_code"])
+    detail = r["detail"] if len(r["detail"]) <= width else r["detail"][:width - 3] + "..."
+    lines.append(f"{r['run_name']:<{name}}  {r['end_status']:<16} {code:>4}  {steps:>11}  {detail}")
+  return "\n".join(lines)
 
 
 def append_log(output_dir: str, event: Mapping[str, Any]) -> None:
@@ -443,6 +483,7 @@ def run_local(
     env: Mapping[str, str] | None = None,
     timeout: float | None = None,
     progress: bool = True,
+    rerun: Sequence[str] = (),
 ) -> Outcome:
   """Runs ``runs`` one after another through ``MaxText/train.py``; see the module docstring.
 
@@ -453,6 +494,7 @@ def run_local(
     env: the subprocess environment (default: this process's).
     timeout: seconds per run; a run that takes longer is killed and counted as failed.
     progress: show a tqdm progress bar on stderr.
+    rerun: end statuses to run again besides the resumable ones (``status.reruns``; ``"all"``: every one).
 
   Returns:
     The ``Outcome``; ``failures.json`` holds its ``failed`` list.
@@ -467,9 +509,12 @@ def run_local(
   for run in bar:
     bar.set_postfix_str(run.name, refresh=True)
     before, _ = end_status(output_dir, run.name)
-    if before == status.COMPLETED:
-      outcome.skipped.append(run.name)
-      append_log(output_dir, {"status": "skipped", "run_name": run.name})
+    if not status.reruns(before, tuple(rerun)):
+      if before == status.COMPLETED:
+        outcome.skipped.append(run.name)
+      else:
+        outcome.left.append({"run_name": run.name, "end_status": before})
+      append_log(output_dir, {"status": "skipped", "run_name": run.name, "end_status": before})
       continue
     log_path = os.path.join(output_dir, LOGS_DIR, f"{run.name}.log")
     cmd = [python, train_script, *run.argv(output_dir)]
@@ -503,6 +548,8 @@ def run_local(
   bar.close()
   with open(os.path.join(output_dir, FAILURES_FILE), "w", encoding="utf-8") as f:
     json.dump(outcome.failed, f, indent=2)
+  outcome.table = status_table(runs, output_dir)
+  files.write_json(os.path.join(output_dir, STATUS_FILE), outcome.table)
   return outcome
 
 
@@ -514,4 +561,5 @@ def local_commands(runs: Iterable[Run], output_dir: str, python: str = sys.execu
 
 __all__ = ["Axis", "SweepSpec", "Run", "Outcome", "format_value", "parse_override", "parse_value", "parse_spec", "load_spec",
            "render_name", "expand", "manifest", "write_manifest", "run_local", "local_commands", "read_log",
-           "summary_path", "end_status", "tail", "MANIFEST_FILE", "LOG_FILE", "FAILURES_FILE"]
+           "summary_path", "end_status", "status_table", "format_status_table", "tail", "MANIFEST_FILE", "LOG_FILE",
+           "FAILURES_FILE", "STATUS_FILE"]
