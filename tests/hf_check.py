@@ -1,6 +1,11 @@
 """Run under .venv-hf (PyTorch, transformers, compressed-tensors): loads exports the way their users would.
 
-Usage: python tests/hf_check.py REQUEST.json RESULT.json, where the request holds
+Usage: python tests/hf_check.py REQUEST.json RESULT.json, where the request holds either
+  make: {out_dir: config_dir}: a Hugging Face checkpoint per entry, made locally from the config.json in config_dir
+    with transformers' own class for it (AutoModelForCausalLM.from_config), every tensor random (normal, std 0.05;
+    norm weights 1 + that noise), saved with save_pretrained (safetensors); nothing downloaded. The result lists the
+    tensors saved.
+or
   dense: an export written with --format hf
   compressed: the same checkpoint written with --format compressed (optional)
   compressed24: a 2:4 checkpoint written with --format compressed-24, whose dense export is `dense` (optional)
@@ -18,21 +23,43 @@ import torch
 from compressed_tensors.compressors import ModelCompressor
 from compressed_tensors.compressors.sparse_compressors.sparse_bitmask import BitmaskTensor
 from safetensors.torch import load_file
-from transformers import AutoConfig, AutoTokenizer, LlamaForCausalLM
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 
 def bits(t):
   return t.contiguous().view(torch.uint8)
 
 
+def make(req):
+  """Random Hugging Face checkpoints of the configs given (see the module docstring)."""
+  out = {}
+  for target, config_dir in req["make"].items():
+    config = AutoConfig.from_pretrained(config_dir)
+    config.dtype = "float32"
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    with torch.no_grad():
+      for name, p in model.named_parameters():
+        noise = torch.randn_like(p) * 0.05
+        p.copy_(1 + noise if "norm" in name else noise)
+    model.save_pretrained(target)
+    out[target] = {"class": type(model).__name__, "tensors": sorted(load_file(f"{target}/model.safetensors"))}
+  return out
+
+
 def main(request_path, result_path):
   with open(request_path) as f:
     req = json.load(f)
+  if "make" in req:
+    with open(result_path, "w") as f:
+      json.dump(make(req), f)
+    return
   out = {}
   dense_dir = req["dense"]
-  model = LlamaForCausalLM.from_pretrained(dense_dir, dtype=torch.float32)
+  model, loading = AutoModelForCausalLM.from_pretrained(dense_dir, dtype=torch.float32, output_loading_info=True)
   model.eval()
   out["model_class"] = type(model).__name__
+  out["loading_info"] = {k: sorted(map(str, v)) for k, v in loading.items()}
   tokens = torch.tensor(req["tokens"], dtype=torch.long)
   with torch.no_grad():
     out["logits"] = model(tokens).logits.float().tolist()
@@ -40,7 +67,14 @@ def main(request_path, result_path):
   out["zeros"] = {k: int((v == 0).sum()) for k, v in dense.items()}
   out["sizes"] = {k: int(v.numel()) for k, v in dense.items()}
   state = model.state_dict()
-  out["loaded_equals_file"] = all(torch.equal(bits(state[k]), bits(v)) for k, v in dense.items())
+  # A family whose transformers class fuses tensors on load (e.g. per-expert weights into one stacked tensor)
+  # keeps them under other names: those are listed, the rest compared bit for bit.
+  out["renamed_on_load"] = sorted(k for k in dense if k not in state)
+  out["loaded_equals_file"] = all(torch.equal(bits(state[k]), bits(v)) for k, v in dense.items() if k in state)
+  if req.get("no_tokenizer"):
+    with open(result_path, "w") as f:
+      json.dump(out, f)
+    return
 
   tok = AutoTokenizer.from_pretrained(dense_dir)
   out["tokenizer_class"] = type(tok).__name__
@@ -61,7 +95,7 @@ def main(request_path, result_path):
     config = AutoConfig.from_pretrained(comp24)
     out["quantization_config24"] = config.quantization_config
     del config.quantization_config
-    decompressed = LlamaForCausalLM(config)
+    decompressed = AutoModelForCausalLM.from_config(config)
     compressor.decompress(comp24, decompressed)
     dstate = decompressed.state_dict()
     out["decompressed24_bitwise_equal"] = sorted(k for k, v in dense.items() if torch.equal(bits(dstate[k]), bits(v)))
@@ -81,7 +115,7 @@ def main(request_path, result_path):
     config = AutoConfig.from_pretrained(comp_dir)
     out["quantization_config"] = config.quantization_config
     del config.quantization_config
-    decompressed = LlamaForCausalLM(config)
+    decompressed = AutoModelForCausalLM.from_config(config)
     compressor.decompress(comp_dir, decompressed)
     dstate = decompressed.state_dict()
     out["decompressed_bitwise_equal"] = sorted(k for k, v in dense.items() if torch.equal(bits(dstate[k]), bits(v)))

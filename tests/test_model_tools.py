@@ -175,65 +175,60 @@ def _config(**over):
 
 
 def test_unsupported_models_are_refused_with_the_reasons():
-  assert export.check_supported(_config()) == export.Shape(8, 2, 2, 1, 4, 12, 16, True)
+  assert export.check_supported(_config()) == "llama3.1-8b"  # MaxText's LLaMA conversion tables
+  for block in ("gemma", "mistral", "gpt3", "default"):
+    with pytest.raises(ValueError) as e:
+      export.check_supported(_config(decoder_block=block))
+    msg = str(e.value)
+    assert f"decoder_block={block!r}" in msg and f"the {block} family cannot be exported" in msg
+    assert "families that work: llama2, qwen2, qwen3, qwen3_moe, mixtral" in msg
   with pytest.raises(ValueError) as e:
-    export.check_supported(_config(decoder_block="gemma", logits_via_embedding=True, num_experts=8))
+    export.check_supported(_config(mlp_activations=["gelu"], num_experts=8, use_qk_norm=True, quantization="int8"))
   msg = str(e.value)
-  assert "only llama2-style decoders" in msg
-  assert "decoder_block='gemma'" in msg and "logits_via_embedding=true" in msg and "num_experts=8" in msg
-  for over, word in [({"mlp_activations": ["gelu"]}, "mlp_activations"), ({"rope_type": "yarn"}, "rope_type"),
-                     ({"model_name": "llama3.1-8b"}, "llama3.1"), ({"use_qk_norm": True}, "use_qk_norm")]:
-    with pytest.raises(ValueError, match=word):
-      export.check_supported(_config(**over))
+  assert "decoder_block=llama2" in msg and "mlp_activations=['gelu']" in msg and "num_experts=8" in msg
+  assert "use_qk_norm=true" in msg and "quantization='int8'" in msg
 
 
 def test_checkpoint_config_mismatch_names_each_parameter():
-  s = export.check_supported(_config())
-  want = export.expected_params(s)
+  want = layout.llama_param_shapes(8, 2, 2, 1, 4, 12, 16)  # an independent table of MaxText's llama2 parameters
   params = {p: np.zeros(shape, np.float32) for p, shape in want.items()}
   ok = model_checkpoint.ModelState(params=dict(params), masks={}, state_step=1, pruner_count=None)
-  export.check_checkpoint(ok, s, "x")
+  export.check_checkpoint(ok, want, "x")
   params["decoder/layers/mlp/wi_0/kernel"] = np.zeros((8, 2, 99), np.float32)
   del params["decoder/decoder_norm/scale"]
   params["decoder/extra/bias"] = np.zeros(3, np.float32)
   bad = model_checkpoint.ModelState(params=params, masks={"decoder/layers/mlp/wo/kernel": np.ones((1,), bool)},
                                     state_step=1, pruner_count=1)
   with pytest.raises(ValueError) as e:
-    export.check_checkpoint(bad, s, "ckpt")
+    export.check_checkpoint(bad, want, "ckpt")
   msg = str(e.value)
   assert "does not match the config" in msg
   assert "decoder/layers/mlp/wi_0/kernel: checkpoint (8, 2, 99), config (8, 2, 12)" in msg
   assert "missing decoder/decoder_norm/scale" in msg and "unexpected decoder/extra/bias" in msg
   assert "mask of decoder/layers/mlp/wo/kernel" in msg
-  un = export.expected_params(export.check_supported(_config(scan_layers=False)))
-  assert un["decoder/layers_1/self_attention/key/kernel"] == (8, 1, 4)
 
 
 _MAPPING_SCRIPT = r"""
-import json, numpy as np
-from sparsity.model.export import Shape, expected_params, to_hf_tensors
-s = Shape(emb=8, layers=2, q_heads=2, kv_heads=1, head_dim=4, mlp=12, vocab=16, scan_layers=True)
+import json, sys, numpy as np
+from sparsity.maxtext import host, layout
+from sparsity.maxtext.config import load_config
+from sparsity.model import export, hf_mapping
+argv = sys.argv[1:]
+config = load_config(host.single_process(argv, extra=("enable_checkpointing=false",)))
+key = export.check_supported(config)
+want = export.abstract_params(config)
 rng = np.random.default_rng(0)
-p = {k: rng.standard_normal(v).astype(np.float32) for k, v in expected_params(s).items()}
-hf = to_hf_tensors(p, s)
-u = Shape(**{**s.__dict__, "scan_layers": False})
-unscanned = {}
-for k in expected_params(u):
-  if k.startswith("decoder/layers_"):
-    i, rest = k[len("decoder/layers_"):].split("/", 1)
-    unscanned[k] = p["decoder/layers/" + rest].take(int(i), axis=1)
-  else:
-    unscanned[k] = p[k]
-hf_u = to_hf_tensors(unscanned, u)
+p = {k: rng.standard_normal(v).astype(np.float32) for k, v in want.items()}
+hf, origin = hf_mapping.to_hf(p, config, hf_mapping.hf_config(config, key).to_dict(), key, "float32")
+E, H, D, KV, M, V = 64, 4, 16, 4, 256, 32000
 L = "decoder/layers/"
 checks = {
-  "same_names": sorted(hf) == sorted(hf_u),
-  "unscanned_equal": all(np.array_equal(hf[k], hf_u[k]) for k in hf),
+  "abstract_is_the_independent_table": want == layout.llama_param_shapes(E, 2, H, KV, D, M, V),
   # MaxText folds 1/sqrt(head_dim) into the query kernel; Hugging Face scales in attention.
-  "q": np.array_equal(hf["model.layers.1.self_attn.q_proj.weight"], (p[L + "self_attention/query/kernel"][:, 1] * 2.0).reshape(8, 8).T),
-  "k": np.array_equal(hf["model.layers.1.self_attn.k_proj.weight"], p[L + "self_attention/key/kernel"][:, 1].reshape(8, 4).T),
-  "v": np.array_equal(hf["model.layers.0.self_attn.v_proj.weight"], p[L + "self_attention/value/kernel"][:, 0].reshape(8, 4).T),
-  "o": np.array_equal(hf["model.layers.0.self_attn.o_proj.weight"], p[L + "self_attention/out/kernel"][:, 0].reshape(8, 8).T),
+  "q": np.array_equal(hf["model.layers.1.self_attn.q_proj.weight"], (p[L + "self_attention/query/kernel"][:, 1] * 4.0).reshape(E, H * D).T),
+  "k": np.array_equal(hf["model.layers.1.self_attn.k_proj.weight"], p[L + "self_attention/key/kernel"][:, 1].reshape(E, KV * D).T),
+  "v": np.array_equal(hf["model.layers.0.self_attn.v_proj.weight"], p[L + "self_attention/value/kernel"][:, 0].reshape(E, KV * D).T),
+  "o": np.array_equal(hf["model.layers.0.self_attn.o_proj.weight"], p[L + "self_attention/out/kernel"][:, 0].reshape(H * D, E).T),
   "gate": np.array_equal(hf["model.layers.1.mlp.gate_proj.weight"], p[L + "mlp/wi_0/kernel"][:, 1].T),
   "up": np.array_equal(hf["model.layers.1.mlp.up_proj.weight"], p[L + "mlp/wi_1/kernel"][:, 1].T),
   "down": np.array_equal(hf["model.layers.0.mlp.down_proj.weight"], p[L + "mlp/wo/kernel"][:, 0].T),
@@ -241,6 +236,7 @@ checks = {
   "lm_head": np.array_equal(hf["lm_head.weight"], p["decoder/logits_dense/kernel"].T),
   "embed": np.array_equal(hf["model.embed_tokens.weight"], p["token_embedder/embedding"]),
   "count": len(hf) == 3 + 2 * 9,
+  "origin": origin[L + "mlp/wo/kernel"] == ["model.layers.0.mlp.down_proj.weight", "model.layers.1.mlp.down_proj.weight"],
 }
 print("RESULT" + json.dumps(checks))
 """
@@ -248,8 +244,8 @@ print("RESULT" + json.dumps(checks))
 
 @pytest.mark.slow  # builds the MaxText model in a subprocess
 def test_maxtext_mapping_to_hugging_face_names_and_layouts():
-  out = subprocess.run([sys.executable, "-c", _MAPPING_SCRIPT], cwd=ROOT, env=cpu_env(), capture_output=True, text=True,
-                       timeout=300, check=False)
+  out = subprocess.run([sys.executable, "-c", _MAPPING_SCRIPT, *MODEL], cwd=ROOT, env=cpu_env(), capture_output=True,
+                       text=True, timeout=300, check=False)
   lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT")]
   assert out.returncode == 0 and lines, out.stderr[-3000:]
   checks = json.loads(lines[-1][len("RESULT"):])
@@ -257,14 +253,19 @@ def test_maxtext_mapping_to_hugging_face_names_and_layouts():
 
 
 def test_failed_export_leaves_nothing_behind(tmp_path, monkeypatch):
+  from transformers import LlamaConfig
+
   cfg = _config(scan_layers=True, max_target_length=16, normalization_layer_epsilon=1e-5, rope_max_timescale=10000,
                 tokenizer_path="none", tokenizer_type="sentencepiece", add_bos=True)
-  s = export.check_supported(cfg)
+  want = layout.llama_param_shapes(8, 2, 2, 1, 4, 12, 16)
   rng = np.random.default_rng(0)
-  params = {p: rng.standard_normal(shape).astype(np.float32) for p, shape in export.expected_params(s).items()}
+  params = {p: rng.standard_normal(shape).astype(np.float32) for p, shape in want.items()}
   _save_checkpoint(layout.items_dir(layout.checkpoints_dir(tmp_path / "run"), 3), params)
-  monkeypatch.setattr(export, "to_hf_tensors", lambda p, s, dtype: {"lm_head.weight": np.zeros((16, 8), np.float32)})
-  monkeypatch.setattr(export, "hf_module_of", lambda p, s: [])
+  monkeypatch.setattr(export, "abstract_params", lambda config: want)
+  monkeypatch.setattr(export.hf_mapping, "hf_config", lambda config, key=None: LlamaConfig(vocab_size=16, hidden_size=8, num_attention_heads=2))
+  monkeypatch.setattr(export.hf_mapping, "tables_config", lambda d, key: d)
+  monkeypatch.setattr(export.hf_mapping, "to_hf",
+                      lambda p, config, d, key, dtype: ({"lm_head.weight": np.zeros((16, 8), np.float32)}, {}))
 
   def broken(config, out_dir, vocab):
     with open(os.path.join(out_dir, "tokenizer.model"), "w") as f:
@@ -404,7 +405,7 @@ def test_export_errors_leave_out_untouched(sparse_run, exports, tmp_path):
       ([str(tmp_path / "missing"), "--config", *MODEL], "no such checkpoint directory"),
       ([str(sparse_run), "--config", *MODEL, "base_emb_dim=128"], "does not match the config"),
       ([str(sparse_run), "--config", *MODEL, "decoder_block=mistral", "logits_via_embedding=true"],
-       "only llama2-style decoders"),
+       "the mistral family cannot be exported"),
   ]
   errors = []
   for args, message in cases:
@@ -413,7 +414,7 @@ def test_export_errors_leave_out_untouched(sparse_run, exports, tmp_path):
     assert os.listdir(tmp_path) == [], os.listdir(tmp_path)  # no --out, no temporary directory
     errors.append(err)
   assert "decoder/layers/mlp/wi_0/kernel: checkpoint (64, 2, 256), config (128, 2, 256)" in errors[1]
-  assert "decoder_block='mistral'" in errors[2] and "logits_via_embedding=true" in errors[2]
+  assert "decoder_block='mistral'" in errors[2] and "families that work: llama2" in errors[2]
   code, _, err = run_cli(["export", str(sparse_run), "--config", *MODEL, "--out", str(base / "hf")])
   assert code == 2 and "exists" in err and "--force" in err  # usage: exit code 2
 

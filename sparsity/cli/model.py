@@ -1,10 +1,12 @@
-"""Commands on a trained model: ``inspect``, ``export`` and ``generate`` (see ``sparsity.cli`` for the style).
+"""Commands on a trained model: ``inspect``, ``export``, ``import`` and ``generate`` (see ``sparsity.cli`` for the style).
 
   inspect   CHECKPOINT_DIR [--step N] [--json] [--prunable REGEX] [--structure N:M] [--decoder-block NAME]
   export    CHECKPOINT_DIR --config CONFIG [key=value ...] --out DIR [--format hf|compressed|compressed-24] [--json]
+  import    HF_DIR --config CONFIG [key=value ...] --out DIR [--dtype float32|bfloat16] [--json]
   generate  CHECKPOINT_DIR --config CONFIG [key=value ...] [--prompt TEXT] [--max-new-tokens N] [--json]
 
-CHECKPOINT_DIR is a run directory, its ``checkpoints`` directory, one step's directory or its ``items``.
+CHECKPOINT_DIR is a run directory, its ``checkpoints`` directory, one step's directory or its ``items``; HF_DIR a
+Hugging Face checkpoint directory (``config.json`` and ``*.safetensors``).
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ def _inspect(p: argparse.ArgumentParser) -> Runner:
   return run
 
 
-@command("export", "write a Hugging Face LLaMA directory (masks applied; optionally sparse-bitmask compressed)",
+@command("export", "write a Hugging Face model directory (masks applied; optionally sparse-bitmask compressed)",
          overrides=True)
 def _export(p: argparse.ArgumentParser) -> Runner:
   _checkpoint_args(p, "export")
@@ -66,6 +68,30 @@ def _export(p: argparse.ArgumentParser) -> Runner:
           dtype=args.dtype, overwrite=args.force,
       )
     emit(args, {"out": result.out, **result.info}, lambda: export.format_result(result))
+    return 0
+
+  return run
+
+
+@command("import", "a Hugging Face checkpoint as a MaxText checkpoint for load_parameters_path (MaxText's to_maxtext)",
+         overrides=True)
+def _import(p: argparse.ArgumentParser) -> Runner:
+  p.add_argument("hf_dir", metavar="HF_DIR", help="Hugging Face checkpoint directory (config.json, *.safetensors)")
+  p.add_argument("--config", required=True, help="the MaxText YAML of the model (then key=value overrides: its "
+                 "family's model_name and dimensions)")
+  add_json(p)
+  add_out(p, "MaxText checkpoint directory to create (OUT/0/items is the load_parameters_path)")
+  p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="parameter dtype written")
+
+  def run(args: argparse.Namespace) -> int:
+    from sparsity.model import hf_import  # pylint: disable=import-outside-toplevel
+
+    check_out(args.out, args.force)
+    with contextlib.redirect_stdout(sys.stderr):
+      out = hf_import.import_from_cli(args.hf_dir, [args.config, *args.overrides], args.out, dtype=args.dtype,
+                                      overwrite=args.force)
+    emit(args, out, lambda: f"wrote {out['out']} ({out['tensors']} tensors, {out['params']:,} params, {out['dtype']}); "
+         f"train from it with load_parameters_path={out['load_parameters_path']}")
     return 0
 
   return run

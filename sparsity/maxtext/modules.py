@@ -80,6 +80,21 @@ def hf_shape():
   return _import("maxtext.checkpoint_conversion.utils.hf_shape")
 
 
+def hf_model_configs():
+  """MaxText's transformers config objects per model name (``HF_MODEL_CONFIGS``)."""
+  return _import("maxtext.checkpoint_conversion.utils.hf_model_configs")
+
+
+def to_huggingface():
+  """MaxText's MaxText -> Hugging Face converter module (its table and config helpers)."""
+  return _import("maxtext.checkpoint_conversion.to_huggingface")
+
+
+def to_maxtext():
+  """MaxText's Hugging Face -> MaxText converter module (its abstract model and stacking helpers)."""
+  return _import("maxtext.checkpoint_conversion.to_maxtext")
+
+
 def conversion_utils():
   """MaxText's checkpoint-conversion helpers (``process_maxtext_param``)."""
   return _import("maxtext.checkpoint_conversion.utils.utils")
@@ -106,4 +121,4 @@ def max_logging():
 
 __all__ = ["MAXTEXT_VERSION", "pyconfig", "types", "optimizers", "train", "train_utils", "max_utils", "checkpointing", "max_logging",
            "exceptions", "train_compile", "maxtext_utils", "sharding", "accelerators", "model_creation_utils",
-           "param_mapping", "hf_shape", "conversion_utils", "maxengine", "tokenizer", "version"]
+           "param_mapping", "hf_shape", "hf_model_configs", "to_huggingface", "to_maxtext", "conversion_utils", "maxengine", "tokenizer", "version"]

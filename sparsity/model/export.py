@@ -1,26 +1,22 @@
-"""``python -m sparsity export``: a MaxText checkpoint as a Hugging Face ``LlamaForCausalLM`` directory.
+"""``python -m sparsity export``: a MaxText checkpoint as a Hugging Face model directory, through MaxText's converters.
 
-Supported families (``EXPORT_FAMILIES``): ``decoder_block=llama2`` (LLaMA 2 and 3 shapes, with the settings
-``check_supported`` lists); any other family is refused with an error naming it before anything is written.
+Families (``hf_mapping.FAMILY_MODELS``): every ``decoder_block`` whose MaxText conversion tables
+(``maxtext.checkpoint_conversion``: ``PARAM_MAPPING``, ``HOOK_FNS``, ``HF_SHAPE``) exist and whose export transformers
+loads with MaxText's logits; any other family is refused with an error naming it and the families that work, before
+anything is written. ``python -m sparsity export-table`` shows which families pass which check.
 
-What is written (``--format hf``): ``config.json`` (transformers' own ``LlamaConfig``), ``generation_config.json``,
-``model.safetensors`` with the masks applied (every pruned weight exactly +0.0), ``tokenizer.model`` (the
-SentencePiece model of the run), ``tokenizer.json`` + ``tokenizer_config.json`` (transformers' conversion of
-it, so ``AutoTokenizer`` needs neither sentencepiece nor protobuf) and ``sparsity_export.json`` (what was
-exported: step, counts, sizes). ``--format compressed``: the same, but each pruned linear weight is stored in
-the compressed-tensors ``sparse-bitmask`` format (``sparsity.model.sparse_bitmask``) and ``config.json`` carries the
-``quantization_config`` that compressed-tensors, llm-compressor, vLLM and transformers read. ``--format
-compressed-24``: for a 2:4 model (``pruning_structure=2:4``), the ``sparse-24-bitmask`` format (2 values and a
-bitmask per group of 4 along each weight's input dimension). The serving stacks of 2026 have dropped sparse
-formats (compressed-tensors 0.15 removed these compressors; vLLM dropped its 2:4 kernels), so the dense export
-with exact zeros is the portable one; the compressed ones load with compressed-tensors <= 0.13.
-
-The parameter mapping is MaxText's own (``maxtext.checkpoint_conversion``: its LLaMA names, scanned-layer
-slicing, kernel reshapes and the query scaling by sqrt(head_dim) that MaxText folds into the query kernel),
-minus its RoPE permutation: that one is for llama3.1's interleaved rotary embedding, while MaxText's llama2
-decoder uses the rotate-half embedding that Hugging Face LLaMA uses (``maxtext.utils.max_utils.
-unpermute_from_match_maxtext_rope`` is the identity for llama2 too). The tests compare logits of the export
-under transformers with MaxText's forward pass.
+What is written (``--format hf``): ``config.json`` (transformers' own config class of the family, with the run's
+architecture), ``generation_config.json``, ``model.safetensors`` with the masks applied (every pruned weight exactly
++0.0, through every hook of the mapping: transposes, expert splits, scales), ``tokenizer.model`` (the SentencePiece
+model of the run), ``tokenizer.json`` + ``tokenizer_config.json`` (transformers' conversion of it, so
+``AutoTokenizer`` needs neither sentencepiece nor protobuf) and ``sparsity_export.json`` (what was exported: step,
+counts, sizes, which Hugging Face tensors are pruned). ``--format compressed``: the same, but each pruned 2-D weight
+is stored in the compressed-tensors ``sparse-bitmask`` format (``sparsity.model.sparse_bitmask``) and
+``config.json`` carries the ``quantization_config`` that compressed-tensors, llm-compressor, vLLM and transformers
+read. ``--format compressed-24``: for a 2:4 model (``pruning_structure=2:4``), the ``sparse-24-bitmask`` format
+(2 values and a bitmask per group of 4 along each weight's input dimension). The serving stacks of 2026 have dropped
+sparse formats (compressed-tensors 0.15 removed these compressors; vLLM dropped its 2:4 kernels), so the dense
+export with exact zeros is the portable one; the compressed ones load with compressed-tensors <= 0.13.
 
 Everything is written to a temporary directory beside ``--out`` and renamed at the end, so a failed export
 leaves nothing behind.
@@ -39,82 +35,49 @@ import numpy as np
 
 from sparsity.maxtext import checkpoint as ckpt
 from sparsity.maxtext import host, layout, modules
-from sparsity.model import sparse_bitmask
+from sparsity.model import hf_mapping, sparse_bitmask
 
 SAFETENSORS = "model.safetensors"
 FORMATS = ("hf", "compressed", "compressed-24")
 EXPORT_INFO = "sparsity_export.json"
-MT_MODEL_KEY = "llama3.1-8b"  # MaxText's LLaMA-family mapping tables (names, hooks, HF shapes) are keyed by it
-
-
-@dataclasses.dataclass(frozen=True)
-class Shape:
-  emb: int
-  layers: int
-  q_heads: int
-  kv_heads: int
-  head_dim: int
-  mlp: int
-  vocab: int
-  scan_layers: bool
 
 
 def _val(x):
   return getattr(x, "value", x)
 
 
-# The model families (``decoder_block``, ``sparsity.maxtext.families``) export writes: LLaMA (2 and 3 shapes).
-EXPORT_FAMILIES = ("llama2",)
-
-
-def check_supported(config) -> Shape:
-  """The model's shape; a ValueError naming the family if export does not support it (``EXPORT_FAMILIES``), or
-  every setting a Hugging Face LLaMA cannot represent."""
+def check_supported(config) -> str:
+  """The MaxText model name whose conversion tables the run uses; a ValueError naming the family if export does not
+  support it, or the settings its Hugging Face architecture cannot represent."""
+  key = hf_mapping.model_key(config)
   problems = []
-
-  def need(ok, what):
-    if not ok:
-      problems.append(what)
-
-  block = str(_val(config.decoder_block))
-  need(block in EXPORT_FAMILIES, f"decoder_block={block!r} (the {block} family is not supported by export"
-       + (", a mixture of experts" if int(config.num_experts) > 1 else "") + f"; supported: {', '.join(EXPORT_FAMILIES)})")
-  need(list(config.mlp_activations) == ["silu", "linear"], f"mlp_activations={list(config.mlp_activations)} (need ['silu', 'linear'])")
-  need(int(config.num_experts) == 1, f"num_experts={config.num_experts} (need 1: dense MLP)")
-  need(not config.logits_via_embedding, "logits_via_embedding=true (tied embeddings are not supported; need false)")
-  need(not config.final_logits_soft_cap, f"final_logits_soft_cap={config.final_logits_soft_cap} (need none)")
-  need(_val(config.rope_type) == "default", f"rope_type={_val(config.rope_type)!r} (need 'default')")
-  need(not str(config.model_name).startswith("llama3.1"), f"model_name={config.model_name!r} (llama3.1 RoPE)")
-  need(int(config.rope_min_timescale) == 1, f"rope_min_timescale={config.rope_min_timescale} (need 1)")
-  need(float(getattr(config, "rope_linear_scaling_factor", 1.0)) == 1.0, "rope_linear_scaling_factor != 1")
-  need(not config.use_qk_norm, "use_qk_norm=true")
-  need(not config.fused_qkv and not config.fused_mlp, "fused_qkv / fused_mlp")
-  need(not getattr(config, "use_post_attn_norm", False) and not getattr(config, "use_post_ffw_norm", False),
-       "use_post_attn_norm / use_post_ffw_norm")
-  need(not _val(config.quantization), f"quantization={_val(config.quantization)!r}")
-  need(int(config.param_scan_axis) == 1 or not config.scan_layers, f"param_scan_axis={config.param_scan_axis} (need 1)")
+  if _val(config.quantization):
+    problems.append(f"quantization={_val(config.quantization)!r} (export writes unquantized weights)")
+  if config.scan_layers and int(config.param_scan_axis) != 1:
+    problems.append(f"param_scan_axis={config.param_scan_axis} (need 1)")
+  if str(_val(config.decoder_block)) == "llama2":  # MaxText's LLaMA table is llama3.1's; these settings differ
+    if list(config.mlp_activations) != ["silu", "linear"]:
+      problems.append(f"mlp_activations={list(config.mlp_activations)} (need ['silu', 'linear'])")
+    if int(config.num_experts) != 1:
+      problems.append(f"num_experts={config.num_experts} (a LLaMA has a dense MLP; Mixtral is decoder_block=mixtral)")
+    for name in ("use_qk_norm", "fused_qkv", "fused_mlp"):
+      if getattr(config, name, False):
+        problems.append(f"{name}=true")
   if problems:
-    raise ValueError(
-        "unsupported model for a Hugging Face LLaMA export (export supports the LLaMA family, decoder_block=llama2, "
-        "with only llama2-style decoders: SwiGLU MLP, RMSNorm, rotate-half RoPE, untied output projection; inspect "
-        "reads every family's checkpoint): " + "; ".join(problems)
-    )
-  return Shape(
-      emb=int(config.emb_dim), layers=int(config.num_decoder_layers), q_heads=int(config.num_query_heads),
-      kv_heads=int(config.num_kv_heads), head_dim=int(config.head_dim), mlp=int(config.mlp_dim),
-      vocab=int(config.vocab_size), scan_layers=bool(config.scan_layers),
-  )
+    raise ValueError(f"unsupported settings for a Hugging Face export of decoder_block={_val(config.decoder_block)}: "
+                     + "; ".join(problems))
+  return key
 
 
-def expected_params(s: Shape) -> dict[str, tuple[int, ...]]:
-  """MaxText's parameter paths and shapes for a llama2 decoder (``sparsity.maxtext.layout.llama_param_shapes``)."""
-  return layout.llama_param_shapes(s.emb, s.layers, s.q_heads, s.kv_heads, s.head_dim, s.mlp, s.vocab,
-                                   scan_layers=s.scan_layers)
+def abstract_params(config) -> dict[str, tuple[int, ...]]:
+  """MaxText's parameter paths and shapes of the config's model (its abstract model, built by ``to_maxtext``)."""
+  info, _ = modules.to_maxtext().get_maxtext_model_info(config)
+  return {k[len("params-"):].replace("-", "/"): tuple(shape) for k, (_, shape) in info.items()
+          if k.startswith("params-")}
 
 
-def check_checkpoint(state: ckpt.ModelState, s: Shape, where: str) -> None:
-  """A ValueError listing every parameter the config and the checkpoint disagree on."""
-  want = expected_params(s)
+def check_checkpoint(state: ckpt.ModelState, want: dict[str, tuple[int, ...]], where: str) -> None:
+  """A ValueError listing every parameter the config (``want``: path -> shape) and the checkpoint disagree on."""
   problems = []
   for p in sorted(set(want) - set(state.params)):
     problems.append(f"missing {p} (config expects shape {want[p]})")
@@ -145,57 +108,14 @@ def masked_params(state: ckpt.ModelState) -> dict[str, np.ndarray]:
   return out
 
 
-def _hf_model_dict(s: Shape) -> dict[str, int]:
-  return {
-      "num_hidden_layers": s.layers, "head_dim": s.head_dim, "hidden_size": s.emb, "intermediate_size": s.mlp,
-      "num_attention_heads": s.q_heads, "num_key_value_heads": s.kv_heads, "vocab_size": s.vocab,
-  }
-
-
-def to_hf_tensors(params: dict[str, np.ndarray], s: Shape, dtype: str = "float32") -> dict[str, np.ndarray]:
-  """{Hugging Face name: array} through MaxText's own to_huggingface mapping for the LLaMA family."""
-  from types import SimpleNamespace  # pylint: disable=import-outside-toplevel
-
-  param_mapping, hf_shape = modules.param_mapping(), modules.hf_shape()
-  process_maxtext_param = modules.conversion_utils().process_maxtext_param
-  hf = _hf_model_dict(s)
-  names = param_mapping.PARAM_MAPPING[MT_MODEL_KEY](hf, None, s.scan_layers)
-  hooks = param_mapping.HOOK_FNS[MT_MODEL_KEY](hf, None, s.scan_layers, saving_to_hf=True)
-  # llama3.1's interleaved->rotate-half permutation does not apply to llama2 (see the module docstring).
-  hooks = {k: [f for f in v if f.__name__ != "adjust_rope"] if isinstance(v, list) else v for k, v in hooks.items()}
-  shapes = hf_shape.HF_SHAPE[MT_MODEL_KEY](hf)
-  mt_config = SimpleNamespace(scan_layers=s.scan_layers, param_scan_axis=1, weight_dtype=dtype)
-  out: dict[str, np.ndarray] = {}
-  for path, w in params.items():
-    key = layout.conversion_key(path)
-    if key not in names:
-      raise ValueError(f"no Hugging Face name for MaxText parameter {path}")
-    for hf_name, arr in process_maxtext_param(key, w, names, hooks, shapes, mt_config):
-      out[hf_name] = np.ascontiguousarray(np.asarray(arr))
-  missing = sorted(set(shapes) - set(out))
-  if missing:
-    raise ValueError(f"Hugging Face weights not produced: {', '.join(missing)}")
-  return out
-
-
-def hf_module_of(path: str, s: Shape) -> list[str]:
-  """The Hugging Face weight names that MaxText parameter ``path`` becomes."""
-  names = modules.param_mapping().PARAM_MAPPING[MT_MODEL_KEY](_hf_model_dict(s), None, s.scan_layers)
-  v = names[layout.conversion_key(path)]
-  return v if isinstance(v, list) else [v]
-
-
-def llama_config(config, s: Shape, dtype: str, tokenizer_ids: dict[str, int | None]):
-  """transformers' ``LlamaConfig`` of the model (transformers needs no PyTorch for configs)."""
-  from transformers import LlamaConfig  # pylint: disable=import-outside-toplevel
-
-  return LlamaConfig(
-      vocab_size=s.vocab, hidden_size=s.emb, intermediate_size=s.mlp, num_hidden_layers=s.layers,
-      num_attention_heads=s.q_heads, num_key_value_heads=s.kv_heads, head_dim=s.head_dim, hidden_act="silu",
-      max_position_embeddings=int(config.max_target_length), rms_norm_eps=float(config.normalization_layer_epsilon),
-      rope_theta=float(config.rope_max_timescale), tie_word_embeddings=False, attention_bias=False, mlp_bias=False,
-      architectures=["LlamaForCausalLM"], dtype=dtype, **tokenizer_ids,
-  )
+def hf_model_config(config, key: str, dtype: str, tokenizer_ids: dict[str, int | None]):
+  """transformers' config object of the export: the family's class with the run's architecture, the tokenizer's
+  special ids (None where the run has no tokenizer) and the dtype written."""
+  cfg = hf_mapping.hf_config(config, key)
+  for k in ("bos_token_id", "eos_token_id", "pad_token_id"):
+    setattr(cfg, k, tokenizer_ids.get(k))
+  cfg.dtype = dtype
+  return cfg
 
 
 def _generation_config(ids: dict[str, int | None]):
@@ -273,85 +193,106 @@ def export(
   out = os.path.abspath(out)
   if os.path.exists(out) and not overwrite:
     raise ValueError(f"--out {out} exists; choose a new directory or pass --force")
-  s = check_supported(config)
+  key = check_supported(config)
   where = ckpt.locate(checkpoint, step)
   state = ckpt.load(where.items_dir)
-  check_checkpoint(state, s, where.items_dir)
-
-  params = masked_params(state)
-  hf = to_hf_tensors(params, s, dtype)
-  prunable_hf = {n: p for p in state.masks for n in hf_module_of(p, s)}  # HF name -> MaxText path
-  pruned = int(sum(np.count_nonzero(~m) for m in state.masks.values()))
-  prunable = int(sum(m.size for m in state.masks.values()))
+  check_checkpoint(state, abstract_params(config), where.items_dir)
+  hf_dict = hf_mapping.hf_config(config, key).to_dict()
+  tensors, origin = hf_mapping.to_hf(masked_params(state), config, hf_mapping.tables_config(hf_dict, key), key, dtype)
+  prunable_hf = {n: p for p in state.masks for n in origin.get(p, ())}  # HF name -> MaxText path
 
   parent = os.path.dirname(out)
   os.makedirs(parent, exist_ok=True)
   tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.tmp-", dir=parent)
   try:
-    ids, warnings = write_tokenizer(config, tmp, s.vocab)
-    hf_cfg = llama_config(config, s, dtype, ids)
+    ids, warnings = write_tokenizer(config, tmp, int(config.vocab_size))
+    hf_cfg = hf_model_config(config, key, dtype, ids)
     hf_cfg.save_pretrained(tmp)
     _generation_config(ids).save_pretrained(tmp)
-    dense_bytes = sum(a.nbytes for a in hf.values())
-    linear_dense_bytes = sum(hf[n].nbytes for n in prunable_hf)
+    stored, prunable_bytes = _stored_tensors(tensors, prunable_hf, fmt)
     if fmt != "hf":
-      compress = sparse_bitmask.compress_24 if fmt == "compressed-24" else sparse_bitmask.compress
-      tensors, linear_bytes = {}, 0
-      for name, a in hf.items():
-        if name in prunable_hf:
-          module = name[: -len(".weight")]
-          try:
-            parts = compress(a)
-          except ValueError as e:
-            raise ValueError(f"{name}: {e}; --format compressed-24 needs a 2:4 model (pruning_structure=2:4)") from None
-          for suffix, part in parts.items():
-            tensors[f"{module}.{suffix}"] = part
-            linear_bytes += part.nbytes
-        else:
-          tensors[name] = a
-      linear_names = {n[: -len(".weight")] for n, a in hf.items() if a.ndim == 2 and n != "model.embed_tokens.weight"}
-      ignore = sorted(linear_names - {n[: -len(".weight")] for n in prunable_hf})
-      structure = "2:4" if fmt == "compressed-24" else "unstructured"
-      _add_quantization_config(tmp, sparse_bitmask.compression_config(pruned / max(prunable, 1), ignore, structure))
-    else:
-      tensors, linear_bytes = hf, linear_dense_bytes
-    _safetensors_save(tensors, os.path.join(tmp, SAFETENSORS))
-    file_bytes = os.path.getsize(os.path.join(tmp, SAFETENSORS))
-    info = {
-        "format": fmt,
-        "source": where.items_dir,
-        "step": where.step,
-        "state_step": state.state_step,
-        "pruner_count": state.pruner_count,
-        "masks": bool(state.masks),
-        "dtype": dtype,
-        "prunable_params": prunable,
-        "pruned_params": pruned,
-        "sparsity": pruned / prunable if prunable else 0.0,
-        "total_params": int(sum(a.size for a in hf.values())),
-        "prunable_hf_weights": sorted(prunable_hf),
-        "dense_weight_bytes": int(dense_bytes),
-        "weight_file_bytes": int(file_bytes),
-        "prunable_dense_bytes": int(linear_dense_bytes),
-        "prunable_stored_bytes": int(linear_bytes),
-        "prunable_ratio": linear_bytes / linear_dense_bytes if linear_dense_bytes else 1.0,
-        "file_ratio": file_bytes / dense_bytes if dense_bytes else 1.0,
-        "warnings": warnings,
-    }
+      _add_quantization_config(tmp, _compression_config(state, tensors, prunable_hf, fmt))
+    _safetensors_save(stored, os.path.join(tmp, SAFETENSORS))
+    info = _export_info(fmt, where, state, dtype, tensors, prunable_hf, prunable_bytes,
+                        os.path.getsize(os.path.join(tmp, SAFETENSORS)), warnings, key, hf_cfg)
     with open(os.path.join(tmp, EXPORT_INFO), "w", encoding="utf-8") as f:
       json.dump(info, f, indent=2)
     _plain_permissions(tmp)
-    if os.path.exists(out):  # --overwrite: swap, then delete the old one
-      old = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.old-", dir=parent)
-      os.rename(out, os.path.join(old, "x"))
-      os.rename(tmp, out)
-      shutil.rmtree(old, ignore_errors=True)
-    else:
-      os.rename(tmp, out)
+    _move_into_place(tmp, out)
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
     raise
   return ExportResult(out, fmt, info)
+
+
+def _stored_tensors(hf: dict[str, np.ndarray], prunable_hf: dict[str, str], fmt: str):
+  """The tensors written for ``fmt`` and the bytes the prunable weights take in it."""
+  if fmt == "hf":
+    return hf, sum(hf[n].nbytes for n in prunable_hf)
+  compress = sparse_bitmask.compress_24 if fmt == "compressed-24" else sparse_bitmask.compress
+  tensors, stored = {}, 0
+  for name, a in hf.items():
+    if name not in prunable_hf or a.ndim != 2:
+      tensors[name] = a
+      continue
+    try:
+      parts = compress(a)
+    except ValueError as e:
+      raise ValueError(f"{name}: {e}; --format compressed-24 needs a 2:4 model (pruning_structure=2:4)") from None
+    for suffix, part in parts.items():
+      tensors[f"{name[: -len('.weight')]}.{suffix}"] = part
+      stored += part.nbytes
+  return tensors, stored
+
+
+def _compression_config(state, hf, prunable_hf, fmt: str) -> dict:
+  pruned = int(sum(np.count_nonzero(~m) for m in state.masks.values()))
+  prunable = int(sum(m.size for m in state.masks.values()))
+  linear = {n[: -len(".weight")] for n, a in hf.items() if a.ndim == 2 and n.endswith(".weight") and "embed" not in n}
+  ignore = sorted(linear - {n[: -len(".weight")] for n, a in hf.items() if n in prunable_hf and a.ndim == 2})
+  structure = "2:4" if fmt == "compressed-24" else "unstructured"
+  return sparse_bitmask.compression_config(pruned / max(prunable, 1), ignore, structure)
+
+
+def _export_info(fmt, where, state, dtype, hf, prunable_hf, prunable_bytes, file_bytes, warnings, key, hf_cfg) -> dict:
+  pruned = int(sum(np.count_nonzero(~m) for m in state.masks.values()))
+  prunable = int(sum(m.size for m in state.masks.values()))
+  dense_bytes = sum(a.nbytes for a in hf.values())
+  prunable_dense = sum(hf[n].nbytes for n in prunable_hf)
+  return {
+      "format": fmt,
+      "architecture": hf_cfg.architectures[0],
+      "maxtext_conversion_model": key,
+      "source": where.items_dir,
+      "step": where.step,
+      "state_step": state.state_step,
+      "pruner_count": state.pruner_count,
+      "masks": bool(state.masks),
+      "dtype": dtype,
+      "prunable_params": prunable,
+      "pruned_params": pruned,
+      "sparsity": pruned / prunable if prunable else 0.0,
+      "total_params": int(sum(a.size for a in hf.values())),
+      "prunable_hf_weights": sorted(prunable_hf),
+      "dense_weight_bytes": int(dense_bytes),
+      "weight_file_bytes": int(file_bytes),
+      "prunable_dense_bytes": int(prunable_dense),
+      "prunable_stored_bytes": int(prunable_bytes),
+      "prunable_ratio": prunable_bytes / prunable_dense if prunable_dense else 1.0,
+      "file_ratio": file_bytes / dense_bytes if dense_bytes else 1.0,
+      "warnings": warnings,
+  }
+
+
+def _move_into_place(tmp: str, out: str) -> None:
+  """Renames ``tmp`` to ``out``; an existing ``out`` (--force) is swapped out first, then deleted."""
+  if os.path.exists(out):
+    old = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.old-", dir=os.path.dirname(out))
+    os.rename(out, os.path.join(old, "x"))
+    os.rename(tmp, out)
+    shutil.rmtree(old, ignore_errors=True)
+  else:
+    os.rename(tmp, out)
 
 
 def _plain_permissions(directory: str) -> None:
@@ -385,14 +326,14 @@ def export_from_cli(checkpoint: str, argv: list[str], out: str, **kw) -> ExportR
   return export(checkpoint, config, out, **kw)
 
 
-FORMAT_NAMES = {"hf": "Hugging Face LLaMA", "compressed": "compressed-tensors sparse-bitmask",
+FORMAT_NAMES = {"hf": "Hugging Face safetensors", "compressed": "compressed-tensors sparse-bitmask",
                 "compressed-24": "compressed-tensors sparse-24-bitmask"}
 
 
 def format_result(r: ExportResult) -> str:
   i = r.info
   lines = [
-      f"wrote {r.out} ({FORMAT_NAMES[r.format]}, "
+      f"wrote {r.out} ({i['architecture']}, {FORMAT_NAMES[r.format]}, "
       f"{i['dtype']}) from step {i['step']}",
       f"pruned {i['pruned_params']:,} of {i['prunable_params']:,} prunable weights (sparsity {i['sparsity']:.4f}); "
       f"{i['total_params']:,} params",

@@ -52,6 +52,7 @@ def max_nonzeros_per_group(w: np.ndarray, axis: int, m: int) -> int:
 
 def build_report(where: ckpt.Located, state: ckpt.ModelState, prunable: str | None = None,
                  structure: str | None = None, decoder_block: str | None = None):
+  """The report of ``report`` for a checkpoint already loaded (``where`` says which)."""
   has_masks = bool(state.masks)
   unknown = sorted(set(state.masks) - set(state.params))
   if unknown:
@@ -66,42 +67,11 @@ def build_report(where: ckpt.Located, state: ckpt.ModelState, prunable: str | No
   prunable = DEFAULT_PRUNABLE if prunable is None else prunable
   tensors = []
   for name in sorted(state.params):
-    w = state.params[name]
     is_prunable = name in state.masks if has_masks else bool(re.search(prunable, name))
-    zeros = int(np.count_nonzero(w == 0))
-    row: dict[str, Any] = {
-        "path": name,
-        "shape": list(w.shape),
-        "dtype": str(w.dtype),
-        "size": int(w.size),
-        "prunable": is_prunable,
-        "zeros": zeros,
-        "sparsity": zeros / w.size if w.size else 0.0,
-    }
-    if name in state.masks:
-      m = state.masks[name]
-      if m.shape != w.shape:
-        raise ValueError(f"mask of {name} has shape {m.shape}, the parameter {w.shape}")
-      row["pruned"] = int(np.count_nonzero(~m))
-      row["pruned_nonzero"] = int(np.count_nonzero(w[~m]))  # must be 0: a pruned weight that is not zero
-    else:
-      # No mask (dense checkpoint, or parameters saved without the optimizer state): exact zeros count.
-      row["pruned"] = zeros if is_prunable else 0
-    row["active"] = row["size"] - row["pruned"]
-    row["sparsity"] = row["pruned"] / w.size if w.size else 0.0
+    row = _tensor_row(name, state.params[name], state.masks.get(name), is_prunable)
     if nm is not None and is_prunable:
-      axis = layout.contraction_axis(name, w.shape, decoder_block, scan_axis)
-      most = max_nonzeros_per_group(w, axis, nm[1])
-      row["structure"] = {"n_of_m": f"{nm[0]}:{nm[1]}", "axis": axis, "max_nonzeros_per_group": most,
-                          "ok": most <= nm[0]}
+      row["structure"] = _structure_row(name, state.params[name], nm, decoder_block, scan_axis)
     tensors.append(row)
-
-  total = sum(t["size"] for t in tensors)
-  prun = [t for t in tensors if t["prunable"]]
-  prunable_n = sum(t["size"] for t in prun)
-  pruned = sum(t["pruned"] for t in tensors)
-  zeros_prunable = sum(t["zeros"] for t in prun)
-  schedule = _schedule_state(summary, state.pruner_count)
   return {
       "items_dir": where.items_dir,
       "run_dir": where.run_dir,
@@ -114,23 +84,54 @@ def build_report(where: ckpt.Located, state: ckpt.ModelState, prunable: str | No
           "masked_tensors": len(state.masks),
           "mask_violations": sum(t.get("pruned_nonzero", 0) for t in tensors),
       },
-      "schedule": schedule,
+      "schedule": _schedule_state(summary, state.pruner_count),
       "decoder_block": decoder_block,
       "structure": None if nm is None else {
           "n_of_m": f"{nm[0]}:{nm[1]}", "tensors_checked": sum("structure" in t for t in tensors),
           "ok": all(t["structure"]["ok"] for t in tensors if "structure" in t)},
-      "totals": {
-          "params": total,
-          "prunable": prunable_n,
-          "non_prunable": total - prunable_n,
-          "pruned": pruned,
-          "prunable_zeros": zeros_prunable,
-          "active": total - pruned,
-          "sparsity": pruned / prunable_n if prunable_n else 0.0,
-          "overall_sparsity": pruned / total if total else 0.0,
-          "zeros": sum(t["zeros"] for t in tensors),
-      },
+      "totals": _totals(tensors),
       "tensors": tensors,
+  }
+
+
+def _tensor_row(name: str, w: np.ndarray, mask: np.ndarray | None, is_prunable: bool) -> dict[str, Any]:
+  """One tensor's counts: zeros, and pruned (the mask's, else the exact zeros of a prunable tensor)."""
+  zeros = int(np.count_nonzero(w == 0))
+  row: dict[str, Any] = {"path": name, "shape": list(w.shape), "dtype": str(w.dtype), "size": int(w.size),
+                         "prunable": is_prunable, "zeros": zeros}
+  if mask is not None:
+    if mask.shape != w.shape:
+      raise ValueError(f"mask of {name} has shape {mask.shape}, the parameter {w.shape}")
+    row["pruned"] = int(np.count_nonzero(~mask))
+    row["pruned_nonzero"] = int(np.count_nonzero(w[~mask]))  # must be 0: a pruned weight that is not zero
+  else:
+    # No mask (dense checkpoint, or parameters saved without the optimizer state): exact zeros count.
+    row["pruned"] = zeros if is_prunable else 0
+  row["active"] = row["size"] - row["pruned"]
+  row["sparsity"] = row["pruned"] / w.size if w.size else 0.0
+  return row
+
+
+def _structure_row(name: str, w: np.ndarray, nm: tuple[int, int], decoder_block, scan_axis: int) -> dict[str, Any]:
+  axis = layout.contraction_axis(name, w.shape, decoder_block, scan_axis)
+  most = max_nonzeros_per_group(w, axis, nm[1])
+  return {"n_of_m": f"{nm[0]}:{nm[1]}", "axis": axis, "max_nonzeros_per_group": most, "ok": most <= nm[0]}
+
+
+def _totals(tensors: list[dict[str, Any]]) -> dict[str, Any]:
+  total = sum(t["size"] for t in tensors)
+  prunable_n = sum(t["size"] for t in tensors if t["prunable"])
+  pruned = sum(t["pruned"] for t in tensors)
+  return {
+      "params": total,
+      "prunable": prunable_n,
+      "non_prunable": total - prunable_n,
+      "pruned": pruned,
+      "prunable_zeros": sum(t["zeros"] for t in tensors if t["prunable"]),
+      "active": total - pruned,
+      "sparsity": pruned / prunable_n if prunable_n else 0.0,
+      "overall_sparsity": pruned / total if total else 0.0,
+      "zeros": sum(t["zeros"] for t in tensors),
   }
 
 
