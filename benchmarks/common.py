@@ -1,10 +1,10 @@
 """Shared benchmark helpers: machine description and result files."""
 
-import json
 import os
 import platform
 import subprocess
 
+from sparsity import files
 from sparsity.maxtext.host import cpu_platform
 from sparsity.repo import ROOT
 
@@ -36,8 +36,5 @@ def machine() -> dict:
 
 
 def write(name: str, payload: dict) -> str:
-  os.makedirs(RESULTS, exist_ok=True)
-  path = os.path.join(RESULTS, f"{name}.json")
-  with open(path, "w", encoding="utf-8") as f:
-    json.dump({"machine": machine(), **payload}, f, indent=2)
-  return path
+  """``benchmarks/results/<name>.json``: ``payload`` with the machine it ran on."""
+  return files.write_json(os.path.join(RESULTS, f"{name}.json"), {"machine": machine(), **payload})

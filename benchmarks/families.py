@@ -38,6 +38,8 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from sparsity import files  # noqa: E402
+from sparsity.experiments import markdown as md  # noqa: E402
 from sparsity.maxtext.host import cpu_platform  # noqa: E402
 
 cpu_platform()  # this process's JAX (the inventory) on the CPU of a CPU-only host, not the installed TPU runtime
@@ -255,13 +257,17 @@ def _mark(v) -> str:
   return "—" if v is None else ("yes" if v else "**no**")
 
 
+HEADERS = ("family (`decoder_block`)", "structure", "trains", "prunable / total params", "experts pruned",
+           "final count exact", "`inspect` N:M check", "resume")
+
+
 def markdown(rows: list[dict]) -> str:
-  lines = ["| family (`decoder_block`) | structure | trains | prunable / total params | experts pruned | final count exact "
-           "| `inspect` N:M check | resume |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+  """The README's per-family table (``sparsity.experiments.markdown``)."""
+  lines = []
   for r in rows:
     fam = r["family"] + ("" if r["decoder_block"] == r["family"] else f" (`{r['decoder_block']}`)")
     if not r.get("trains"):
-      lines.append(f"| {fam} | {r['structure']} | **no**: {r.get('reason', '').replace('|', '/')[:160]} | | | | | |")
+      lines.append([fam, r["structure"], f"**no**: {r.get('reason', '').replace('|', '/')[:160]}", *[""] * 5])
       continue
     kinds = (r.get("model") or {}).get("prunable_params_by_kind", {})
     allk = (r.get("model") or {}).get("params_by_kind", {})
@@ -269,9 +275,9 @@ def markdown(rows: list[dict]) -> str:
     nm = _mark(r.get("inspect_nm")) if r["structure"] == "2:4" else "—"
     resume = _mark(r.get("resume") and r.get("resume_identical")) + (
         " (restarts, not bit-identical)" if r.get("resume") and not r.get("resume_identical") else "")
-    lines.append(f"| {fam} | {r['structure']} | yes | {r['prunable_params']:,} / {r['total_params']:,} | {exp} | "
-                 f"{_mark(r['count_exact'])} | {nm} | {resume} |")
-  return "\n".join(lines) + "\n"
+    lines.append([fam, r["structure"], "yes", f"{r['prunable_params']:,} / {r['total_params']:,}", exp,
+                  _mark(r["count_exact"]), nm, resume])
+  return md.table(HEADERS, lines) + "\n"
 
 
 EXPERT_RUN = ["decoder_block=mixtral", "num_experts=4", "num_experts_per_tok=2", "base_emb_dim=64",
@@ -320,8 +326,7 @@ def _order(d):
 
 def _write(path: str, rows: list[dict], steps: int) -> None:
   rows = sorted(rows, key=_order)
-  with open(path, "w", encoding="utf-8") as f:
-    json.dump({"command": "benchmarks/families.py table", "steps": steps, "rows": rows}, f, indent=1)
+  files.write_json(path, {"command": "benchmarks/families.py table", "steps": steps, "rows": rows}, indent=1)
   with open(os.path.splitext(path)[0] + ".md", "w", encoding="utf-8") as f:
     f.write(markdown(rows))
 
@@ -358,8 +363,7 @@ def main(argv=None) -> int:
       old = json.load(open(path, encoding="utf-8"))
       old["families"].update(result["families"])
       result = {**old, "families": {k: old["families"][k] for k in SPECS if k in old["families"]}}
-    with open(path, "w", encoding="utf-8") as f:
-      json.dump(result, f, indent=None, separators=(",", ":"))
+    files.write_json(path, result, indent=None)
     return 0
   if args.what == "render":  # merge results/families/table*.json into table.json and table.md
     render()
@@ -368,8 +372,7 @@ def main(argv=None) -> int:
     work = args.keep or tempfile.mkdtemp(prefix="families-")
     os.makedirs(work, exist_ok=True)
     result = expert_density(args.steps, work)
-    with open(os.path.join(OUT, "expert_density.json"), "w", encoding="utf-8") as f:
-      json.dump(result, f, indent=1)
+    files.write_json(os.path.join(OUT, "expert_density.json"), result, indent=1)
     return 0
   work = args.keep or tempfile.mkdtemp(prefix="families-")
   os.makedirs(work, exist_ok=True)

@@ -29,6 +29,8 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.common import RESULTS, machine  # noqa: E402
+from sparsity import files  # noqa: E402
+from sparsity.experiments import markdown  # noqa: E402
 from sparsity.maxtext import layout  # noqa: E402
 from sparsity.repo import ROOT  # noqa: E402
 
@@ -85,9 +87,7 @@ def _load(path: str) -> dict:
 
 def _save(path: str, data: dict) -> None:
   data["machine"] = machine()
-  with open(path + ".tmp", "w", encoding="utf-8") as f:
-    json.dump(data, f, indent=1)
-  os.replace(path + ".tmp", path)
+  files.write_json(path, data, indent=1)
 
 
 def _gb(b) -> str:
@@ -105,45 +105,51 @@ def _ms(s) -> str:
   return "-" if s is None else f"{s * 1e3:.1f}"
 
 
+def _event_temp(s: dict, event: dict) -> str:
+  """The event's temporaries in GB, with their ratio to the prunable bytes."""
+  ratio = f" ({event['temp_bytes'] / s['prunable_bytes_per_chip']:.2f})" if "temp_bytes" in event else ""
+  return _gb(event.get("temp_bytes")) + ratio
+
+
+def _fits(s: dict) -> str:
+  return "yes" if s["fits"] else "no: " + ", ".join(s["programs_over_hbm"])
+
+
+GRID_HEADERS = ("model", "topology", "chips", "dense step GB", "sparse step GB", "masks GB", "event temp GB (x prunable)",
+                "step est. ms", "event est. ms", "fits")
+EXTRA_HEADERS = ("model", "topology", "variant", "step GB", "event temp GB (x prunable)", "event est. ms", "step est. ms",
+                 "fits")
+
+
 def table(data: dict) -> str:
-  """The README's table (markdown) from the results."""
-  cells = data["cells"]
-  rows = ["| model | topology | chips | dense step GB | sparse step GB | masks GB | event temp GB (x prunable) | "
-          "step est. ms | event est. ms | fits |", "|---|---|---|---|---|---|---|---|---|---|"]
+  """The README's table (markdown, ``sparsity.experiments.markdown``) from the results."""
+  cells, grid, extra = data["cells"], [], []
   for model, topology in GRID:
     dense, sparse = cells.get(f"{model}|{topology}|dense"), cells.get(f"{model}|{topology}|sparse")
     if not sparse or "summary" not in sparse:
-      rows.append(f"| {model} | {topology} | | | | | | | | {'not compiled' if not sparse else 'error'} |")
+      grid.append([model, topology, *[""] * 7, "not compiled" if not sparse else "error"])
       continue
     s = sparse["summary"]
     step, event = s["programs"].get("train_step", {}), s["programs"].get("pruning_event", {})
     d = dense["summary"]["programs"].get("train_step", {}) if dense and "summary" in dense else {}
-    ratio = f" ({event['temp_bytes'] / s['prunable_bytes_per_chip']:.2f})" if "temp_bytes" in event else ""
-    rows.append(f"| {model} | {topology} | {s['chips']} | {_peak(d)} | {_peak(step)} | "
-                f"{_gb(s['mask_bytes_per_chip'])} | {_gb(event.get('temp_bytes'))}{ratio} | "
-                f"{_ms(step.get('estimated_seconds'))} | {_ms(event.get('estimated_seconds'))} | "
-                f"{'yes' if s['fits'] else 'no: ' + ', '.join(s['programs_over_hbm'])} |")
-  rows.append("")
-  rows.append("| model | topology | variant | step GB | event temp GB (x prunable) | event est. ms | step est. ms | fits |")
-  rows.append("|---|---|---|---|---|---|---|---|")
+    grid.append([model, topology, str(s["chips"]), _peak(d), _peak(step), _gb(s["mask_bytes_per_chip"]),
+                 _event_temp(s, event), _ms(step.get("estimated_seconds")), _ms(event.get("estimated_seconds")),
+                 _fits(s)])
   for model, topology, variant in EXTRA:
     c = cells.get(f"{model}|{topology}|{variant}")
     if not c or "summary" not in c:
-      rows.append(f"| {model} | {topology} | {variant} | | | | | {'not compiled' if not c else 'error'} |")
+      extra.append([model, topology, variant, *[""] * 4, "not compiled" if not c else "error"])
       continue
     s = c["summary"]
     step, event = s["programs"].get("train_step", {}), s["programs"].get("pruning_event", {})
-    ratio = f" ({event['temp_bytes'] / s['prunable_bytes_per_chip']:.2f})" if "temp_bytes" in event else ""
-    rows.append(f"| {model} | {topology} | {variant} | {_peak(step)} | {_gb(event.get('temp_bytes'))}{ratio} | "
-                f"{_ms(event.get('estimated_seconds'))} | {_ms(step.get('estimated_seconds'))} | "
-                f"{'yes' if s['fits'] else 'no: ' + ', '.join(s['programs_over_hbm'])} |")
+    extra.append([model, topology, variant, _peak(step), _event_temp(s, event), _ms(event.get("estimated_seconds")),
+                  _ms(step.get("estimated_seconds")), _fits(s)])
   fits = [m for m in ("70B", "13B", "7B")
           if cells.get(f"{m}|v5e-256|sparse", {}).get("summary", {}).get("fits")]
   tried = [m for m in ("70B", "13B", "7B") if "summary" in cells.get(f"{m}|v5e-256|sparse", {})]
-  rows.append("")
-  rows.append(f"Largest LLaMA-2 whose sparse run (0.8) fits a v5e-256 (of {', '.join(tried) or 'none compiled'}): "
-              f"{fits[0] if fits else 'none'}.")
-  return "\n".join(rows)
+  largest = (f"Largest LLaMA-2 whose sparse run (0.8) fits a v5e-256 (of {', '.join(tried) or 'none compiled'}): "
+             f"{fits[0] if fits else 'none'}.")
+  return "\n\n".join([markdown.table(GRID_HEADERS, grid), markdown.table(EXTRA_HEADERS, extra), largest])
 
 
 def main() -> None:

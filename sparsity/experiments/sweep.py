@@ -29,7 +29,7 @@ Rules:
   given on the command line replace ``fixed`` values and may not name an axis or derived key.
 * Expressions (``derived``, ``constraints``) are evaluated by ``sparsity.experiments.expressions`` (no builtins); besides
   its functions they may call ``prune_start_for(S, t_d, t_s, schedule)`` and ``prune_end_for(...)``
-  (``sparsity.science.compute_fractions``: the step fractions of the paper's compute split),
+  (``sparsity.core.compute``: the step fractions of the paper's compute split),
   ``interval_for(steps)`` (the paper's 100 of 26,800 steps, scaled) and ``steps_for_compute(steps, S, t_d, t_s)``
   (the steps of split ``(t_d, t_s)`` with the compute of ``steps`` steps at the paper's split).
 * Run names must match ``RUN_NAME_PATTERN`` (they become directory names) and be unique; two runs with
@@ -71,8 +71,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import yaml
 
-from sparsity.science import compute_fractions
 from sparsity import files
+from sparsity.core import compute
 from sparsity.experiments import expressions
 from sparsity.maxtext import layout, status
 from sparsity.maxtext.overrides import read_value
@@ -87,9 +87,9 @@ RUN_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+=-]{0,199}")  # a direct
 SPEC_KEYS = ("name", "description", "base", "labels", "fixed", "axes", "derived", "constraints", "run_name", "meta")
 TAIL_LINES = 40
 # Callables of sweep expressions: the safe builtins plus the compute-to-step schedule conversion.
-FUNCTIONS = {**expressions.FUNCTIONS, "prune_start_for": compute_fractions.prune_start_for,
-             "prune_end_for": compute_fractions.prune_end_for, "interval_for": compute_fractions.interval_for,
-             "steps_for_compute": compute_fractions.steps_for_compute}
+FUNCTIONS = {**expressions.FUNCTIONS, "prune_start_for": compute.prune_start_for,
+             "prune_end_for": compute.prune_end_for, "interval_for": compute.interval_for,
+             "steps_for_compute": compute.steps_for_compute}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -363,11 +363,7 @@ def write_manifest(output_dir: str, data: Mapping[str, Any]) -> str:
       old = json.load(f)
     merged["runs"] = {**old.get("runs", {}), **data["runs"]}
     merged["columns"] = list(dict.fromkeys(list(old.get("columns", [])) + list(data.get("columns", []))))
-  tmp = path + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(merged, f, indent=2, default=str)
-  os.replace(tmp, path)
-  return path
+  return files.write_json(path, merged)
 
 
 @dataclasses.dataclass
@@ -546,8 +542,7 @@ def run_local(
       outcome.ok.append(run.name)
       append_log(output_dir, {"status": "ok", "run_name": run.name, "returncode": 0, "seconds": seconds})
   bar.close()
-  with open(os.path.join(output_dir, FAILURES_FILE), "w", encoding="utf-8") as f:
-    json.dump(outcome.failed, f, indent=2)
+  files.write_json(os.path.join(output_dir, FAILURES_FILE), outcome.failed)
   outcome.table = status_table(runs, output_dir)
   files.write_json(os.path.join(output_dir, STATUS_FILE), outcome.table)
   return outcome
