@@ -262,13 +262,11 @@ def _check_groups_within_shards(plan: pruner.PrunePlan, params: dict, mesh, conf
 
 
 def _plan_record(config, plan: pruner.PrunePlan, chosen: list[str], sizes: list[int]) -> dict:
-  """The run's pruning plan as ``checkpoint.PLAN_KEYS`` (what its checkpoints' masks follow)."""
-  return {"target_sparsity": float(config.target_sparsity), "sparsity_schedule": str(config.sparsity_schedule),
-          "pruning_structure": plan.pruning_structure, "pruning_scope": plan.pruning_scope,
-          "pruning_score": plan.pruning_score, "pruning_seed": int(plan.pruning_seed),
-          "init_mask_from_zeros": bool(plan.init_mask_from_zeros), "prunable_tensors": sorted(chosen),
-          "prune_steps": list(plan.schedule.prune_steps),
-          "kept_after_events": list(pruner.kept_after_events(plan, sizes))}
+  """The run's pruning plan, ``checkpoint.PLAN_KEYS`` (what its checkpoints' masks follow): the sparsity keys as the
+  config sets them, and what the plan derives from them."""
+  derived = {"prunable_tensors": sorted(chosen), "prune_steps": list(plan.schedule.prune_steps),
+             "kept_after_events": list(pruner.kept_after_events(plan, sizes))}
+  return {k: derived[k] if k in derived else getattr(config, k) for k in checkpoint.PLAN_KEYS}
 
 
 def _check_resume(run: Run, config, shapes: dict[str, tuple], masks: list[str], plan: dict | None) -> None:
@@ -379,7 +377,12 @@ def install() -> Run:
 def main(argv) -> None:
   """Runs MaxText's pre-training (``maxtext.trainers.pre_train.train.main``) with the pruner installed."""
   run = install()
-  modules.train().main(argv)
+  try:
+    modules.train().main(argv)
+  except Exception as e:
+    if run.config is not None and "train.train_loop" not in run.reached:  # (the loop writes its own summary)
+      loop.write_failure(run.config, loop.LoopRecord(), e)
+    raise
   run.require("train.train_loop")
 
 
