@@ -166,10 +166,10 @@ def test_recorder_writes_only_finished_saves(tmp_path):
   rec = integrity.Recorder(str(tmp_path), {"target_sparsity": 0.5})
   rec.saved(5, state)
   rec.flush()  # no 5/items yet: Orbax has not finished
-  assert rec.written == [] and not os.path.exists(integrity.record_path(str(tmp_path), 5))
+  assert rec.written == [] and not os.path.exists(checkpoint.record_path(str(tmp_path), 5))
   os.makedirs(layout.items_dir(str(tmp_path), 5))
   rec.flush()
-  record = integrity.read_record(str(tmp_path), 5)
+  record = checkpoint.read_record(str(tmp_path), 5)
   assert record["plan"] == {"target_sparsity": 0.5} and sum(record["kept"].values()) == 24
 
 
@@ -229,7 +229,7 @@ def test_emptied_metadata_is_unreadable_not_dense(tmp_path):
   ckpts = _orbax_run(tmp_path)
   meta = os.path.join(layout.items_dir(ckpts, 3), "_METADATA")
   open(meta, "w").close()
-  with pytest.raises(integrity.CheckpointUnreadable, match=rf"unreadable: file {meta} is not JSON"):
+  with pytest.raises(checkpoint.CheckpointUnreadable, match=rf"unreadable: file {meta} is not JSON"):
     checkpoint.check_resumable(ckpts, {"a/kernel": (4, 8)}, ["a/kernel"])
 
 
@@ -240,20 +240,27 @@ def test_garbage_manifest_is_unreadable_naming_it(tmp_path):
   for m in manifests:
     with open(m, "wb") as f:
       f.write(os.urandom(300))
-  with pytest.raises(integrity.CheckpointUnreadable) as e:
+  with pytest.raises(checkpoint.CheckpointUnreadable) as e:
     checkpoint.check_resumable(ckpts, {"a/kernel": (4, 8)}, ["a/kernel"])
   assert "manifest.ocdbt" in str(e.value) and "DATA_LOSS" in str(e.value) and len(str(e.value)) < 600
 
 
-def test_unreadable_message_names_the_data_file_and_cause(tmp_path):
-  data = tmp_path / "checkpoints" / "20" / "items" / "ocdbt.process_0" / "d" / "abc123"
-  data.parent.mkdir(parents=True)
-  data.write_bytes(b"x")
-  text = (f"ValueError: OUT_OF_RANGE: Error reading \"params.x\" in OCDBT database at local file "
-          f"\"{tmp_path}/checkpoints/20/items/\": Error reading local file \"{data}\": Requested byte range [10, 20) "
-          "is not valid for value of size 5 [tensorstore_spec=...]\n" + "x" * 20000)
-  msg = integrity.unreadable_message(text, str(tmp_path / "checkpoints"))
-  assert msg.startswith(f"file {data}, OUT_OF_RANGE") and len(msg) < 400
+def test_unreadable_message_finds_the_truncated_data_file(tmp_path):
+  """TensorStore's error on a short read names the OCDBT database and the array, not the file: the data file of the
+  size it found is named."""
+  items = tmp_path / "checkpoints" / "20" / "items"
+  data = items / "ocdbt.process_0" / "d"
+  data.mkdir(parents=True)
+  (data / "aaaa").write_bytes(b"x" * 100)
+  (data / "bbbb").write_bytes(b"x" * 353)
+  text = ('Traceback ...\nValueError: OUT_OF_RANGE: Error reading shard entry {0, 0, 0}/{1, 1, 1} in '
+          '"opt_state.inner_state.0.mu.decoder.layers.mlp.wi_0.kernel/c/0/0/0" in OCDBT database at local file '
+          f'"{items}/": Requested byte range [333, 397) is not valid for value of size 353 '
+          "[tensorstore_spec='{...}']\n" + "x" * 20000)
+  msg = checkpoint.unreadable_message(text, str(tmp_path / "checkpoints"))
+  assert msg == (f"file {data / 'bbbb'}, array opt_state/inner_state/0/mu/decoder/layers/mlp/wi_0/kernel, OUT_OF_RANGE: "
+                 "Requested byte range [333, 397) is not valid for value of size 353 (the file is shorter than its "
+                 "index says: truncated)")
 
 
 # ------------------------------------------------------------------------------------------------ the plan
@@ -269,4 +276,4 @@ def test_deleted_plan_file_lets_no_other_plan_through(tmp_path):
   checkpoint.check_plan(str(run), plan)  # the same plan: accepted
   with pytest.raises(ValueError, match=r"prunes differently \(.*sparsity_fingerprint.json\): target_sparsity: 0.75"):
     checkpoint.check_plan(str(run), plan | {"target_sparsity": 0.5})
-  assert integrity.read_record(ckpts, 5)["plan"] == plan
+  assert checkpoint.read_record(ckpts, 5)["plan"] == plan

@@ -61,7 +61,7 @@ def test_record_beside_every_checkpoint(trained):
   ckpts = layout.checkpoints_dir(str(trained["base"] / "run"))
   assert checkpoint.steps(ckpts) == [0, 10, 20, 29]
   for step in (0, 10, 20, 29):
-    record = integrity.read_record(ckpts, step)
+    record = checkpoint.read_record(ckpts, step)
     assert record["plan"] == checkpoint.read_plan(str(trained["base"] / "run"))
     plan = record["plan"]
     events = [i for i, s in enumerate(plan["prune_steps"]) if s <= step]

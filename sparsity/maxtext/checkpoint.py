@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from typing import Any
 
 import numpy as np
@@ -19,6 +20,63 @@ import numpy as np
 from sparsity.core.paths import path_str
 from sparsity.files import write_json
 from sparsity.maxtext import layout
+
+
+# The record beside each checkpoint step (``sparsity.maxtext.integrity`` writes it): fingerprints, kept counts, plan.
+RECORD_FILE = "sparsity_fingerprint.json"
+RECORD_FORMAT = 1
+
+
+class CheckpointUnreadable(RuntimeError):
+  """Orbax could not read a checkpoint (a file truncated, emptied or overwritten)."""
+
+
+def record_path(checkpoint_dir: str, step: int) -> str:
+  return os.path.join(checkpoint_dir, str(step), RECORD_FILE)
+
+
+def read_record(checkpoint_dir: str, step: int) -> dict | None:
+  """The record of ``step`` (None without one); a record that cannot be parsed raises ``CheckpointUnreadable``."""
+  path = record_path(checkpoint_dir, step)
+  if not os.path.isfile(path):
+    return None
+  try:
+    with open(path, encoding="utf-8") as f:
+      record = json.load(f)
+  except (OSError, ValueError) as e:
+    raise CheckpointUnreadable(f"the checkpoint of step {step} is unreadable: {path}: {e}") from e
+  if not isinstance(record, dict) or record.get("format") != RECORD_FORMAT or record.get("step") != step:
+    raise CheckpointUnreadable(f"the checkpoint of step {step} is unreadable: {path} is not its fingerprint record")
+  return record
+
+
+_CAUSES = ("DATA_LOSS", "OUT_OF_RANGE", "NOT_FOUND", "FAILED_PRECONDITION", "INVALID_ARGUMENT", "UNAVAILABLE")
+
+
+def unreadable_message(text: str, checkpoint_dir: str) -> str:
+  """A short description of an Orbax/TensorStore restore error ``text`` under ``checkpoint_dir``: the file (named by
+  the error, or for a short read the data file of the size TensorStore found), the array being read, the status code
+  (``DATA_LOSS``, ``OUT_OF_RANGE``, ...) and TensorStore's innermost reason."""
+  cause = next((c for c in _CAUSES if f"{c}: " in text), None)
+  line = text[text.index(f"{cause}: "):].splitlines()[0] if cause else ""
+  line = line.split(" [tensorstore_spec=")[0]
+  reason = line.split('": ')[-1].strip() if line else ""
+  array = re.search(r'"([\w.]+?)(?:/zarr\.json|/c(?:/\d+)*)"', line)
+  root = os.path.abspath(checkpoint_dir).rstrip("/")
+  paths = re.findall(rf'"({re.escape(root)}/[^"]+)"', text)
+  named = [f for f in paths if os.path.isfile(f)]
+  size = re.search(r"not valid for value of size (\d+)", line)
+  if size and not named:  # a short read: the data file of the database read (its items directory) of that size now
+    where = next((d for d in paths if os.path.isdir(d)), root)
+    named = sorted(os.path.join(d, f) for d, _, fs in os.walk(where) for f in fs
+                   if os.path.getsize(os.path.join(d, f)) == int(size.group(1)))
+    reason += " (the file is shorter than its index says: truncated)"
+  parts = [f"file {named[0]}" if named else f"under {root}"]
+  if array:
+    parts.append(f"array {array.group(1).replace('.', '/')}")
+  if cause:
+    parts.append(f"{cause}: {reason[:300]}")
+  return ", ".join(parts)
 
 
 def steps(checkpoint_dir: str) -> list[int]:
@@ -52,21 +110,18 @@ def metadata_tree(items_dir: str):
 
 
 def _raise_unreadable(items_dir: str) -> None:
-  """Raises ``integrity.CheckpointUnreadable`` naming the file of ``items_dir`` that Orbax cannot read, and why."""
+  """Raises ``CheckpointUnreadable`` naming the file of ``items_dir`` that Orbax cannot read, and why."""
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
   from etils import epath  # pylint: disable=import-outside-toplevel
-
-  from sparsity.maxtext import integrity  # pylint: disable=import-outside-toplevel
 
   where = f"the checkpoint at {items_dir} is unreadable"
   try:
     ocp.PyTreeCheckpointHandler().metadata(epath.Path(items_dir))
   except json.JSONDecodeError as e:
-    raise integrity.CheckpointUnreadable(f"{where}: file {os.path.join(items_dir, '_METADATA')} is not JSON "
-                                         f"({e})") from None
+    raise CheckpointUnreadable(f"{where}: file {os.path.join(items_dir, '_METADATA')} is not JSON ({e})") from None
   except Exception as e:  # pylint: disable=broad-except
-    raise integrity.CheckpointUnreadable(f"{where}: {integrity.unreadable_message(str(e), items_dir)}") from None
-  raise integrity.CheckpointUnreadable(f"{where}: Orbax reads no array metadata from it")
+    raise CheckpointUnreadable(f"{where}: {unreadable_message(str(e), items_dir)}") from None
+  raise CheckpointUnreadable(f"{where}: Orbax reads no array metadata from it")
 
 
 def metadata_shapes(items_dir: str) -> dict[str, tuple]:
@@ -213,10 +268,8 @@ def check_resumable(checkpoint_dir: str, param_shapes: dict[str, tuple], mask_pa
   ck_masks = sorted(m for m in map(layout.ckpt_mask_path, shapes) if m is not None)
   where = f"the checkpoint at {items} (step {step})"
   if not ck_params:
-    from sparsity.maxtext import integrity  # pylint: disable=import-outside-toplevel
-
-    raise integrity.CheckpointUnreadable(f"{where} is unreadable: its metadata ({os.path.join(items, '_METADATA')}) "
-                                         f"lists no MaxText parameters ({'/'.join(layout.CKPT_PARAMS)}/...)")
+    raise CheckpointUnreadable(f"{where} is unreadable: its metadata ({os.path.join(items, '_METADATA')}) lists no "
+                               f"MaxText parameters ({'/'.join(layout.CKPT_PARAMS)}/...)")
   if ck_params != param_shapes:
     diff = sorted(set(ck_params.items()) ^ set(param_shapes.items()))[:6]
     raise ValueError(f"{where} does not match the model of this config; differing (path, shape): {diff}. "
@@ -255,18 +308,16 @@ def check_plan(run_dir: str, plan: dict) -> None:
   """Raises ValueError, before anything is restored, if ``run_dir`` has a finished checkpoint whose run pruned by
   another plan than ``plan`` (another structure, target, schedule, scope, score or prunable set: its masks would
   not be the ones this config's schedule expects). The plan is read from the run's plan file and from the record
-  beside the latest checkpoint step (``integrity.FILE``), so that deleting the plan file lets no other plan through.
+  beside the latest checkpoint step (``RECORD_FILE``), so that deleting the plan file lets no other plan through.
   Nothing is checked without a checkpoint, or without either record (a run directory written before they existed)."""
-  from sparsity.maxtext import integrity  # pylint: disable=import-outside-toplevel
-
   ckpts = layout.checkpoints_dir(run_dir)
   found = steps(ckpts)
   if not found:
     return
   records = [(layout.plan_path(run_dir), read_plan(run_dir))]
-  step_record = integrity.read_record(ckpts, found[-1])
+  step_record = read_record(ckpts, found[-1])
   if step_record is not None:
-    records.append((integrity.record_path(ckpts, found[-1]), step_record.get("plan")))
+    records.append((record_path(ckpts, found[-1]), step_record.get("plan")))
   for path, written in records:
     if written is None:
       continue
@@ -285,5 +336,5 @@ def _short(value, limit: int = 120) -> str:
   return text if len(text) <= limit else text[:limit] + "..."
 
 
-__all__ = ["PLAN_KEYS", "read_plan", "write_plan", "check_plan", "steps", "latest_step", "metadata_tree",
+__all__ = ["RECORD_FILE", "RECORD_FORMAT", "CheckpointUnreadable", "record_path", "read_record", "unreadable_message", "PLAN_KEYS", "read_plan", "write_plan", "check_plan", "steps", "latest_step", "metadata_tree",
            "metadata_shapes", "Located", "ModelState", "locate", "load", "read_summary", "check_resumable"]

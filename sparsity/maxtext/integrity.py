@@ -5,7 +5,7 @@ state) is computed on the device: per array, the wrapping uint32 sum of its bit 
 those words times odd position weights (``2 i + 1`` for flat index ``i``, mod 2**32). Any change of one word, one
 bit included, changes both sums (an odd weight is invertible mod 2**32); a sharded array is reduced where it lies
 and only the two scalars cross devices. Once Orbax's save of the step has finished (its ``<step>`` directory
-exists), process 0 writes ``<checkpoints>/<step>/sparsity_fingerprint.json`` (``FILE``): the fingerprints, each
+exists), process 0 writes ``<checkpoints>/<step>/sparsity_fingerprint.json`` (``checkpoint.RECORD_FILE``): the fingerprints, each
 mask's kept count and the run's pruning plan (``checkpoint.PLAN_KEYS``), so that a deleted ``sparsity_plan.json``
 cannot let a run with another plan resume (``checkpoint.check_plan`` reads both).
 
@@ -22,10 +22,8 @@ traceback goes to the log.
 from __future__ import annotations
 
 import functools
-import json
 import math
 import os
-import re
 import traceback
 
 import jax
@@ -35,18 +33,13 @@ import numpy as np
 from sparsity.core import pruner, threshold
 from sparsity.core.paths import path_str
 from sparsity.files import write_json
-from sparsity.maxtext import layout
+from sparsity.maxtext import checkpoint, layout
+from sparsity.maxtext.checkpoint import CheckpointUnreadable, read_record, record_path, unreadable_message
 
-FILE = "sparsity_fingerprint.json"
-FORMAT = 1
 
 
 class CheckpointCorrupt(RuntimeError):
   """A restored state differs from what was saved, or breaks the pruning plan."""
-
-
-class CheckpointUnreadable(RuntimeError):
-  """Orbax could not read a checkpoint (a file truncated, emptied or overwritten)."""
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -157,25 +150,6 @@ class Measured:
 # ------------------------------------------------------------------------------------------------------------------
 
 
-def record_path(checkpoint_dir: str, step: int) -> str:
-  return os.path.join(checkpoint_dir, str(step), FILE)
-
-
-def read_record(checkpoint_dir: str, step: int) -> dict | None:
-  """The record of ``step`` (None without one); a record that cannot be parsed raises ``CheckpointUnreadable``."""
-  path = record_path(checkpoint_dir, step)
-  if not os.path.isfile(path):
-    return None
-  try:
-    with open(path, encoding="utf-8") as f:
-      record = json.load(f)
-  except (OSError, ValueError) as e:
-    raise CheckpointUnreadable(f"the checkpoint of step {step} is unreadable: {path}: {e}") from e
-  if not isinstance(record, dict) or record.get("format") != FORMAT or record.get("step") != step:
-    raise CheckpointUnreadable(f"the checkpoint of step {step} is unreadable: {path} is not its fingerprint record")
-  return record
-
-
 class Recorder:
   """Fingerprints each checkpoint MaxText saves and writes its record once Orbax's save has finished."""
 
@@ -199,7 +173,7 @@ class Recorder:
         continue
       measured = self.pending.pop(step)
       plan = self.plan() if callable(self.plan) else self.plan
-      record = {"format": FORMAT, "step": step, "plan": plan, "kept": measured.kept(),
+      record = {"format": checkpoint.RECORD_FORMAT, "step": step, "plan": plan, "kept": measured.kept(),
                 "fingerprints": measured.fingerprints()}
       if jax.process_index() == 0:
         write_json(record_path(self.checkpoint_dir, step), record)
@@ -275,7 +249,7 @@ def verify(state, checkpoint_dir: str, step: int, plan: pruner.PrunePlan | None)
     raise CheckpointCorrupt(f"{where} is corrupt: {shown}. Resume from an earlier checkpoint (delete this step's "
                             "directory) or start another run_name.")
   if record is None:
-    print(f"WARNING: {where} has no fingerprint record ({FILE}): its values cannot be compared with those saved",
+    print(f"WARNING: {where} has no fingerprint record ({checkpoint.RECORD_FILE}): its values cannot be compared with those saved",
           flush=True)
   return checked
 
@@ -286,8 +260,6 @@ def verify_start(run, config, state, start_step: int) -> None:
   checkpoint_dir = _local_checkpoints(config)
   if start_step <= 0 or checkpoint_dir is None:
     return
-  from sparsity.maxtext import checkpoint  # pylint: disable=import-outside-toplevel
-
   if start_step - 1 not in checkpoint.steps(checkpoint_dir):
     return  # restored from elsewhere (load_full_state_path)
   checked = verify(state, checkpoint_dir, start_step - 1, run.plan if run.sparse else None)
@@ -330,33 +302,9 @@ class Guard:
 # Restoring.
 # ------------------------------------------------------------------------------------------------------------------
 
-_CAUSES = ("DATA_LOSS", "OUT_OF_RANGE", "NOT_FOUND", "FAILED_PRECONDITION", "INVALID_ARGUMENT", "UNAVAILABLE")
-
-
-def unreadable_message(text: str, checkpoint_dir: str) -> str:
-  """A short description of an Orbax/TensorStore restore error ``text``: the checkpoint file it names and the
-  status code (``DATA_LOSS``, ``OUT_OF_RANGE``, ...) with TensorStore's own one-line reason when found."""
-  root = re.escape(os.path.abspath(checkpoint_dir).rstrip("/"))
-  files = [f.rstrip("/") for f in re.findall(rf"({root}/[^\s\"'\]\),;]+)", text)]
-  real = [f for f in files if os.path.isfile(f)]
-  data = [f for f in real if "/d/" in f] or real or files
-  file = data[0] if data else None
-  cause = next((c for c in _CAUSES if c in text), None)
-  reason = None
-  if cause is not None:
-    m = re.search(rf"{cause}: ([^\n\[]{{1,200}})", text)
-    reason = m.group(1).strip().rstrip(":;,") if m else None
-  parts = [f"file {file}" if file else f"under {checkpoint_dir}"]
-  if cause:
-    parts.append(cause + (f" ({reason})" if reason else ""))
-  return ", ".join(parts)
-
-
 def guarded_restore(original, checkpoint_dir: str, *args, **kwargs):
   """MaxText's ``checkpointing.load_state_if_possible`` (``original``): an exception while restoring from
   ``checkpoint_dir`` becomes ``CheckpointUnreadable`` naming the file and the cause (full traceback in the log)."""
-  from sparsity.maxtext import checkpoint  # pylint: disable=import-outside-toplevel
-
   found = checkpoint.steps(checkpoint_dir)
   try:
     return original(*args, **kwargs)
@@ -369,6 +317,6 @@ def guarded_restore(original, checkpoint_dir: str, *args, **kwargs):
                                f"unreadable: {unreadable_message(text, checkpoint_dir)}") from None
 
 
-__all__ = ["FILE", "CheckpointCorrupt", "CheckpointUnreadable", "leaf_fingerprint", "fingerprints", "mask_counts",
-           "state_arrays", "Measured", "record_path", "read_record", "Recorder", "maybe_save_checkpoint",
-           "expected_kept", "verify", "verify_start", "Guard", "unreadable_message", "guarded_restore"]
+__all__ = ["CheckpointCorrupt", "leaf_fingerprint", "fingerprints", "mask_counts",
+           "state_arrays", "Measured", "Recorder", "maybe_save_checkpoint",
+           "expected_kept", "verify", "verify_start", "Guard", "guarded_restore"]
