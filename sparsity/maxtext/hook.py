@@ -377,7 +377,12 @@ def install() -> Run:
 def main(argv) -> None:
   """Runs MaxText's pre-training (``maxtext.trainers.pre_train.train.main``) with the pruner installed."""
   run = install()
-  modules.train().main(argv)
+  try:
+    modules.train().main(argv)
+  except Exception as e:
+    if run.config is not None and "train.train_loop" not in run.reached:  # (the loop writes its own summary)
+      loop.write_failure(run.config, loop.LoopRecord(), e)
+    raise
   run.require("train.train_loop")
 
 

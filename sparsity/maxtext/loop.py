@@ -346,24 +346,22 @@ def _end(run, config, record: LoopRecord, notice: preemption.Notice, state, erro
   elif record.device is not None:
     state = record.device["state"]
   diverged = _diverged(record, error)
-  if run.plan is None or not run.total:
-    if error is not None:
-      raise error
-    if notice.stop_message is not None and events_lib.optimizer_step(state) < int(config.steps):
-      raise _stopped(config, notice, events_lib.optimizer_step(state))
-    return state
   if error is not None and not diverged:  # the device state may be gone (donated to a step that raised)
-    _write_failure(config, record, error)
+    write_failure(config, record, error)
     if isinstance(error, KeyboardInterrupt):
       raise RunInterrupted("interrupted (a second SIGINT): stopped without saving; rerun the same command to resume "
                            "from the latest checkpoint") from error
     if isinstance(error, SystemExit):
       raise RunFailed(f"MaxText's loop exited with code {error.code}", exit_code=record.exit_code) from error
     raise error
+  if run.plan is None or not run.total:  # the optimizer was never built: nothing to count (run.require says why)
+    if notice.stop_message is not None and events_lib.optimizer_step(state) < int(config.steps):
+      raise _stopped(config, notice, events_lib.optimizer_step(state))
+    return state
   try:
     summary = finish(run, config, state, record)
   except Exception as e:
-    _write_failure(config, record, e)
+    write_failure(config, record, e)
     raise
   trained = events_lib.optimizer_step(state)
   end, message = end_of_run(config, record, trained)
@@ -601,7 +599,7 @@ def minimal_failure_summary(config, record: LoopRecord, error: BaseException) ->
           **{k: getattr(config, k) for k in RUN_SETTINGS}}
 
 
-def _write_failure(config, record: LoopRecord, error: BaseException) -> None:
+def write_failure(config, record: LoopRecord, error: BaseException) -> None:
   """Process 0 writes ``minimal_failure_summary`` (never raising: the error itself is what propagates)."""
   if jax.process_index() != 0:
     return
@@ -633,4 +631,4 @@ def write_summary(run_directory: str, summary: dict[str, Any]) -> str:
 
 
 __all__ = ["train_loop", "finish", "final_evaluation", "write_summary", "maxtext_evaluates_after", "RUN_SETTINGS",
-           "RunEnded", "RunFailed", "RunPreempted", "RunInterrupted", "RunDiverged", "end_of_run", "end_table", "fixed_mask_count", "minimal_failure_summary"]
+           "RunEnded", "RunFailed", "LoopRecord", "write_failure", "RunPreempted", "RunInterrupted", "RunDiverged", "end_of_run", "end_table", "fixed_mask_count", "minimal_failure_summary"]
