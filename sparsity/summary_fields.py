@@ -17,9 +17,16 @@ FIELDS: dict[str, str] = {
     # How the run went.
     "run_name": "MaxText's ``run_name``.",
     "end_status": "How the run ended: ``completed`` (every configured step trained: the only end that is a result), "
-                  "``data_exhausted``, ``target_eval_loss`` (MaxText's early stop), ``failed`` or ``preempted`` "
-                  "(``sparsity.maxtext.status``).",
-    "error": "For ``failed``: the exception's type and message; else null.",
+                  "``data_exhausted``, ``target_eval_loss`` (MaxText's early stop), ``preempted`` (SIGTERM), "
+                  "``interrupted`` (SIGINT), ``diverged`` (a NaN or infinite loss) or ``failed`` "
+                  "(``sparsity.maxtext.status``; docs/reference/run_endings.md).",
+    "exit_code": "The exit code of ``MaxText/train.py`` for this end (0, 143 preempted, 130 interrupted, 1 diverged "
+                 "or failed, or the code of a ``SystemExit`` inside MaxText's loop).",
+    "error": "For ``failed``: the exception's type, its message (cut short) and the file and line it was raised at; "
+             "for ``diverged``: the step and loss; else null.",
+    "diverged_at_step": "For ``diverged``: the step whose training loss was NaN or infinite; else null.",
+    "last_finite_loss": "The last finite training loss read before a divergence (null if none was read).",
+    "last_finite_loss_step": "The step of ``last_finite_loss``.",
     "steps": "Configured training steps.",
     "steps_trained": "Steps actually trained.",
     "stopped_early": "Whether training stopped before ``steps``.",
@@ -43,12 +50,14 @@ FIELDS: dict[str, str] = {
     "total_params": "All trainable parameters.",
     "final_sparsity": "Fraction of the prunable weights that are zero in the final masks (counted, not looked up).",
     "final_active_params": "Non-zero trainable parameters at the end.",
+    "final_kept_params": "Prunable weights the final masks keep (counted from the masks).",
     "avg_active_params": "N_avg: the mean over the steps trained of the active (non-zero) trainable parameters.",
     "avg_active_prunable_params": "The same mean over the prunable weights only.",
     # Tokens and compute.
     "tokens_per_step": "Global batch x sequence length.",
     "tokens": "Tokens trained: ``steps_trained`` x ``tokens_per_step`` (padding included).",
-    "target_tokens": "Real (unpadded) target tokens trained: the sum of MaxText's per-step ``total_weights``.",
+    "target_tokens": "Real (unpadded) target tokens trained: the sum of MaxText's per-step ``total_weights`` over "
+                     "every step, also those before a resume (null if a resumed run cannot tell them).",
     "effective_flops": "Sum over the steps trained of 6 x active prunable weights x tokens per step (embeddings and "
                        "norms not counted).",
     "dense_flops": "6 x prunable weights x tokens: the same run trained dense.",
