@@ -1,13 +1,17 @@
-"""The study's tables (fast): the dense interpolation of Figure 1's pairs by hand, and the committed results.
+"""The study's tables: the dense interpolation of Figure 1's pairs by hand, and the committed results.
 
-`results/study/runs.csv` is `collect`'s table of the committed study (results/study/README.md says how it was
-made); `study.write` must turn it, and any part of it, into the report.
+`results/study/*.csv` are `collect`'s tables of the committed study (results/study/README.md says how they were
+made); `study.write` must turn them, and any part of them, into the report, and the committed `study.md` must be
+exactly what it makes of them, with every paired row and verdict as an independent computation finds them.
 """
 
 import os
+import re
 
+import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats
 
 from sparsity.experiments import paired, study
 from sparsity.repo import ROOT
@@ -43,30 +47,124 @@ def test_fig1_pairs_compare_each_seed_with_its_own_dense_family():
   assert row["sparse_loss"] == pytest.approx(4.7) and row["seeds"] == 2
 
 
+STUDY = os.path.join(ROOT, "results", "study")
+CSVS = ("runs.csv", "stats.csv", "decide.csv")  # the study command's inputs, in its order (results/study/README.md)
+
+
 @pytest.fixture(scope="module")
 def committed():
-  """The committed study: runs.csv (fig1, ablations, pilot) and stats.csv (paired, epoch1, fig4), as `study` reads
-  them (results/study/README.md)."""
-  return pd.concat([pd.read_csv(os.path.join(ROOT, "results", "study", name)) for name in ("runs.csv", "stats.csv")],
+  """The committed study's runs as `study` reads them (results/study/README.md)."""
+  return pd.concat([pd.read_csv(os.path.join(STUDY, name)) for name in CSVS if os.path.exists(os.path.join(STUDY, name))],
                    ignore_index=True)
 
 
-@pytest.mark.slow  # fits the four laws with leave-one-out (minutes)
+@pytest.fixture(scope="module")
+def trajectories():
+  return pd.read_csv(os.path.join(STUDY, "recovery_trajectories.csv"))
+
+
+@pytest.mark.slow  # fits the five laws with leave-one-out (minutes)
+def test_the_committed_study_md_is_what_the_study_command_makes_of_the_committed_csvs(committed, trajectories,
+                                                                                      tmp_path):
+  study.write(committed, str(tmp_path), trajectories)
+  with open(os.path.join(STUDY, "study.md"), encoding="utf-8") as f:
+    assert (tmp_path / "study.md").read_text() == f.read()
+
+
+def _dense_loss(df, run, count, column):
+  """Brute force: the same budget and seed's dense runs (fig1/paired/epoch1/width32: one per width) by ``column``,
+  np.interp at ``count``; NaN outside their range."""
+  dense = df[(df["kind"] == "dense") & (df["budget"] == run["budget"]) & (df["seed"] == run["seed"])
+             & df["run_name"].str.match(r"(fig1|paired|epoch1|width32)-")].drop_duplicates("base_emb_dim")
+  dense = dense.sort_values(column)
+  x, y = dense[column].to_numpy(float), dense["loss"].to_numpy(float)
+  return float(np.interp(count, x, y)) if len(x) and x[0] <= count <= x[-1] else float("nan")
+
+
+def _independent_rows(df, prefix):
+  """Every (spec, budget, sparsity, matching) of the sparse runs named ``prefix``: mean difference and t-test p."""
+  rows = {}
+  for _, run in df[(df["kind"] == "sparse") & df["run_name"].str.match(prefix)].iterrows():
+    exempt = 0.0 if "exempt_params" not in run or pd.isna(run["exempt_params"]) else float(run["exempt_params"])
+    counts = {"prunable": (run["avg_params"] - run["non_prunable_params"] + exempt, "prunable_params"),
+              "total": (run["avg_params"], "total_params")}
+    for matching, (count, column) in counts.items():
+      key = (run["run_name"].split("-")[0], run["budget"], round(100 * run["target_sparsity"]), matching)
+      d = run["loss"] - _dense_loss(df, run, count, column)
+      rows.setdefault(key, []).extend([] if np.isnan(d) else [d])
+  return {k: (np.mean(v), stats.ttest_1samp(v, 0.0).pvalue if len(v) >= 3 else float("nan")) for k, v in rows.items()}
+
+
+def _independent_schedule(df, prefix):
+  out = {}
+  runs = df[df["run_name"].str.startswith(prefix) & df["dense_compute_fraction"].notna()]
+  ref = df.drop_duplicates("run_name").set_index("run_name")["loss"]
+  for (td, ts), g in runs.groupby(["dense_compute_fraction", "pruning_compute_fraction"]):
+    if (td, ts) != (0.25, 0.5):
+      d = [r["loss"] - ref[f"paired-b1-sparse-w64-s0.8-seed{int(r['seed'])}"] for _, r in g.iterrows()]
+      out[(prefix, td, ts)] = (np.mean(d), stats.ttest_1samp(d, 0.0).pvalue if len(d) >= 3 else float("nan"))
+  return out
+
+
+def _holm_rejects(p, alpha=0.05):
+  """Holm's sequential procedure: the keys of ``p`` it rejects at ``alpha``."""
+  order = sorted((k for k in p if not np.isnan(p[k])), key=lambda k: p[k])
+  out = set()
+  for i, k in enumerate(order):
+    if p[k] > alpha / (len(order) - i):
+      break
+    out.add(k)
+  return out
+
+
+def test_every_paired_row_and_verdict_of_the_committed_study_md_holds(committed):
+  """Each row of study.md's paired tables (Figure 1 and Figure 4) against a brute-force computation from the CSVs:
+  the mean difference as printed, and the verdict Holm's procedure at 0.05 gives over all rows of 3 seeds or more
+  together (fewer seeds: no test)."""
+  figure1 = {**_independent_rows(committed, r"(paired|epoch1|width32|query)-"), **{
+      ("fig1",) + k[1:]: v for k, v in _independent_rows(committed, r"fig1-").items()}}
+  schedule = {**_independent_schedule(committed, "fig4-"), **_independent_schedule(committed, "fig4t-")}
+  everything = {**figure1, **schedule}
+  rejected = _holm_rejects({k: p for k, (_, p) in everything.items()})
+  with open(os.path.join(STUDY, "study.md"), encoding="utf-8") as f:
+    text = f.read()
+  assert f"all {sum(not np.isnan(p) for _, p in everything.values())} intervals of this report" in text
+  for key, (mean, p) in figure1.items():
+    spec, budget, pct, matching = key
+    row = re.search(rf"^\| {spec} \| {budget} \| {pct}% \| {matching} \| (\d+) \|.*$", text, re.M)
+    assert row, key
+    cells = [c.strip() for c in row.group(0).strip("|").split("|")]
+    assert cells[8].startswith(f"{mean:+.4f}"), (key, cells[8])
+    verdict = ("sparse worse" if mean > 0 else "sparse better") if key in rejected else (
+        "no test" if np.isnan(p) else "not detected")
+    assert cells[11] == verdict, (key, cells[11], p)
+  for (prefix, td, ts), (mean, p) in schedule.items():
+    section = text.split("## Figure 4 at fixed tokens")[1 if prefix == "fig4t-" else 0].split("## Figure 4: sch")[-1]
+    row = re.search(rf"^\| {td:.0%} \| {ts:.0%} \|.*$", section, re.M)
+    cells = [c.strip() for c in row.group(0).strip("|").split("|")]
+    assert cells[8].startswith(f"{mean:+.4f}"), (prefix, td, ts, cells[8])
+    verdict = (("worse" if mean > 0 else "better") + " than (25, 50)") if (prefix, td, ts) in rejected else (
+        "no test" if np.isnan(p) else "not detected")
+    assert cells[11] == verdict, (prefix, td, ts)
+
+
+@pytest.mark.slow  # fits the five laws with leave-one-out (minutes)
 def test_the_committed_study_makes_every_section(committed, tmp_path):
   files = study.write(committed, str(tmp_path))
   text = (tmp_path / "study.md").read_text()
-  for section in ("## Figure 1", "## Figure 3", "## Figure 4", "## Ablations"):
+  for section in ("## The regime", "## Figure 1", "## The dense family", "## Figure 3", "## Figure 4", "## Ablations"):
     assert section in text
   # the paired statistics: every sparse run of paired.yml bracketed by its own seed's dense runs, both matchings
   table = paired.summary(paired.differences(committed))
   assert set(table["matching"]) == {"prunable", "total"} and not table["unbracketed"].map(len).any()
   assert (table[table["spec"] == "paired"]["seeds"] >= 3).all()
-  assert "| paired | b1 | 80% | total |" in text
   assert set(files) >= {"fig1_pairs", "laws", "study"}
   pairs = study.fig1_pairs(committed)
   assert set(pairs["budget"]) == {"b1", "b2"} and (pairs["seeds"] == 2).all()
   assert pairs["difference"].notna().all()  # every sparse run has its dense bracket, at both budgets
-  assert pairs["difference"].to_numpy() == pytest.approx((pairs["sparse_loss"] - pairs["dense_loss"]).to_numpy())
+  # the laws' table: the paper's law on all parameters and on the prunable ones, each fitted on the 44 fig1 runs
+  assert re.search(r"^\| average active parameters \(the paper's law\) \| 44 \|", text, re.M)
+  assert re.search(r"^\| average active prunable parameters .* \| 44 \|", text, re.M)
 
 
 def test_any_part_of_the_study_makes_its_own_sections(committed, tmp_path, monkeypatch):
