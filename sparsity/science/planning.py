@@ -167,19 +167,34 @@ def plan(
   if int(tokens_per_step) <= 0:
     raise ValueError(f"tokens_per_step must be positive, got {tokens_per_step}")
   counts = param_counts(shape)
-  prunable, non_prunable, total = counts["prunable"], counts["non_prunable"], counts["total"]
   keys = types.SimpleNamespace(
       steps=steps, target_sparsity=target_sparsity, sparsity_schedule=sparsity_schedule,
       pruning_interval=pruning_interval, prune_start_fraction=prune_start_fraction,
       prune_end_fraction=prune_end_fraction, dense_compute_fraction=dense_compute_fraction,
       pruning_compute_fraction=pruning_compute_fraction)
   split, sched = compute.step_split(keys), schedule_from_config(keys)  # the trainer's
+  figures = _schedule_figures(counts, sched, int(tokens_per_step))
+  return {
+      **figures,
+      "target_sparsity": float(target_sparsity),
+      "sparsity_schedule": str(sparsity_schedule),
+      **split._asdict(),
+      "pruning_interval": int(pruning_interval),
+      "shape": dataclasses.asdict(shape),
+      **_per_token(counts, shape, figures["final_prunable_params"]),
+  }
+
+
+def _schedule_figures(counts: Mapping[str, int], sched: timeline.Schedule, tokens_per_step: int) -> dict[str, Any]:
+  """``plan``'s counts, compute and inference FLOPs of a model of ``counts`` (``param_counts``) trained on
+  ``sched`` with ``tokens_per_step``."""
+  prunable, non_prunable, total, steps = counts["prunable"], counts["non_prunable"], counts["total"], sched.steps
   keep = sched.keep_counts(prunable)
-  phases = compute.phase_param_steps(int(steps), sched.prune_steps, keep, prunable)
+  phases = compute.phase_param_steps(steps, sched.prune_steps, keep, prunable)
   final_prunable = keep[-1] if keep else prunable
   avg = sched.average_active(prunable, non_prunable)
   avg_prunable = sched.average_active(prunable, 0)
-  tokens = int(steps) * int(tokens_per_step)
+  tokens = steps * tokens_per_step
   final = final_prunable + non_prunable
   return {
       "total_params": total,
@@ -191,11 +206,11 @@ def plan(
       "avg_active_prunable_params": avg_prunable,
       "compression_rate": avg / final,
       "tokens": tokens,
-      "steps": int(steps),
-      "tokens_per_step": int(tokens_per_step),
-      "training_flops": compute.flops(sum(phases), int(tokens_per_step)),
-      "dense_training_flops": compute.flops(int(steps) * prunable, int(tokens_per_step)),
-      "compute_fraction": sum(phases) / (int(steps) * prunable),
+      "steps": steps,
+      "tokens_per_step": tokens_per_step,
+      "training_flops": compute.flops(sum(phases), tokens_per_step),
+      "dense_training_flops": compute.flops(steps * prunable, tokens_per_step),
+      "compute_fraction": sum(phases) / (steps * prunable),
       "compute_fractions": dict(zip(compute.PHASES, compute.fractions(phases))),
       "prune_steps": list(sched.prune_steps),
       "num_prune_events": len(sched.prune_steps),
@@ -205,12 +220,6 @@ def plan(
       "dense_inference_flops_per_token": 2 * total,
       "tokens_per_prunable_param": tokens / prunable,
       "chinchilla_multiple": tokens / (20.0 * prunable),
-      "target_sparsity": float(target_sparsity),
-      "sparsity_schedule": str(sparsity_schedule),
-      **split._asdict(),
-      "pruning_interval": int(pruning_interval),
-      "shape": dataclasses.asdict(shape),
-      **_per_token(counts, shape, final_prunable),
   }
 
 
