@@ -11,7 +11,7 @@ from sparsity.maxtext import hook, host, modules  # noqa: E402
 
 argv = host.cpu_defaults(["train.py", *sys.argv[1:]])
 hook.install()
-original = hook.INSTALLED["optimizers.get_optimizer"].args[0]  # MaxText's own get_optimizer
+original = modules.optimizers().get_optimizer._sparsity_original  # MaxText's own get_optimizer (under the hook)
 train_utils = modules.train_utils()
 
 

@@ -303,6 +303,32 @@ def test_each_install_gets_a_run_of_its_own_over_maxtexts_own_functions():
   hook.check_extension_points()
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the writer thread's death
+def test_a_tensorboard_writer_whose_thread_failed_raises_instead_of_blocking(tmp_path):
+  from sparsity.maxtext import summary_writer  # pylint: disable=import-outside-toplevel
+
+  w = summary_writer.CheckedSummaryWriter(str(tmp_path / "tb"))
+  w.add_scalar("a", 1.0, 0)
+  w.flush()
+  events = w._get_file_writer().event_writer  # pylint: disable=protected-access
+  records = events._ev_writer  # pylint: disable=protected-access
+  original = records._py_recordio_writer.write  # pylint: disable=protected-access
+
+  def full(data):  # what the event file's write meets on a full disk
+    raise OSError(28, "No space left on device")
+
+  records._py_recordio_writer.write = full  # pylint: disable=protected-access
+  w.add_scalar("a", 2.0, 1)  # queued; the writer thread dies writing it
+  events._worker.join(timeout=30)  # pylint: disable=protected-access
+  assert not events._worker.is_alive()  # pylint: disable=protected-access
+  for _ in range(3 * 10 + 1):  # more than the queue holds: each raises at once, none blocks
+    with pytest.raises(summary_writer.WriteFailed, match="No space left on device"):
+      w.add_scalar("a", 3.0, 2)
+  with pytest.raises(summary_writer.WriteFailed, match="TensorBoard could not write .*events.out.tfevents"):
+    w.close()
+  records._py_recordio_writer.write = original  # pylint: disable=protected-access
+
+
 def test_old_summaries_get_an_end_status():
   assert status.of_summary({"steps": 10, "steps_trained": 10}) == status.COMPLETED
   assert status.of_summary({"stopped_early": False}) == status.COMPLETED

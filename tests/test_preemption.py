@@ -88,6 +88,24 @@ def test_the_handler_records_sigterm_and_is_removed_after_the_loop():
   assert signal.getsignal(signal.SIGTERM) is before
 
 
+def test_sigint_saves_and_stops_like_sigterm_but_says_interrupted_and_a_second_one_stops_at_once():
+  before = signal.getsignal(signal.SIGINT)
+  ck, notice = FakeCheckpointing(), preemption.Notice()
+  notice.install(distributed=False)
+  try:
+    os.kill(os.getpid(), signal.SIGINT)  # recorded, not a KeyboardInterrupt
+    assert notice.received and notice.signal == signal.SIGINT and notice.end_status == status.INTERRUPTED
+    with pytest.raises(KeyboardInterrupt):
+      os.kill(os.getpid(), signal.SIGINT)
+  finally:
+    notice.uninstall()
+  assert signal.getsignal(signal.SIGINT) is before
+  _save(ck, notice, 5)
+  assert ck.calls == [None] and ck.waits == 1 and notice.saved_step == 5  # the forced save, waited for
+  stop = notice.pending_stop(Stop)
+  assert notice.stop_message == status.SIGINT_STOP and status.of_stop(str(stop)) == status.INTERRUPTED
+
+
 PLAN = {"target_sparsity": 0.75, "sparsity_schedule": "geometric", "pruning_structure": "unstructured",
         "pruning_scope": "global", "pruning_score": "magnitude", "pruning_seed": 0, "init_mask_from_zeros": False,
         "prunable_tensors": ["a/kernel", "b/kernel"], "prune_steps": [6, 8], "kept_after_events": [40, 25]}

@@ -36,9 +36,10 @@ class CheckedSummaryWriter(SummaryWriter):
     super().flush()
 
   def close(self):
-    if _failure(self) is not None:  # the thread is gone: flushing or stopping it would block or fail again
+    failure = _failure(self)
+    if failure is not None:  # the thread is gone: flushing or stopping it would block or fail again
       self.all_writers = self.file_writer = None
-      raise WriteFailed(str(_failure(self)))
+      raise failure
     super().close()
 
 
