@@ -1,9 +1,9 @@
-"""Damaged checkpoints, end to end through MaxText/train.py on the C4 slice: one trained run (checkpoints at steps 0,
+"""Damaged checkpoints, end to end through MaxText/train.py on the C4 slice (grain): one trained run (checkpoints at steps 0,
 10, 20, 29) is copied once per case, its step-29 checkpoint removed so that the same command resumes from step 20,
 and the copy damaged: 64 bytes flipped inside an OCDBT data file, a truncated data file, an emptied ``_METADATA``, a
 garbage ``manifest.ocdbt``, a masked-out weight made non-zero, the plan file deleted and another target given. Each
 stops before training with a short message naming the step and the tensor or the file; an undamaged copy resumes to
-the same final weights as the uninterrupted run."""
+the same final weights (bit for bit) as the uninterrupted run."""
 
 import os
 import shutil
@@ -11,12 +11,14 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import C4_TFDS, TINY, final_state, read_summary, run_train
+from conftest import C4, TINY, final_state, read_summary, run_train
 from sparsity.maxtext import checkpoint, integrity, layout
 
 pytestmark = pytest.mark.slow
 
-RUN = ["configs/sparse_base.yml", *TINY, *C4_TFDS, "vocab_size=1024", "per_device_batch_size=1", "steps=30",
+# Grain reads the C4 slice with its iterator checkpointed: a resumed run reads the batches the uninterrupted one did.
+RUN = ["configs/sparse_base.yml", *TINY, "dataset_type=grain", f"grain_train_files={C4}/c4/en/3.1.0/c4-train.array_record*",
+       "grain_worker_count=0", "vocab_size=1024", "per_device_batch_size=1", "steps=30",
        "pruning_interval=2", "target_sparsity=0.75", "prune_start_fraction=0.2", "prune_end_fraction=0.8",
        "enable_checkpointing=true", "checkpoint_period=10", "eval_interval=-1", "run_name=run"]
 STEP = 20  # the checkpoint each case resumes from
@@ -80,6 +82,8 @@ def test_clean_resume_verifies_and_matches(trained, tmp_path):
   assert state.masks.keys() == trained["state"].masks.keys()
   for name, mask in trained["state"].masks.items():
     np.testing.assert_array_equal(state.masks[name], mask, err_msg=name)
+  ckpts = [layout.checkpoints_dir(str(b / "run")) for b in (trained["base"], base)]
+  assert checkpoint.read_record(ckpts[1], 29) == checkpoint.read_record(ckpts[0], 29)  # same values, same record
 
 
 def test_flipped_bytes_in_a_data_file_stop_the_resume(trained, tmp_path):

@@ -5,6 +5,11 @@ directory, one step's directory (``checkpoints/<step>``) or that step's ``items`
 only the parameters, the pruning masks, the pruner's count and the train-state step (an Orbax partial restore,
 as NumPy arrays on this host, whatever the number of devices or processes that wrote it): the optimizer's
 moments, twice the size of the model, stay on disk.
+
+A checkpoint Orbax cannot read (an emptied ``_METADATA``, a garbage ``manifest.ocdbt``, a truncated data file) raises
+``CheckpointUnreadable`` naming the file and TensorStore's cause. Beside each finished step the trainer writes
+``<step>/sparsity_fingerprint.json`` (``RECORD_FILE``: the device fingerprints of the saved arrays, the masks' kept
+counts and the run's pruning plan; ``sparsity.maxtext.integrity``), which ``check_plan`` also reads.
 """
 
 from __future__ import annotations
