@@ -189,8 +189,8 @@ def tpu() -> dict:
         "train_step_estimated_seconds": step_s, "train_step_argument_bytes": step.get("argument_bytes"),
         "checks_to_step": None if est is None or not step_s else est / step_s,
         "checks_to_100_steps": None if est is None or not step_s else est / (100 * step_s)}
-    print(f"{model} on {topo}: {est} s (estimate), train step {step_s} s: ratio {out[f'{model}|{topo}']['checks_to_step']}",
-          flush=True)
+    print(f"{model} on {topo}: {est} s (estimate), train step {step_s} s: ratio "
+          f"{out[f'{model}|{topo}']['checks_to_step']}", flush=True)
   return out
 
 

@@ -219,8 +219,8 @@ def _orbax_run(tmp_path, step=3):
   import orbax.checkpoint as ocp
 
   ckpts = tmp_path / "run" / layout.CHECKPOINTS
-  tree = layout.checkpoint_tree({"a": {"kernel": np.ones((4, 8), np.float32)}}, {"a": {"kernel": np.ones((4, 8), bool)}},
-                                np.int32(step + 1), step=np.int32(step + 1))
+  tree = layout.checkpoint_tree({"a": {"kernel": np.ones((4, 8), np.float32)}},
+                                {"a": {"kernel": np.ones((4, 8), bool)}}, np.int32(step + 1), step=np.int32(step + 1))
   ocp.PyTreeCheckpointer().save(layout.items_dir(str(ckpts), step), tree)
   return str(ckpts)
 
@@ -258,9 +258,9 @@ def test_unreadable_message_finds_the_truncated_data_file(tmp_path):
           f'"{items}/": Requested byte range [333, 397) is not valid for value of size 353 '
           "[tensorstore_spec='{...}']\n" + "x" * 20000)
   msg = checkpoint.unreadable_message(text, str(tmp_path / "checkpoints"))
-  assert msg == (f"file {data / 'bbbb'}, array opt_state/inner_state/0/mu/decoder/layers/mlp/wi_0/kernel, OUT_OF_RANGE: "
-                 "Requested byte range [333, 397) is not valid for value of size 353 (the file is shorter than its "
-                 "index says: truncated)")
+  assert msg == (f"file {data / 'bbbb'}, array opt_state/inner_state/0/mu/decoder/layers/mlp/wi_0/kernel, "
+                 "OUT_OF_RANGE: Requested byte range [333, 397) is not valid for value of size 353 (the file is "
+                 "shorter than its index says: truncated)")
 
 
 # ------------------------------------------------------------------------------------------------ the plan

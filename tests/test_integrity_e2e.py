@@ -1,6 +1,6 @@
-"""Damaged checkpoints, end to end through MaxText/train.py on the C4 slice (grain): one trained run (checkpoints at steps 0,
-10, 20, 29) is copied once per case, its step-29 checkpoint removed so that the same command resumes from step 20,
-and the copy damaged: 64 bytes flipped inside an OCDBT data file, a truncated data file, an emptied ``_METADATA``, a
+"""Damaged checkpoints, end to end through MaxText/train.py on the C4 slice (grain): one trained run (checkpoints at
+steps 0, 10, 20, 29) is copied once per case, its step-29 checkpoint removed so that the same command resumes from step
+20, and the copy damaged: 64 bytes flipped inside an OCDBT data file, a truncated data file, an emptied ``_METADATA``, a
 garbage ``manifest.ocdbt``, a masked-out weight made non-zero, the plan file deleted and another target given. Each
 stops before training with a short message naming the step and the tensor or the file; an undamaged copy resumes to
 the same final weights (bit for bit) as the uninterrupted run."""
@@ -17,8 +17,9 @@ from sparsity.maxtext import checkpoint, integrity, layout
 pytestmark = pytest.mark.slow
 
 # Grain reads the C4 slice with its iterator checkpointed: a resumed run reads the batches the uninterrupted one did.
-RUN = ["configs/sparse_base.yml", *TINY, "dataset_type=grain", f"grain_train_files={C4}/c4/en/3.1.0/c4-train.array_record*",
-       "grain_worker_count=0", "vocab_size=1024", "per_device_batch_size=1", "steps=30",
+RUN = ["configs/sparse_base.yml", *TINY, "dataset_type=grain",
+       f"grain_train_files={C4}/c4/en/3.1.0/c4-train.array_record*", "grain_worker_count=0", "vocab_size=1024",
+       "per_device_batch_size=1", "steps=30",
        "pruning_interval=2", "target_sparsity=0.75", "prune_start_fraction=0.2", "prune_end_fraction=0.8",
        "enable_checkpointing=true", "checkpoint_period=10", "eval_interval=-1", "run_name=run"]
 STEP = 20  # the checkpoint each case resumes from

@@ -341,5 +341,7 @@ def _short(value, limit: int = 120) -> str:
   return text if len(text) <= limit else text[:limit] + "..."
 
 
-__all__ = ["RECORD_FILE", "RECORD_FORMAT", "CheckpointUnreadable", "record_path", "read_record", "unreadable_message", "PLAN_KEYS", "read_plan", "write_plan", "check_plan", "steps", "latest_step", "metadata_tree",
-           "metadata_shapes", "Located", "ModelState", "locate", "load", "read_summary", "check_resumable"]
+__all__ = ["RECORD_FILE", "RECORD_FORMAT", "CheckpointUnreadable", "record_path", "read_record",
+           "unreadable_message", "PLAN_KEYS", "read_plan", "write_plan", "check_plan", "steps", "latest_step",
+           "metadata_tree", "metadata_shapes", "Located", "ModelState", "locate", "load", "read_summary",
+           "check_resumable"]

@@ -5,9 +5,10 @@ state) is computed on the device: per array, the wrapping uint32 sum of its bit 
 those words times odd position weights (``2 i + 1`` for flat index ``i``, mod 2**32). Any change of one word, one
 bit included, changes both sums (an odd weight is invertible mod 2**32); a sharded array is reduced where it lies
 and only the two scalars cross devices. Once Orbax's save of the step has finished (its ``<step>`` directory
-exists), process 0 writes ``<checkpoints>/<step>/sparsity_fingerprint.json`` (``checkpoint.RECORD_FILE``): the fingerprints, each
-mask's kept count and the run's pruning plan (``checkpoint.PLAN_KEYS``), so that a deleted ``sparsity_plan.json``
-cannot let a run with another plan resume (``checkpoint.check_plan`` reads both).
+exists; looked at on every call of MaxText's ``maybe_save_checkpoint``, i.e. every step), process 0 writes
+``<checkpoints>/<step>/sparsity_fingerprint.json`` (``checkpoint.RECORD_FILE``): the fingerprints, each mask's kept
+count and the run's pruning plan (``checkpoint.PLAN_KEYS``), so that a deleted ``sparsity_plan.json`` cannot let a
+run with another plan resume (``checkpoint.check_plan`` reads both).
 
 Before the first training step on a restored state (``verify``), on the device: every fingerprint must match the
 record of the step, every masked-out weight must be exactly zero, and the masks' kept counts must be the plan's
@@ -35,7 +36,6 @@ from sparsity.core.paths import path_str
 from sparsity.files import write_json
 from sparsity.maxtext import checkpoint, layout
 from sparsity.maxtext.checkpoint import CheckpointUnreadable, read_record, record_path, unreadable_message
-
 
 
 class CheckpointCorrupt(RuntimeError):
@@ -185,13 +185,23 @@ def maybe_save_checkpoint(original, recorder: Recorder, latest_step, checkpoint_
   """MaxText's ``checkpointing.maybe_save_checkpoint`` (``original``), fingerprinting the state when it issued a
   save (the manager's ``latest_step`` changed) and writing the records of the saves that finished."""
   before = None if checkpoint_manager is None else latest_step(checkpoint_manager)
-  try:
-    return original(checkpoint_manager, state, config, data_iterator, step)
-  finally:
+
+  def record():
     after = None if checkpoint_manager is None else latest_step(checkpoint_manager)
     if after is not None and after != before:
       recorder.saved(after, state)
     recorder.flush()
+
+  try:
+    out = original(checkpoint_manager, state, config, data_iterator, step)
+  except BaseException:  # e.g. MaxText's preemption stop after its save: recorded, never masking the exception
+    try:
+      record()
+    except Exception as e:  # pylint: disable=broad-except
+      print(f"WARNING: could not write a checkpoint's fingerprint record: {type(e).__name__}: {e}", flush=True)
+    raise
+  record()  # a failed write of the record (a full disk) fails the run like any other write
+  return out
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -249,8 +259,8 @@ def verify(state, checkpoint_dir: str, step: int, plan: pruner.PrunePlan | None)
     raise CheckpointCorrupt(f"{where} is corrupt: {shown}. Resume from an earlier checkpoint (delete this step's "
                             "directory) or start another run_name.")
   if record is None:
-    print(f"WARNING: {where} has no fingerprint record ({checkpoint.RECORD_FILE}): its values cannot be compared with those saved",
-          flush=True)
+    print(f"WARNING: {where} has no fingerprint record ({checkpoint.RECORD_FILE}): its values cannot be compared "
+          "with those saved", flush=True)
   return checked
 
 
