@@ -63,6 +63,16 @@ def main(request_path, result_path):
   tokens = torch.tensor(req["tokens"], dtype=torch.long)
   with torch.no_grad():
     out["logits"] = model(tokens).logits.float().tolist()
+    if getattr(model.config.get_text_config(), "tie_word_embeddings", False):
+      # MaxText 0.2.5 computes tied-embedding logits against the embedding rounded to bfloat16
+      # (maxtext/layers/embeddings.py attend_on_embedding): the same logits from transformers' final hidden states.
+      hidden = model.model(tokens).last_hidden_state.float()
+      table = model.get_input_embeddings().weight.to(torch.bfloat16).float()
+      logits = hidden @ table.T
+      cap = getattr(model.config.get_text_config(), "final_logit_softcapping", None)
+      if cap:
+        logits = torch.tanh(logits / cap) * cap
+      out["logits_embedding_bf16"] = logits.tolist()
   dense = load_file(f"{dense_dir}/model.safetensors")
   out["zeros"] = {k: int((v == 0).sum()) for k, v in dense.items()}
   out["sizes"] = {k: int(v.numel()) for k, v in dense.items()}

@@ -56,6 +56,18 @@ def _tensor_getter(hf_dir: str):
   return get
 
 
+def _stacking_key(key, hf_names, config):
+  """The key ``to_maxtext``'s stacking helper is given. Under ``scan_layers`` a flat list of Hugging Face names is the
+  layers (as MaxText's ``process_maxtext_param`` reads it on export), but MaxText 0.2.5's
+  ``_build_single_axis_stacked_tensor`` stacks any key naming a ``MoeBlock`` along axis 0 as if it held experts,
+  which puts a scanned router (``...-MoeBlock_0-gate-kernel``: one name per layer) on the wrong axis; its key is
+  given without that word."""
+  flat = isinstance(hf_names, list) and hf_names and not isinstance(hf_names[0], list)
+  if isinstance(key, str) and config.scan_layers and flat and "MoeBlock" in key and "Var" not in key:
+    return key.replace("MoeBlock", "moe")
+  return key
+
+
 def maxtext_params(hf_dir: str, config, dtype: str = "float32"):
   """``(MaxText parameter tree, abstract model info)`` of the Hugging Face checkpoint ``hf_dir``."""
   from transformers import AutoConfig  # pylint: disable=import-outside-toplevel
@@ -72,7 +84,7 @@ def maxtext_params(hf_dir: str, config, dtype: str = "float32"):
   weights = [None] * len(info)
   for k in keys:
     idx, shape = tm._get_maxtext_indices_and_shapes(k, info)  # pylint: disable=protected-access
-    load = tm._get_hf_loading_function(t.names[k], getter, t.hooks.get(k), shape, config, k)  # pylint: disable=protected-access
+    load = tm._get_hf_loading_function(t.names[k], getter, t.hooks.get(k), shape, config, _stacking_key(k, t.names[k], config))  # pylint: disable=protected-access
     tm._get_maxtext_weight(load, idx, shape, k, weights, dtype, False)  # pylint: disable=protected-access
   missing = [k for k, (i, _) in info.items() if weights[i] is None]
   if missing:

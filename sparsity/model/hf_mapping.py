@@ -65,6 +65,7 @@ EXTRA_ATTRS = (
     ("final_logit_softcapping", "final_logits_soft_cap"),
     ("attn_logit_softcapping", "attn_logits_soft_cap"),
 )
+OFF_WHEN_ZERO = ("sliding_window", "final_logit_softcapping", "attn_logit_softcapping")
 
 
 def _val(x):
@@ -107,8 +108,13 @@ def hf_config(config, key: str | None = None):
   modules.to_huggingface()._validate_or_update_architecture(cfg, config, override=True)  # pylint: disable=protected-access
   d = cfg.to_dict()
   for hf_attr, mt_attr in EXTRA_ATTRS:
-    if hf_attr in d and getattr(config, mt_attr, None) is not None:
-      d[hf_attr] = type(d[hf_attr])(getattr(config, mt_attr)) if d[hf_attr] is not None else getattr(config, mt_attr)
+    value = getattr(config, mt_attr, None)
+    if hf_attr not in d or value is None:
+      continue
+    if hf_attr in OFF_WHEN_ZERO and not value:
+      d[hf_attr] = None  # MaxText's 0: no sliding window / no soft cap
+    else:
+      d[hf_attr] = type(d[hf_attr])(value) if d[hf_attr] is not None else value
   if "qk_nope_head_dim" in d:
     d.pop("qk_head_dim", None)  # derived by the class from the nope and rope parts
   if d.get("layer_types") is not None and len(d["layer_types"]) != d["num_hidden_layers"]:
