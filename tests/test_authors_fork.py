@@ -177,6 +177,16 @@ def test_classify_counts_ties_and_boundary():
   rows = cm.classify(w, ours, fork, ["a/kernel", "b/kernel"], 0.2)
   assert rows[0]["differ"] == 1 and rows[0]["ties"] == 1 and rows[0]["fork_only"] == 1
   assert rows[0]["unexplained"] == 0 and rows[1]["differ"] == 0
+  # one code keeps a weight more (a count difference): the extra weight lies between the two smallest kept
+  fork = [np.array([1, 1, 0, 0], bool), np.array([1, 1], bool)]
+  ours = [np.array([1, 1, 0, 0], bool), np.array([1, 0], bool)]
+  rows = cm.classify(w, ours, fork, ["a/kernel", "b/kernel"], 0.05)
+  assert rows[1]["differ"] == rows[1]["ties"] == 1  # 0.05 is the fork's threshold: a tie
+  rows = cm.classify(w, ours, fork, ["a/kernel", "b/kernel"], 0.04)
+  assert rows[1]["boundary"] == 1 and rows[1]["unexplained"] == 0
+  ours = [np.array([1, 1, 0, 1], bool), np.array([1, 1], bool)]  # keeps 0.1 where the fork keeps 0.05: no count explains it
+  rows = cm.classify(w, ours, fork, ["a/kernel", "b/kernel"], 0.04)
+  assert rows[0]["unexplained"] == 1
 
 
 def test_fork_train_sets_epochs_on_the_training_pipeline_only(tmp_path):

@@ -13,8 +13,8 @@ The checkpoint of step ``k`` holds the weights after ``k + 1`` updates, i.e. the
   event (comparison "own schedules").
 
 Every mask entry on which they differ is counted per tensor and classified: a tie at the fork's threshold (it
-keeps ``|w| >= threshold``), or a weight at the boundary of the kept set when the two keep different counts (the
-fork's ``int(fraction * total)`` truncation), or unexplained. Writes ``masks.md`` and ``masks.json``.
+keeps ``|w| >= threshold``), a weight between the two codes' smallest kept magnitudes (one keeps more weights than
+the other: the fork's ``int(fraction * total)`` truncation, or its own schedule's count), or unexplained. Writes ``masks.md`` and ``masks.json``.
 """
 
 from __future__ import annotations
@@ -69,18 +69,16 @@ def fork_masks(params: dict[str, np.ndarray], masks: dict[str, np.ndarray], frac
 
 def classify(values: list[np.ndarray], ours: list[np.ndarray], fork: list[np.ndarray], names: list[str],
              thr: float) -> list[dict[str, Any]]:
-  """Per tensor: kept counts and every differing entry, as tie (``|w| == fork threshold``), boundary (the
-  smallest kept magnitudes when one code keeps more) or unexplained."""
-  kept_ours = np.concatenate([np.abs(v[m]) for v, m in zip(values, ours)])
-  kept_fork = np.concatenate([np.abs(v[m]) for v, m in zip(values, fork)])
-  low = min(kept_ours.min(), kept_fork.min())
-  high = max(np.sort(kept_ours)[:2].max(), np.sort(kept_fork)[:2].max(), thr)
+  """Per tensor: kept counts and every differing entry, as a tie (``|w|`` equal to the fork's threshold, which it
+  keeps), boundary (``|w|`` between the two codes' smallest kept magnitudes: one code keeps more weights than the
+  other) or unexplained."""
+  smallest = sorted(min(float(np.abs(v[m]).min()) for v, m in zip(values, masks) if m.any()) for masks in (ours, fork))
   rows = []
   for name, v, o, f in zip(names, values, ours, fork):
     a = np.abs(v)
     diff = o != f
     tie = diff & (a == np.float32(thr))
-    boundary = diff & ~tie & (a >= low) & (a <= high)
+    boundary = diff & ~tie & (a >= smallest[0]) & (a <= smallest[1])
     rows.append({"tensor": name, "size": int(v.size), "kept_ours": int(o.sum()), "kept_fork": int(f.sum()),
                  "differ": int(diff.sum()), "fork_only": int((f & ~o).sum()), "ours_only": int((o & ~f).sum()),
                  "ties": int(tie.sum()), "boundary": int(boundary.sum()),

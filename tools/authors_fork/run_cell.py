@@ -46,6 +46,7 @@ from sparsity.maxtext import yaml_chain  # pylint: disable=wrong-import-position
 SPEC = os.path.join(REPO, "configs", "study", "paired.yml")
 RESULTS = os.path.join(REPO, "results", "fidelity")
 STUDY = os.path.join(REPO, "results", "study")
+XLA_FLAGS = "--xla_cpu_use_thunk_runtime=false"
 BUDGET, SPARSITY, SPARSE_WIDTH, DENSE_WIDTHS = "b1", 0.8, 64, (32, 40, 48, 56)
 CSV_COLUMNS = ["code", "run_name", "kind", "budget", "base_emb_dim", "target_sparsity", "seed", "steps", "loss",
                "avg_params", "avg_prunable", "prunable_params", "non_prunable_params", "total_params",
@@ -194,7 +195,7 @@ def run_fork(run: sweep.Run, cfg: dict[str, Any], args: argparse.Namespace) -> d
       os.remove(y["metrics_file"])
     cmd = ["nice", "-n", "5", args.fork_python, os.path.join(HERE, "fork_train.py"), "--fork", args.fork,
            "--num-epochs", str(int(cfg["num_epoch"])), "--", yml]
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "2", "XLA_FLAGS": args.xla_flags}
     t0 = time.time()
     with open(os.path.join(run_dir, "train.log"), "w", encoding="utf-8") as log:
       rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
@@ -202,7 +203,8 @@ def run_fork(run: sweep.Run, cfg: dict[str, Any], args: argparse.Namespace) -> d
     if rc:
       raise RuntimeError(f"fork run {run.name} exited {rc}: see {run_dir}/train.log")
     seconds = time.time() - t0
-  result = {**read_metrics(y["metrics_file"]), "seconds": seconds, "gmp": gmp}
+  result = {**read_metrics(y["metrics_file"]), "seconds": seconds, "gmp": gmp,
+            "xla_flags": None if complete else args.xla_flags}
   with open(result_path, "w", encoding="utf-8") as f:
     json.dump(result, f)
   print(f"{run.name}: fork loss {result['loss']:.4f}", flush=True)
@@ -357,6 +359,9 @@ def main(argv: Sequence[str] | None = None) -> None:
   parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
   parser.add_argument("--collect-only", action="store_true", help="train nothing: collect the finished runs")
   parser.add_argument("--results", default=RESULTS)
+  parser.add_argument("--xla-flags", default=XLA_FLAGS,
+                      help="XLA_FLAGS of the fork's runs (default: jaxlib 0.4.35's previous CPU runtime, the one its "
+                           "release notes name for CPU slowdowns of the new one; the computation is the same)")
   args = parser.parse_args(argv)
   if not os.path.isfile(os.path.join(args.fork, "MaxText", "train.py")):
     sys.exit(f"{args.fork}: not a checkout of the fork (no MaxText/train.py)")
