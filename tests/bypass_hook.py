@@ -10,7 +10,7 @@ sys.path.insert(0, ROOT)
 from sparsity.maxtext import hook, host, modules  # noqa: E402
 
 argv = host.cpu_defaults(["train.py", *sys.argv[1:]])
-hook.install()
+run = hook.install()
 original = modules.optimizers().get_optimizer._sparsity_original  # MaxText's own get_optimizer (under the hook)
 train_utils = modules.train_utils()
 
@@ -23,4 +23,11 @@ def create_training_optimizer(config, model, mesh=None):
 train_utils.create_training_optimizer = create_training_optimizer
 from absl import app  # noqa: E402
 
-app.run(hook.main, argv=argv)
+
+def main(args):
+  """``hook.main`` without installing again (an install checks the extension points, and would see the bypass)."""
+  modules.train().main(args)
+  run.require("train.train_loop")
+
+
+app.run(main, argv=argv)

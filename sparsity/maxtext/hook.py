@@ -379,7 +379,7 @@ def main(argv) -> None:
   run = install()
   try:
     modules.train().main(argv)
-  except Exception as e:
+  except (Exception, KeyboardInterrupt) as e:  # before the loop: failed, or interrupted (Ctrl-C while it starts)
     if run.config is not None and "train.train_loop" not in run.reached:  # (the loop writes its own summary)
       loop.write_failure(run.config, loop.LoopRecord(), e)
     raise
