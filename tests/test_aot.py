@@ -111,8 +111,21 @@ def test_a_13b_model_past_2_31_prunable_weights_traces_every_program(tmp_path):
                        capture_output=True, text=True, timeout=900, check=False)
   assert out.returncode == 0, out.stderr[-4000:]
   s = json.loads(out.stdout.split("SUMMARY ", 1)[1].splitlines()[0])
-  assert s["prunable_params"] > 5 * 2**31
   assert set(s["programs"]) == {"train_step", "pruning_event", "mask_count", "eval_step"}
+  # LLaMA-2 13B by hand: 40 layers of 4 attention kernels 5120 x 5120 and 3 MLP kernels 5120 x 13824, the untied
+  # 5120 x 32000 output projection; besides them the 32000 x 5120 embedding and 2 norm scales a layer plus the final.
+  prunable = 40 * (4 * 5120 * 5120 + 3 * 5120 * 13824) + 5120 * 32000
+  total = prunable + 32000 * 5120 + (2 * 40 + 1) * 5120
+  assert (s["prunable_params"], s["total_params"]) == (prunable, total) and prunable > 5 * 2**31
+  # What the lowered programs return per chip (their outputs' shapes over their shardings), every array split over
+  # the 32 chips: the event's new masks (1 byte a weight) and the prunable weights' Adam moments (mu, nu: 4 bytes
+  # each), nothing replicated; the train step's state (weights and both moments of every parameter, the masks) plus
+  # scalars (step counts, the RNG key, metrics); the final count of kept weights as 64 bits (past 2**31).
+  programs = s["programs"]
+  assert programs["pruning_event"]["output_bytes"] == (1 + 4 + 4) * prunable // 32
+  state = (4 + 4 + 4) * total + 1 * prunable
+  assert 0 <= programs["train_step"]["output_bytes"] - state // 32 <= 4096
+  assert programs["mask_count"]["output_bytes"] == 8
 
 
 BAD_TOPOLOGIES = [

@@ -92,14 +92,17 @@ def check_topology(config) -> int:
 
 
 def shard_bytes(leaves) -> int:
-  """Bytes of the largest shard of each array (what one chip holds), summed."""
+  """Bytes of the largest shard of each array (what one chip holds), summed; a leaf's ``sharding`` may be a
+  ``jax.sharding.Sharding`` or a ``Format`` holding one (a lowered program's ``out_info``)."""
   total = 0
   for x in leaves:
-    shape = x.sharding.shard_shape(x.shape) if getattr(x, "sharding", None) is not None else x.shape
+    sharding = getattr(x, "sharding", None)
+    sharding = getattr(sharding, "sharding", sharding)  # a Format's
+    shape = sharding.shard_shape(x.shape) if sharding is not None else x.shape
     n = 1
     for d in shape:
       n *= int(d)
-    total += n * jax.numpy.dtype(x.dtype).itemsize
+    total += n * x.dtype.itemsize  # (a PRNG key type says its own)
   return total
 
 
@@ -140,6 +143,12 @@ def program_figures(compiled) -> dict[str, Any]:
   }
 
 
+def lowered_figures(lowered) -> dict[str, Any]:
+  """What a lowered (not compiled) program returns per chip: the bytes of its outputs' shards, from the shapes, dtypes
+  and shardings it was lowered with (``out_info``)."""
+  return {"lowered": True, "output_bytes": shard_bytes(jax.tree_util.tree_leaves(lowered.out_info))}
+
+
 def _peaks(programs: dict[str, dict]) -> None:
   """Each compiled program's ``peak_bytes`` (see the module docstring); without a compiled train step, the other
   programs' own buffers only (a lower bound)."""
@@ -149,13 +158,88 @@ def _peaks(programs: dict[str, dict]) -> None:
     p["peak_bytes"] = base + p["temp_bytes"] + p["output_bytes"] - p["alias_bytes"] + p["code_bytes"]
 
 
+class _Programs:
+  """The programs of a run by name: compiled for the target (or, with ``lower_only``, only lowered), and those the
+  target's compiler refused for lack of HBM (recorded with its message, not raised)."""
+
+  def __init__(self, mesh, options: dict, lower_only: bool):
+    self.mesh, self.options, self.lower_only = mesh, options, lower_only
+    self.compiled: dict[str, Any] = {}
+    self.out_of_memory: dict[str, str] = {}
+
+  def add(self, name: str, lowered) -> None:
+    if self.lower_only:
+      self.compiled[name] = lowered
+      return
+    try:
+      self.compiled[name] = lowered.compile(compiler_options=self.options)
+    except jax.errors.JaxRuntimeError as e:  # as MaxText's train_compile.is_oom tells an out-of-memory compile
+      message = str(e)
+      if "resource_exhausted" not in message.lower() and "hbm" not in message.lower():
+        raise
+      self.out_of_memory[name] = next((line for line in message.splitlines() if "HBM" in line),
+                                      message.splitlines()[0])
+
+  def lower(self, signature, args, rules, **kwargs):
+    """MaxText's ``get_functional_*_with_signature`` result jitted and lowered as MaxText's train loop does."""
+    from flax.core.spmd import logical_axis_rules  # pylint: disable=import-outside-toplevel
+
+    func, in_s, out_s, static, donate = signature
+    with jax.set_mesh(self.mesh), logical_axis_rules(rules):
+      return jax.jit(func, in_shardings=in_s, out_shardings=out_s, static_argnums=static,
+                     donate_argnums=donate).lower(*args, **kwargs)
+
+  def figures(self, hbm: int) -> dict[str, Any]:
+    """``programs`` (each one's ``program_figures`` and ``peak_bytes``, or ``out_of_memory``), ``fits`` and
+    ``programs_over_hbm`` against ``hbm`` bytes per chip."""
+    programs = {name: program_figures(c) for name, c in self.compiled.items()}
+    _peaks(programs)
+    programs.update({name: {"out_of_memory": message} for name, message in self.out_of_memory.items()})
+    too_big = [n for n, p in programs.items() if "out_of_memory" in p or p["peak_bytes"] > hbm]
+    return {"programs": programs, "fits": not too_big, "programs_over_hbm": too_big}
+
+
+def _mask_programs(programs: _Programs, run, state) -> None:
+  """A sparse run's programs on the masks: the first pruning event, the step-0 zero mask of
+  ``init_mask_from_zeros``, the end of run's count."""
+  state_events = events_lib.StateEvents(run.plan, state, start_step=None)
+  kinds = []
+  if run.plan.schedule.prune_steps:
+    kinds.append(("pruning_event", run.plan.schedule.prune_steps[0]))
+  if run.plan.init_mask_from_zeros:
+    kinds.append(("zero_mask_event", 0))
+  for name, step in kinds:
+    programs.add(name, state_events.lower(state, events_lib.abstract(state_events.due(step))))
+  programs.add("mask_count", jax.jit(threshold.count_true).lower(events_lib.mask_leaves(state)))
+
+
+def _run_figures(config, run, state, devices: int) -> dict[str, Any]:
+  """The summary's description of the run: topology, chips, HBM, sparsity keys, counts, and per chip the bytes of
+  the prunable weights and of the masks."""
+  by_path = {path_str(p): x for p, x in jax.tree_util.tree_flatten_with_path(state)[0]}
+  masks = [x for p, x in by_path.items() if layout.state_mask_path(p)]
+  params = {layout.state_param_path(p): x for p, x in by_path.items() if layout.state_param_path(p)}
+  prunable = [x for p, x in params.items() if run.plan is not None and run.plan.is_prunable(p)]
+  return {
+      "compile_topology": str(config.compile_topology),
+      "compile_topology_num_slices": int(config.compile_topology_num_slices),
+      "chips": devices,
+      "hbm_bytes_per_chip": hbm_bytes(str(config.compile_topology)),
+      "target_sparsity": float(config.target_sparsity),
+      "pruning_structure": str(config.pruning_structure),
+      "pruning_scope": str(config.pruning_scope),
+      "prunable_params": int(run.prunable) if run.plan is not None else 0,
+      "total_params": int(run.total),
+      "prunable_bytes_per_chip": shard_bytes(prunable),
+      "mask_bytes_per_chip": shard_bytes(masks),
+      "estimates": "XLA's cost model of the target chip (cost_analysis()['optimal_seconds']): not measured times",
+  }
+
+
 def compile_programs(config, run, lower_only: bool = False) -> dict[str, Any]:
   """Compiles (or with ``lower_only``, only lowers: a trace check that needs no TPU compiler time) every program of
   the run of ``config`` (loaded by ``load``, with ``run``: the ``hook.Run`` its hooks share) for its topology; returns
   the summary."""
-  # pylint: disable=import-outside-toplevel
-  from flax.core.spmd import logical_axis_rules
-
   if config.enable_diloco:
     raise CompileError("enable_diloco=true: the ahead-of-time compile of a sparse run covers MaxText's standard "
                        "train step only")
@@ -169,87 +253,28 @@ def compile_programs(config, run, lower_only: bool = False) -> dict[str, Any]:
     run.ahead_of_time = False
   params_shardings, state_shardings = sh.maybe_update_params_sharding_with_opt(config, state_shardings)
   input_state_shardings = sh.build_zero1_input_state_mesh_shardings(config, state_shardings, params_shardings)
-  options = modules.max_utils().parse_libtpu_flags_to_dict(config.compile_xla_flags)
-  compiled: dict[str, Any] = {}
-  out_of_memory: dict[str, str] = {}
-
-  def finish(name, lowered) -> None:
-    """Compiles (unless ``lower_only``); the target's compiler refuses a program over HBM: recorded, not raised."""
-    if lower_only:
-      compiled[name] = lowered
-      return
-    try:
-      compiled[name] = lowered.compile(compiler_options=options)
-    except jax.errors.JaxRuntimeError as e:  # as MaxText's train_compile.is_oom tells an out-of-memory compile
-      message = str(e)
-      if "resource_exhausted" not in message.lower() and "hbm" not in message.lower():
-        raise
-      out_of_memory[name] = next((line for line in message.splitlines() if "HBM" in line), message.splitlines()[0])
-
-  def lowered(signature, args, rules, **kwargs):
-    """MaxText's ``get_functional_*_with_signature`` result jitted and lowered as MaxText's train loop does."""
-    func, in_s, out_s, static, donate = signature
-    with jax.set_mesh(mesh), logical_axis_rules(rules):
-      return jax.jit(func, in_shardings=in_s, out_shardings=out_s, static_argnums=static,
-                     donate_argnums=donate).lower(*args, **kwargs)
+  programs = _Programs(mesh, modules.max_utils().parse_libtpu_flags_to_dict(config.compile_xla_flags), lower_only)
 
   data_sharding = sh.get_input_data_sharding(config, mesh)
-  finish("train_step", lowered(mu.get_functional_train_with_signature(
+  programs.add("train_step", programs.lower(mu.get_functional_train_with_signature(
       train.train_step, data_sharding, input_state_shardings, model, config, params_shardings),
       shaped_args, config.logical_axis_rules, **shaped_kwargs))
   run.require("optimizers.get_optimizer", "train.train_step")  # else the program compiled is the dense one
-
   state = shaped_args[0]
   if run.sparse:
-    state_events = events_lib.StateEvents(run.plan, state, start_step=None)
-    kinds = []
-    if run.plan.schedule.prune_steps:
-      kinds.append(("pruning_event", run.plan.schedule.prune_steps[0]))
-    if run.plan.init_mask_from_zeros:
-      kinds.append(("zero_mask_event", 0))
-    for name, step in kinds:
-      finish(name, state_events.lower(state, events_lib.abstract(state_events.due(step))))
-    masks = events_lib.mask_leaves(state)
-    finish("mask_count", jax.jit(threshold.count_true).lower(masks))
-
+    _mask_programs(programs, run, state)
   eval_sharding = sh.get_input_data_sharding(config, mesh, rules=config.logical_axis_rules_for_eval)
   eval_batch = mu.get_shaped_batch(config, batch_sharding=eval_sharding, is_eval=True)
-  finish("eval_step", lowered(mu.get_functional_eval_with_signature(
+  programs.add("eval_step", programs.lower(mu.get_functional_eval_with_signature(
       train.eval_step, eval_sharding, state_shardings, model, config), (state, eval_batch),
       config.logical_axis_rules_for_eval))
 
-  flat = jax.tree_util.tree_flatten_with_path(state)[0]
-  by_path = {path_str(p): x for p, x in flat}
-  masks_by_param = {layout.state_mask_path(p): x for p, x in by_path.items() if layout.state_mask_path(p)}
-  params = {layout.state_param_path(p): x for p, x in by_path.items() if layout.state_param_path(p)}
-  prunable = [x for p, x in params.items() if run.plan is not None and run.plan.is_prunable(p)]
-  summary: dict[str, Any] = {
-      "compile_topology": str(config.compile_topology),
-      "compile_topology_num_slices": int(config.compile_topology_num_slices),
-      "chips": devices,
-      "hbm_bytes_per_chip": hbm_bytes(str(config.compile_topology)),
-      "target_sparsity": float(config.target_sparsity),
-      "pruning_structure": str(config.pruning_structure),
-      "pruning_scope": str(config.pruning_scope),
-      "prunable_params": int(run.prunable) if run.plan is not None else 0,
-      "total_params": int(run.total),
-      "prunable_bytes_per_chip": shard_bytes(prunable),
-      "mask_bytes_per_chip": shard_bytes(list(masks_by_param.values())),
-      "estimates": "XLA's cost model of the target chip (cost_analysis()['optimal_seconds']): not measured times",
-  }
+  summary = _run_figures(config, run, state, devices)
   if lower_only:
-    summary["programs"] = {name: {"lowered": True} for name in compiled}
-    return summary
-  programs = {name: program_figures(c) for name, c in compiled.items()}
-  _peaks(programs)
-  programs.update({name: {"out_of_memory": message} for name, message in out_of_memory.items()})
-  summary["programs"] = programs
-  too_big = [n for n, p in programs.items()
-             if "out_of_memory" in p or p["peak_bytes"] > summary["hbm_bytes_per_chip"]]
-  summary["fits"] = not too_big
-  summary["programs_over_hbm"] = too_big
-  if config.compiled_trainstep_file and "train_step" in compiled:
-    tc.save_compiled(compiled["train_step"], config.compiled_trainstep_file)
+    return {**summary, "programs": {name: lowered_figures(p) for name, p in programs.compiled.items()}}
+  summary.update(programs.figures(summary["hbm_bytes_per_chip"]))
+  if config.compiled_trainstep_file and "train_step" in programs.compiled:
+    tc.save_compiled(programs.compiled["train_step"], config.compiled_trainstep_file)
   return summary
 
 
