@@ -67,30 +67,7 @@ def _sweep(p: argparse.ArgumentParser) -> Runner:
   def run(args: argparse.Namespace) -> int:
     from sparsity.experiments import sweep  # pylint: disable=import-outside-toplevel
 
-    if args.limit is not None and args.limit < 1:
-      raise UsageError(f"--limit must be >= 1 (--limit {args.limit} selects no run)")
-    paths = [w for w in args.spec if "=" not in w]
-    overrides = [w for w in args.spec if "=" in w] + args.overrides
-    if not paths:
-      raise UsageError("sweep needs at least one SPEC file")
-    if args.launcher == "xpk" and len(paths) > 1:
-      raise UsageError("--launcher xpk takes one SPEC (one workload set per sweep name)")
-    plans = [(spec, sweep.expand(spec, overrides)) for spec in map(sweep.load_spec, paths)]
-    empty = [spec for spec, runs in plans if not runs]
-    if empty:
-      raise UsageError("; ".join(f"sweep {s.name} ({s.path}) has no run: its constraints keep none of its "
-                                 f"{_grid_size(s)} combinations" for s in empty))
-    if args.select:
-      pattern = _select_pattern(args.select)
-      plans = [(spec, [r for r in runs if pattern.search(r.name)]) for spec, runs in plans]
-      if not any(runs for _, runs in plans):
-        raise UsageError(f"--select {args.select!r} matches no run of {', '.join(s.name for s, _ in plans)}")
-    if args.limit is not None:
-      left = args.limit
-      for i, (spec, runs) in enumerate(plans):
-        plans[i] = (spec, runs[:left])
-        left -= len(plans[i][1])
-    plans = [(spec, runs) for spec, runs in plans if runs]
+    plans = _sweep_plans(args)
     if args.launcher == "xpk":
       return _sweep_xpk(args, *plans[0])
     default_out = os.path.join("outputs", "sweeps", plans[0][0].name)
@@ -115,6 +92,37 @@ def _sweep(p: argparse.ArgumentParser) -> Runner:
     return code
 
   return run
+
+
+def _sweep_plans(args: argparse.Namespace) -> list:
+  """``[(spec, runs)]`` of ``sweep``'s SPEC files with their overrides, ``--select`` and ``--limit``; a UsageError for
+  a selection of no run."""
+  from sparsity.experiments import sweep  # pylint: disable=import-outside-toplevel
+
+  if args.limit is not None and args.limit < 1:
+    raise UsageError(f"--limit must be >= 1 (--limit {args.limit} selects no run)")
+  paths = [w for w in args.spec if "=" not in w]
+  overrides = [w for w in args.spec if "=" in w] + args.overrides
+  if not paths:
+    raise UsageError("sweep needs at least one SPEC file")
+  if args.launcher == "xpk" and len(paths) > 1:
+    raise UsageError("--launcher xpk takes one SPEC (one workload set per sweep name)")
+  plans = [(spec, sweep.expand(spec, overrides)) for spec in map(sweep.load_spec, paths)]
+  empty = [spec for spec, runs in plans if not runs]
+  if empty:
+    raise UsageError("; ".join(f"sweep {s.name} ({s.path}) has no run: its constraints keep none of its "
+                               f"{_grid_size(s)} combinations" for s in empty))
+  if args.select:
+    pattern = _select_pattern(args.select)
+    plans = [(spec, [r for r in runs if pattern.search(r.name)]) for spec, runs in plans]
+    if not any(runs for _, runs in plans):
+      raise UsageError(f"--select {args.select!r} matches no run of {', '.join(s.name for s, _ in plans)}")
+  if args.limit is not None:
+    left = args.limit
+    for i, (spec, runs) in enumerate(plans):
+      plans[i] = (spec, runs[:left])
+      left -= len(plans[i][1])
+  return [(spec, runs) for spec, runs in plans if runs]
 
 
 def _grid_size(spec) -> int:
