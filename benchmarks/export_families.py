@@ -19,7 +19,10 @@ For each family (a MaxText model name of it shrunk to width 64, as ``benchmarks/
 * import: a Hugging Face checkpoint of the family made locally (transformers' class of the exported config.json,
   random weights, ``save_pretrained``) becomes a MaxText checkpoint (``sparsity.model.hf_import``) that MaxText
   loads through ``load_parameters_path`` (its forward pass gives the Hugging Face model's logits within 1e-4);
-* round trip: that MaxText checkpoint exported again gives every tensor of the Hugging Face file bit for bit.
+* round trip: that MaxText checkpoint exported again gives every tensor of the Hugging Face file bit for bit;
+* generate: ``python -m sparsity generate`` (MaxText's engine) continues a prompt from the run's checkpoint; in
+  brackets, whether its greedy tokens are transformers' greedy tokens from the export (same tokenizer: the study's
+  1,024-piece SentencePiece model, exported with the model).
 """
 
 from __future__ import annotations
@@ -42,11 +45,16 @@ OUT = os.path.join(ROOT, "results", "export")
 ROWS = ("llama3", "qwen3", "qwen3_moe", "mixtral", "gemma2", "gemma3", "deepseek", "gpt_oss", "qwen2")
 TOKENS = [[1, 45, 996, 173, 701, 29, 432, 172, 975, 278, 366, 1011]]
 TOL = 1e-4
-CHECKS = ("export", "logits_match", "zeros_kept", "two_four_kept", "import", "import_logits", "round_trip")
+CHECKS = ("export", "logits_match", "zeros_kept", "two_four_kept", "import", "import_logits", "round_trip", "generate")
+
+
+TOKENIZER = ["tokenizer_type=sentencepiece", f"tokenizer_path={os.path.join(ROOT, 'configs', 'study', 'c4_bpe_1024.model')}"]
+PROMPT, NEW_TOKENS = "I love to", 4
 
 
 def argv_of(row: str) -> list[str]:
-  return F.row_argv(row)
+  """The family's tiny model with the study's 1,024-piece SentencePiece tokenizer (the vocabulary of TINY)."""
+  return F.row_argv(row, TOKENIZER)
 
 
 def train(row: str, work: str) -> str:
@@ -121,7 +129,8 @@ def check_export(row: str, run: str, work: str, config) -> dict:
   export.export(run, config, os.path.join(work, f"{row}-c24"), fmt="compressed-24", overwrite=True)
   out.update(export=True, architecture=r.info["architecture"], maxtext_model=r.info["maxtext_conversion_model"])
   mt = generate.forward_logits(argv_of(row), run, np.array(TOKENS))
-  hf = hf_check({"dense": dense, "tokens": TOKENS, "no_tokenizer": True}, work, row)
+  hf = hf_check({"dense": dense, "tokens": TOKENS, "prompt": PROMPT, "max_new_tokens": NEW_TOKENS}, work, row)
+  out["hf_generated_ids"] = hf["generated_ids"]
   info = hf["loading_info"]
   out["loading_info"] = {k: v for k, v in info.items() if v}
   out["logits_rel_error"] = relative_error(mt, hf["logits"])
@@ -139,6 +148,14 @@ def check_export(row: str, run: str, work: str, config) -> dict:
   worst = max(max_per_group(tensors[n], input_axis(n, tensors[n].shape)) for n in prunable_hf)
   out["two_four_kept"] = bool(worst <= 2 and r.info["sparsity"] == 0.5)
   return out
+
+
+def check_generate(row: str, run: str) -> dict:
+  """MaxText's engine generates from the checkpoint (``python -m sparsity generate``'s function)."""
+  from sparsity.model import generate  # pylint: disable=import-outside-toplevel
+
+  r = generate.generate_from_cli(run, [*argv_of(row), "dtype=float32"], PROMPT, NEW_TOKENS)
+  return {"generate": len(r["ids"]) >= 1, "maxtext_generated_ids": r["ids"]}
 
 
 def check_import(row: str, work: str, export_dir: str, config) -> dict:
@@ -163,7 +180,11 @@ def check_import(row: str, work: str, export_dir: str, config) -> dict:
   export.export(ckpt, config, back, overwrite=True)
   a, b = load_file(os.path.join(made, "model.safetensors")), load_file(os.path.join(back, export.SAFETENSORS))
   differ = sorted(k for k in a if k not in b or a[k].dtype != b[k].dtype or a[k].tobytes() != b[k].tobytes())
-  out["round_trip_differ"] = differ[:10]
+  out["round_trip_differ"] = differ
+  # how far the differing tensors are, in units of the last place of the original (float32 rounding of a hook's
+  # arithmetic, e.g. Gemma's norm scales stored as 1 + w by MaxText, is at most 1)
+  out["round_trip_max_ulp"] = max((float(np.max(np.abs(a[k].astype(np.float64) - b[k]) / np.spacing(np.abs(a[k]))))
+                                   for k in differ if k in b and a[k].shape == b[k].shape), default=0.0)
   out["round_trip_extra"] = sorted(set(b) - set(a))[:10]
   out["round_trip"] = not differ and set(a) == set(b)
   return out
@@ -188,6 +209,12 @@ def run_row(row: str, work: str) -> dict:
     out.update(check_import(row, work, os.path.join(work, f"{row}-hf"), config))
   except Exception as e:  # pylint: disable=broad-except
     out["reason"] = f"{type(e).__name__}: {e}"[:1500]
+  if out.get("export"):
+    try:
+      out.update(check_generate(row, run))
+      out["generate_same_as_transformers"] = out["maxtext_generated_ids"] == out.get("hf_generated_ids")
+    except Exception as e:  # pylint: disable=broad-except
+      out.update(generate=False, generate_reason=f"{type(e).__name__}: {e}"[:1000])
   out["seconds"] = round(time.time() - t0, 1)
   return out
 
@@ -206,16 +233,34 @@ def _err(r: dict, key: str) -> str:
   return f" ({r[key]:.1e})"
 
 
+def _ulp(r: dict) -> str:
+  if r.get("round_trip") is False and r.get("round_trip_max_ulp"):
+    return f" ({len(r['round_trip_differ'])} tensors within {r['round_trip_max_ulp']:.0f} ulp: {_names(r['round_trip_differ'])})"
+  return ""
+
+
+def _names(names: list[str]) -> str:
+  """``model.layers.0.input_layernorm.weight`` ... as ``*.input_layernorm.weight`` ..., each once."""
+  return ", ".join(sorted({n.split(".")[-2] + "." + n.split(".")[-1] for n in names}))
+
+
+def _reason(r: dict) -> str:
+  why = r.get("reason") or r.get("generate_reason") or ""
+  return why.splitlines()[0][:200].replace("|", "/") if why else ""
+
+
 def markdown(rows: list[dict]) -> str:
   lines = ["| family (`decoder_block`) | Hugging Face class | export | logits match (rel. error) | zeros kept "
-           "| 2:4 kept | import (MaxText logits) | round trip | reason |",
-           "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+           "| 2:4 kept | import (MaxText logits) | round trip | generate (same tokens) | reason |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
   for r in rows:
+    same = "" if "generate_same_as_transformers" not in r else f" ({_mark(r['generate_same_as_transformers'])})"
     err = _err(r, "logits_rel_error")
     ierr = _err(r, "import_logits_rel_error")
     lines.append(f"| {r['family']} (`{r['decoder_block']}`) | {r.get('architecture', '—')} | {_mark(r.get('export'))} "
                  f"| {_mark(r.get('logits_match'))}{err} | {_mark(r.get('zeros_kept'))} | {_mark(r.get('two_four_kept'))} "
-                 f"| {_mark(r.get('import'))}{ierr} | {_mark(r.get('round_trip'))} | {r.get('reason', '').splitlines()[0][:200] if r.get('reason') else ''} |")
+                 f"| {_mark(r.get('import'))}{ierr} | {_mark(r.get('round_trip'))}{_ulp(r)} | {_mark(r.get('generate'))}{same} "
+                 f"| {_reason(r)} |")
   return "\n".join(lines) + "\n"
 
 

@@ -95,6 +95,11 @@ def to_maxtext():
   return _import("maxtext.checkpoint_conversion.to_maxtext")
 
 
+def model_module(decoder_block: str):
+  """MaxText's module of one model family (``maxtext.models.<decoder_block>``)."""
+  return _import(f"maxtext.models.{decoder_block}")
+
+
 def conversion_utils():
   """MaxText's checkpoint-conversion helpers (``process_maxtext_param``)."""
   return _import("maxtext.checkpoint_conversion.utils.utils")
@@ -121,4 +126,4 @@ def max_logging():
 
 __all__ = ["MAXTEXT_VERSION", "pyconfig", "types", "optimizers", "train", "train_utils", "max_utils", "checkpointing", "max_logging",
            "exceptions", "train_compile", "maxtext_utils", "sharding", "accelerators", "model_creation_utils",
-           "param_mapping", "hf_shape", "hf_model_configs", "to_huggingface", "to_maxtext", "conversion_utils", "maxengine", "tokenizer", "version"]
+           "param_mapping", "hf_shape", "hf_model_configs", "to_huggingface", "to_maxtext", "model_module", "conversion_utils", "maxengine", "tokenizer", "version"]

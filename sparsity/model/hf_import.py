@@ -69,18 +69,20 @@ def _stacking_key(key, hf_names, config):
 
 
 def maxtext_params(hf_dir: str, config, dtype: str = "float32"):
-  """``(MaxText parameter tree, abstract model info)`` of the Hugging Face checkpoint ``hf_dir``."""
+  """The MaxText parameter tree (MaxText's abstract model's structure) of the Hugging Face checkpoint ``hf_dir``."""
   from transformers import AutoConfig  # pylint: disable=import-outside-toplevel
   import jax  # pylint: disable=import-outside-toplevel
 
   key = hf_mapping.model_key(config)
   hf_cfg = AutoConfig.from_pretrained(hf_dir)
   check_architecture(hf_cfg, config)
-  t = hf_mapping.tables(config, hf_mapping.tables_config(hf_cfg.to_dict(), key), key, to_hf=False)
+  hf_dict = hf_mapping.tables_config(hf_cfg.to_dict(), key)
+  t = hf_mapping.tables(config, hf_dict, key, to_hf=False)
   tm, utils = modules.to_maxtext(), modules.conversion_utils()
   info, treedef = tm.get_maxtext_model_info(config)
   keys = utils.validate_and_filter_param_map_keys(t.names.keys(), set(info))
-  getter = _tensor_getter(hf_dir)
+  read = _tensor_getter(hf_dir)
+  getter = lambda name: read(hf_mapping.text_only_name(name, hf_dict))  # noqa: E731
   weights = [None] * len(info)
   for k in keys:
     idx, shape = tm._get_maxtext_indices_and_shapes(k, info)  # pylint: disable=protected-access

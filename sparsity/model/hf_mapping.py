@@ -115,6 +115,8 @@ def hf_config(config, key: str | None = None):
       d[hf_attr] = None  # MaxText's 0: no sliding window / no soft cap
     else:
       d[hf_attr] = type(d[hf_attr])(value) if d[hf_attr] is not None else value
+  if "query_pre_attn_scalar" in d:
+    d["query_pre_attn_scalar"] = _query_pre_attn_scalar(config)
   if "qk_nope_head_dim" in d:
     d.pop("qk_head_dim", None)  # derived by the class from the nope and rope parts
   if d.get("layer_types") is not None and len(d["layer_types"]) != d["num_hidden_layers"]:
@@ -129,6 +131,16 @@ def hf_config(config, key: str | None = None):
   out = type(cfg)(**d)
   out.architectures = [_causal_lm_class(out)]
   return out
+
+
+def _query_pre_attn_scalar(config) -> float:
+  """Gemma's ``query_pre_attn_scalar`` (transformers scales queries by its inverse square root) of the run: Gemma 3's
+  is MaxText's own scalar (``maxtext.models.gemma3.get_query_pre_attn_scalar``, the inverse square root); Gemma 2's
+  is ``head_dim``, the factor by which MaxText's conversion hook (``scale_query_layer``) unfolds the query kernel."""
+  if str(_val(config.decoder_block)) == "gemma3":
+    scalar = modules.model_module("gemma3").get_query_pre_attn_scalar(config)
+    return int(round(scalar ** -2))
+  return int(config.head_dim)
 
 
 def _causal_lm_class(cfg) -> str:
@@ -205,10 +217,22 @@ def to_hf(params: dict[str, np.ndarray], config, hf_dict: dict, key: str, dtype:
       continue
     weight = [params[by_key[k]] for k in parts] if isinstance(mk, tuple) else params[by_key[mk]]
     for name, arr in process(mk, weight, t.names, t.hooks, t.shapes, mt_config):
-      out[name] = np.ascontiguousarray(np.asarray(arr))
+      out[text_only_name(name, hf_dict)] = np.ascontiguousarray(np.asarray(arr))
     for k in parts:
-      origin[by_key[k]] = _flat_names(hf_names)
+      origin[by_key[k]] = [text_only_name(n, hf_dict) for n in _flat_names(hf_names)]
   return out, origin
+
+
+MULTIMODAL_PREFIX, TEXT_PREFIX = "model.language_model.", "model."
+
+
+def text_only_name(name: str, hf_dict: dict) -> str:
+  """The name of a multimodal table's language-model tensor in the text-only class the export writes (e.g.
+  ``Gemma3ForCausalLM`` keeps ``model.layers...`` where ``Gemma3ForConditionalGeneration`` has
+  ``model.language_model.layers...``); other names unchanged."""
+  if "text_config" in hf_dict and name.startswith(MULTIMODAL_PREFIX):
+    return TEXT_PREFIX + name[len(MULTIMODAL_PREFIX):]
+  return name
 
 
 class _ConfigView:
@@ -221,4 +245,4 @@ class _ConfigView:
     return getattr(self._config, name)
 
 
-__all__ = ["FAMILY_MODELS", "REFUSED", "EXTRA_ATTRS", "supported", "model_key", "hf_config", "tables_config", "Tables", "tables", "to_hf"]
+__all__ = ["FAMILY_MODELS", "REFUSED", "EXTRA_ATTRS", "supported", "model_key", "hf_config", "tables_config", "Tables", "tables", "to_hf", "text_only_name"]
