@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pydantic
 import pytest
 
 import sparsity
@@ -89,6 +90,19 @@ def test_plan_validates_itself(field, value, message):
   kwargs = {"schedule": SCHEDULE, field: value}
   with pytest.raises(ValueError, match=re.escape(message)):
     sparsity.PrunePlan(**kwargs)
+
+
+@pytest.mark.parametrize("keys", [{"prunable_params": "(unclosed"}, {"non_prunable_params": "a[b"},
+                                  {"pruning_structure": "2:4", "target_sparsity": 0.6}])
+def test_the_plan_and_the_keys_refuse_the_same_values_with_the_same_words(keys):
+  """A plan and the config keys check regexes and the N:M target alike (one check, two callers)."""
+  with pytest.raises(pydantic.ValidationError) as from_keys:
+    sparsity.SparsityKeys(**keys)
+  target = keys.get("target_sparsity", 0.5)
+  plan = {k: v for k, v in keys.items() if k != "target_sparsity"}
+  with pytest.raises(ValueError) as from_plan:
+    sparsity.PrunePlan(schedules.make_schedule(100, target, interval=10), **plan)
+  assert str(from_plan.value) in str(from_keys.value)
 
 
 def test_plan_from_config_keys_uses_the_same_names():
