@@ -249,3 +249,25 @@ def test_a_full_output_disk_ends_the_run_within_a_minute_naming_it(tmp_path):
   # the summary could not be written either (the disk is full): said so, never a half-written file
   assert written is None and "could not write the failed run's summary" in text
   assert not os.path.exists(summary + ".tmp")
+
+
+def test_a_disk_that_fills_during_a_checkpoint_save_fails_the_run_keeping_the_previous_checkpoints(tmp_path):
+  disk = tmp_path / "disk"
+  _mount_tmpfs(disk, "6m")  # room for two checkpoints of the tiny model (about 1.5 MB each) and the logs
+  try:
+    start = time.monotonic()
+    out = run_train(["configs/sparse_base.yml", *TINY, "vocab_size=1024", "per_device_batch_size=1", "steps=100000",
+                     "pruning_interval=1000", "enable_checkpointing=true", "checkpoint_period=10", "run_name=ck"],
+                    disk, check=False, timeout=600)
+    seconds = time.monotonic() - start
+    run_dir = str(disk / "ck")
+    steps = checkpoint.steps(layout.checkpoints_dir(run_dir))
+    s = json.load(open(layout.summary_path(run_dir), encoding="utf-8"))
+    state = checkpoint.load(checkpoint.locate(run_dir).items_dir)  # the latest finished checkpoint still loads
+  finally:
+    subprocess.run(["umount", "-l", str(disk)], check=False)
+  text = out.stdout + out.stderr
+  assert out.returncode == 1 and seconds < 180, text[-3000:]
+  assert s["end_status"] == status.FAILED and "Checkpointing failed" in s["error"], s["error"]
+  assert f"{run_dir}/checkpoints/" in s["error"]  # names the file it could not write
+  assert len(steps) >= 1 and state.state_step == steps[-1] + 1
