@@ -34,16 +34,27 @@ def reference(x: np.ndarray) -> str:
   return f"{total:08x}{weighted:08x}"
 
 
-def device(x) -> str:
-  return integrity._hex(np.asarray(integrity.fingerprints([x]))[0])  # pylint: disable=protected-access
+def device(x, form=None) -> str:
+  """The fingerprint as recorded: through ``fingerprints`` (the backend's form), or ``leaf_fingerprint``'s ``form``."""
+  got = integrity.fingerprints([x])[0] if form is None else jax.jit(integrity.leaf_fingerprint, static_argnums=1)(x, form)
+  return integrity._hex(np.asarray(got))  # pylint: disable=protected-access
 
 
+@pytest.mark.parametrize("form", ["reduced", "products"])
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16", "int32", "bool"])
-def test_fingerprint_matches_the_host_reference(dtype):
+def test_fingerprint_matches_the_host_reference(dtype, form):
   rng = np.random.default_rng(0)
-  x = rng.standard_normal((3, 5, 7)) * 1e3
-  x = jnp.asarray(x > 0 if dtype == "bool" else x).astype(dtype)
-  assert device(x) == reference(np.asarray(x))
+  for shape in ((3, 5, 7), (11,), ()):
+    x = rng.standard_normal(shape) * 1e3
+    x = jnp.asarray(x > 0 if dtype == "bool" else x).astype(dtype)
+    got = device(x, form)
+    assert got == device(x) == reference(np.asarray(x)), (shape, form)
+
+
+def test_both_forms_agree_where_the_sums_wrap():
+  x = jnp.asarray(np.random.default_rng(5).standard_normal((64, 6, 256)).astype(np.float32))  # sums pass 2**32
+  forms = [np.asarray(jax.jit(integrity.leaf_fingerprint, static_argnums=1)(x, f)) for f in ("reduced", "products")]
+  assert (forms[0] == forms[1]).all() and device(x, "reduced") == reference(np.asarray(x))
 
 
 def test_fingerprint_changes_on_every_one_bit_flip():
@@ -105,10 +116,13 @@ SHARDED = textwrap.dedent("""
     host = [rng.standard_normal((8, 6, 12)).astype(np.float32), rng.random((8, 12)) > 0.5]
     specs = [P("fsdp", None, "tensor"), P("tensor", "fsdp")]
     arrays = [jax.device_put(h, NamedSharding(mesh, s)) for h, s in zip(host, specs)]
-    hlo = integrity.fingerprints.lower(arrays).compile().as_text()
-    print(json.dumps({"sharded": np.asarray(integrity.fingerprints(arrays)).tolist(),
-                      "host": np.asarray(integrity.fingerprints([jnp.asarray(h) for h in host])).tolist(),
-                      "all_gather": "all-gather" in hlo, "all_reduce": "all-reduce" in hlo}))
+    out = {"host": np.asarray(integrity.fingerprints([jnp.asarray(h) for h in host])).tolist()}
+    for form in ("reduced", "products"):
+      f = jax.jit(lambda xs: jnp.stack([integrity.leaf_fingerprint(x, form) for x in xs]))
+      hlo = f.lower(arrays).compile().as_text()
+      out[form] = {"sharded": np.asarray(f(arrays)).tolist(), "all_gather": "all-gather" in hlo,
+                   "all_reduce": "all-reduce" in hlo}
+    print(json.dumps(out))
     """)
 
 
@@ -118,8 +132,9 @@ def test_fingerprint_of_sharded_arrays_on_4_devices():
                        timeout=300, check=False)
   assert out.returncode == 0, out.stderr[-3000:]
   got = json.loads(out.stdout.strip().splitlines()[-1])
-  assert got["sharded"] == got["host"]
-  assert got["all_reduce"] and not got["all_gather"]  # reduced where the shards lie, only scalars cross devices
+  for form in ("reduced", "products"):
+    assert got[form]["sharded"] == got["host"], form
+    assert got[form]["all_reduce"] and not got[form]["all_gather"], form  # reduced where the shards lie
 
 
 # ------------------------------------------------------------------------------------------------ restore checks

@@ -4,8 +4,9 @@ At every checkpoint MaxText saves, a fingerprint of each array of the train stat
 state) is computed on the device: per array, the wrapping uint32 sum of its bit patterns and the wrapping sum of
 those words times odd position weights (``2 i + 1`` for flat index ``i``, mod 2**32). Any change of one word, one
 bit included, changes both sums (an odd weight is invertible mod 2**32); a sharded array is reduced where it lies
-and only the two scalars cross devices. Once Orbax's save of the step has finished (its ``<step>`` directory
-exists; looked at on every call of MaxText's ``maybe_save_checkpoint``, i.e. every step), process 0 writes
+and only the two scalars cross devices. On TPU/GPU the sums are reductions; on the CPU two integer matrix-vector
+products (the same numbers: XLA:CPU vectorizes integer products, not integer reductions). Once Orbax's save of the
+step has finished (its ``<step>`` directory exists; looked at on every call of MaxText's ``maybe_save_checkpoint``, i.e. every step), process 0 writes
 ``<checkpoints>/<step>/sparsity_fingerprint.json`` (``checkpoint.RECORD_FILE``): the fingerprints, each mask's kept
 count and the run's pruning plan (``checkpoint.PLAN_KEYS``), so that a deleted ``sparsity_plan.json`` cannot let a
 run with another plan resume (``checkpoint.check_plan`` reads both).
@@ -72,10 +73,33 @@ def _odd_weights(shape, index=None) -> jax.Array:
   return flat * jnp.uint32(2) + jnp.uint32(1)
 
 
-def leaf_fingerprint(x) -> jax.Array:
-  """``[sum of words, sum of words x odd position weights]`` of one array, uint32 with wraparound."""
-  w = _words(jnp.asarray(x))
+def _reduced(w) -> jax.Array:
+  """``[sum, weighted sum]`` of uint32 words by reductions (TPU, GPU: read once, reduced where each shard lies)."""
   return jnp.stack([jnp.sum(w, dtype=jnp.uint32), jnp.sum(w * _odd_weights(w.shape), dtype=jnp.uint32)])
+
+
+def _by_products(w) -> jax.Array:
+  """The same two sums from two integer matrix-vector products over ``w`` seen as rows of its last axis (XLA:CPU
+  vectorizes integer products, not integer reductions: about 5x faster there). With ``i = r C + c``:
+  ``sum w (2 i + 1) = 2 C sum_r r rows_r + 2 sum_c c cols_c + sum w``."""
+  u32 = jnp.uint32
+  m = w.reshape(-1, w.shape[-1]) if w.ndim else w.reshape(1, 1)
+  n_rows, n_cols = m.shape
+  rows = jnp.dot(m, jnp.ones((n_cols,), u32), preferred_element_type=u32)
+  cols = jnp.dot(jnp.ones((n_rows,), u32), m, preferred_element_type=u32)
+  total = jnp.sum(rows, dtype=u32)
+  weighted = (u32(n_cols % (1 << 32)) * jnp.sum(jax.lax.iota(u32, n_rows) * rows, dtype=u32)
+              + jnp.sum(jax.lax.iota(u32, n_cols) * cols, dtype=u32))
+  return jnp.stack([total, weighted * u32(2) + total])
+
+
+def leaf_fingerprint(x, form: str | None = None) -> jax.Array:
+  """``[sum of words, sum of words x odd position weights]`` of one array, uint32 with wraparound. ``form``:
+  ``"reduced"`` or ``"products"`` (the same numbers); default: products on the CPU, reductions elsewhere."""
+  w = _words(jnp.asarray(x))
+  if form is not None:
+    return {"reduced": _reduced, "products": _by_products}[form](w)
+  return jax.lax.platform_dependent(w, cpu=_by_products, default=_reduced)
 
 
 @jax.jit
