@@ -36,7 +36,10 @@ def reference(x: np.ndarray) -> str:
 
 def device(x, form=None) -> str:
   """The fingerprint as recorded: through ``fingerprints`` (the backend's form), or ``leaf_fingerprint``'s ``form``."""
-  got = integrity.fingerprints([x])[0] if form is None else jax.jit(integrity.leaf_fingerprint, static_argnums=1)(x, form)
+  if form is None:
+    got = integrity.fingerprints([x])[0]
+  else:
+    got = jax.jit(integrity.leaf_fingerprint, static_argnums=1)(x, form)
   return integrity._hex(np.asarray(got))  # pylint: disable=protected-access
 
 

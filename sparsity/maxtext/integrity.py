@@ -6,8 +6,8 @@ those words times odd position weights (``2 i + 1`` for flat index ``i``, mod 2*
 bit included, changes both sums (an odd weight is invertible mod 2**32); a sharded array is reduced where it lies
 and only the two scalars cross devices. On TPU/GPU the sums are reductions; on the CPU two integer matrix-vector
 products (the same numbers: XLA:CPU vectorizes integer products, not integer reductions). Once Orbax's save of the
-step has finished (its ``<step>`` directory exists; looked at on every call of MaxText's ``maybe_save_checkpoint``, i.e. every step), process 0 writes
-``<checkpoints>/<step>/sparsity_fingerprint.json`` (``checkpoint.RECORD_FILE``): the fingerprints, each mask's kept
+step has finished (its ``<step>`` directory exists; looked at on every call of MaxText's ``maybe_save_checkpoint``,
+i.e. every step), process 0 writes ``<checkpoints>/<step>/sparsity_fingerprint.json`` (``checkpoint.RECORD_FILE``): the fingerprints, each mask's kept
 count and the run's pruning plan (``checkpoint.PLAN_KEYS``), so that a deleted ``sparsity_plan.json`` cannot let a
 run with another plan resume (``checkpoint.check_plan`` reads both).
 
