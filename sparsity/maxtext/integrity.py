@@ -7,9 +7,9 @@ bit included, changes both sums (an odd weight is invertible mod 2**32); a shard
 and only the two scalars cross devices. On TPU/GPU the sums are reductions; on the CPU two integer matrix-vector
 products (the same numbers: XLA:CPU vectorizes integer products, not integer reductions). Once Orbax's save of the
 step has finished (its ``<step>`` directory exists; looked at on every call of MaxText's ``maybe_save_checkpoint``,
-i.e. every step), process 0 writes ``<checkpoints>/<step>/sparsity_fingerprint.json`` (``checkpoint.RECORD_FILE``): the fingerprints, each mask's kept
-count and the run's pruning plan (``checkpoint.PLAN_KEYS``), so that a deleted ``sparsity_plan.json`` cannot let a
-run with another plan resume (``checkpoint.check_plan`` reads both).
+i.e. every step), process 0 writes ``<checkpoints>/<step>/sparsity_fingerprint.json`` (``checkpoint.RECORD_FILE``):
+the fingerprints, each mask's kept count and the run's pruning plan (``checkpoint.PLAN_KEYS``), so that a deleted
+``sparsity_plan.json`` cannot let a run with another plan resume (``checkpoint.check_plan`` reads both).
 
 Before the first training step on a restored state (``verify``), on the device: every fingerprint must match the
 record of the step, every masked-out weight must be exactly zero, and the masks' kept counts must be the plan's
