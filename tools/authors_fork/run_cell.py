@@ -51,7 +51,7 @@ BUDGET, SPARSITY, SPARSE_WIDTH, DENSE_WIDTHS = "b1", 0.8, 64, (32, 40, 48, 56)
 CSV_COLUMNS = ["code", "run_name", "kind", "budget", "base_emb_dim", "target_sparsity", "seed", "steps", "loss",
                "avg_params", "avg_prunable", "prunable_params", "non_prunable_params", "total_params",
                "final_sparsity", "n_events", "first_event", "last_event", "pruning_interval", "step0_loss",
-               "tokens", "source"]
+               "tokens", "xla_flags", "source"]
 
 
 # --- The cell, from our spec -------------------------------------------------------------------------------------
@@ -196,6 +196,8 @@ def run_fork(run: sweep.Run, cfg: dict[str, Any], args: argparse.Namespace) -> d
     cmd = ["nice", "-n", "5", args.fork_python, os.path.join(HERE, "fork_train.py"), "--fork", args.fork,
            "--num-epochs", str(int(cfg["num_epoch"])), "--", yml]
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "2", "XLA_FLAGS": args.xla_flags}
+    with open(os.path.join(run_dir, "xla_flags.txt"), "w", encoding="utf-8") as f:
+      f.write(args.xla_flags)
     t0 = time.time()
     with open(os.path.join(run_dir, "train.log"), "w", encoding="utf-8") as log:
       rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
@@ -203,8 +205,9 @@ def run_fork(run: sweep.Run, cfg: dict[str, Any], args: argparse.Namespace) -> d
     if rc:
       raise RuntimeError(f"fork run {run.name} exited {rc}: see {run_dir}/train.log")
     seconds = time.time() - t0
+  flags = os.path.join(run_dir, "xla_flags.txt")
   result = {**read_metrics(y["metrics_file"]), "seconds": seconds, "gmp": gmp,
-            "xla_flags": None if complete else args.xla_flags}
+            "xla_flags": open(flags, encoding="utf-8").read() if os.path.exists(flags) else ""}
   with open(result_path, "w", encoding="utf-8") as f:
     json.dump(result, f)
   print(f"{run.name}: fork loss {result['loss']:.4f}", flush=True)
@@ -226,7 +229,7 @@ def labels(run: sweep.Run, cfg: dict[str, Any]) -> dict[str, Any]:
           "seed": int(run.values["seed"]), "steps": int(cfg["steps"]), "pruning_interval": int(cfg["pruning_interval"])}
 
 
-def fork_row(run: sweep.Run, cfg: dict[str, Any], res: dict[str, Any], out: str) -> dict[str, Any]:
+def fork_row(run: sweep.Run, cfg: dict[str, Any], res: dict[str, Any], out: str = "") -> dict[str, Any]:
   """The fork's run as a row: N_avg from its own per-step non-zero counts (its metrics), the events from its keys."""
   counts = res["nonzero_prunable"]
   steps = int(cfg["steps"])
@@ -241,7 +244,7 @@ def fork_row(run: sweep.Run, cfg: dict[str, Any], res: dict[str, Any], out: str)
           "n_events": len(events), "first_event": events[0] if events else None,
           "last_event": events[-1] if events else None, "step0_loss": res["step0_loss"],
           "tokens": steps * int(cfg["per_device_batch_size"]) * int(cfg["max_target_length"]),
-          "source": os.path.join(out, run.name, "metrics.jsonl")}
+          "xla_flags": res.get("xla_flags", ""), "source": f"<--out>/{run.name}/metrics.jsonl"}
 
 
 def our_rows(runs: Sequence[sweep.Run], study: str = STUDY) -> list[dict[str, Any]]:
@@ -264,7 +267,7 @@ def our_rows(runs: Sequence[sweep.Run], study: str = STUDY) -> list[dict[str, An
                  "total_params": int(r["total_params"]), "final_sparsity": float(r["final_sparsity"]),
                  "n_events": len(events), "first_event": events[0] if events else None,
                  "last_event": events[-1] if events else None, "step0_loss": math.nan, "tokens": float(r["tokens"]),
-                 "source": f"results/study/{'stats' if name == run.name else 'runs'}.csv:{name}"})
+                 "xla_flags": "", "source": f"results/study/{'stats' if name == run.name else 'runs'}.csv:{name}"})
   return rows
 
 
@@ -320,15 +323,15 @@ def markdown(cell: pd.DataFrame, summary: pd.DataFrame, diffs: pd.DataFrame) -> 
             "|---|---|---|---|---|---|---|---|"]
   for _, r in summary.iterrows():
     lines.append(f"| {r['code']} | {r['matching']} | {r['seeds']} | {_f(r['sparse_loss'], 4)} | "
-                 f"{_f(r['dense_loss'], 4)} | {r['difference']:+.3f} | [{_f(r['low'])}, {_f(r['high'])}] | "
+                 f"{_f(r['dense_loss'], 4)} | {_f(r['difference'])} | [{_f(r['low'])}, {_f(r['high'])}] | "
                  f"{r['verdict']} |")
   lines += ["", "Per seed:", "", "| code | matching | seed | sparse | dense at N_avg | gap | between |",
             "|---|---|---|---|---|---|---|"]
   for _, r in diffs.iterrows():
-    between = f"{r['lower'].split('-w')[1].split('-')[0]}..{r['upper'].split('-w')[1].split('-')[0]}" \
+    between = f"w{r['lower'].split('-w')[1].split('-')[0]}..{r['upper'].split('-w')[1].split('-')[0]}" \
         if r["lower"] else "not bracketed"
     lines.append(f"| {r['code']} | {r['matching']} | {r['seed']} | {r['sparse_loss']:.4f} | {_f(r['dense_loss'], 4)} "
-                 f"| {_f(r['difference'])} | w{between} |")
+                 f"| {_f(r['difference'])} | {between} |")
   return "\n".join(lines) + "\n"
 
 
@@ -344,11 +347,12 @@ def write_results(cell: pd.DataFrame, results: str = RESULTS) -> pd.DataFrame:
 
 
 def order(runs: Sequence[sweep.Run]) -> list[sweep.Run]:
-  """Run order when time is short: seed by seed, the sparse run, then the dense widths that bracket its N_avg under
-  prunable matching (40, 32), then under total matching (48), then 56."""
-  rank = {40: 1, 32: 2, 48: 3, 56: 4}
-  return sorted(runs, key=lambda r: (int(r.values["seed"]),
-                                     0 if r.values["kind"] == "sparse" else rank[int(r.values["base_emb_dim"])]))
+  """Run order when time is short: seed by seed, the sparse run and the dense widths that bracket its N_avg under
+  prunable matching (40, 32); then, seed by seed, width 48 (with 40, the bracket under total matching); then 56."""
+  group = {64: 0, 40: 0, 32: 0, 48: 1, 56: 2}
+  rank = {64: 0, 40: 1, 32: 2, 48: 3, 56: 4}
+  return sorted(runs, key=lambda r: (group[int(r.values["base_emb_dim"])], int(r.values["seed"]),
+                                     rank[int(r.values["base_emb_dim"])]))
 
 
 def main(argv: Sequence[str] | None = None) -> None:
