@@ -299,7 +299,8 @@ def test_each_install_gets_a_run_of_its_own_over_maxtexts_own_functions():
   own = getattr(train.train_step, "_sparsity_original", train.train_step)
   first, second = hook.install(), hook.install()
   assert first is not second and train.train_step.args[0] is second  # the hook is a partial over its run
-  assert train.train_step.args[1] is own and train.train_step._sparsity_original is own  # pylint: disable=protected-access
+  assert train.train_step.args[1] is own
+  assert train.train_step._sparsity_original is own  # pylint: disable=protected-access
   hook.check_extension_points()
 
 

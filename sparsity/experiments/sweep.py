@@ -373,7 +373,7 @@ class Outcome:
   ok: list[str] = dataclasses.field(default_factory=list)
   skipped: list[str] = dataclasses.field(default_factory=list)
   failed: list[dict[str, Any]] = dataclasses.field(default_factory=list)
-  left: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # ended before, not rerun: {run_name, end_status}
+  left: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # ended before, not rerun (run_name, end_status)
   table: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # status_table of every run
 
   @property

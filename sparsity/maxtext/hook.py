@@ -353,7 +353,8 @@ def install() -> Run:
   function, never another hook."""
   check_extension_points()
   run = Run()
-  pyconfig, optimizers, train, max_utils = modules.pyconfig(), modules.optimizers(), modules.train(), modules.max_utils()
+  pyconfig, optimizers = modules.pyconfig(), modules.optimizers()
+  train, max_utils = modules.train(), modules.max_utils()
   o = {name: _original(module, attr) for name, (module, attr) in {
       "initialize": (pyconfig, "initialize"), "get_optimizer": (optimizers, "get_optimizer"),
       "train_step": (train, "train_step"), "train_loop": (train, "train_loop"),

@@ -70,8 +70,8 @@ from sparsity.maxtext import integrity, layout, modules, preemption, status
 
 # Settings that later tools (collect, report) group runs by.
 # prune_start_fraction / prune_end_fraction: as used (sparsity.core.compute.step_split), with schedule_split.
-RUN_SETTINGS = ("dense_compute_fraction", "pruning_compute_fraction", "pruning_interval", "pruning_scope", "pruning_score",
-                "pruning_structure", "init_mask_from_zeros",
+RUN_SETTINGS = ("dense_compute_fraction", "pruning_compute_fraction", "pruning_interval", "pruning_scope",
+                "pruning_score", "pruning_structure", "init_mask_from_zeros",
                 "learning_rate", "per_device_batch_size", "global_batch_size_to_train_on", "max_target_length")
 TRAIN_STEP_PROGRAMS = ("p_train_step", "p_train_step_dropless", "p_train_step_first_phase")
 TOKENS_FILE = "target_tokens.json"  # in the run directory: {step: target tokens trained through that step}
@@ -594,7 +594,8 @@ def minimal_failure_summary(config, record: LoopRecord, error: BaseException) ->
       else status.error_text(error))
   return {"run_name": config.run_name, "end_status": end, "exit_code": code, "error": text,
           "target_sparsity": float(config.target_sparsity), "sparsity_schedule": str(config.sparsity_schedule),
-          "steps": int(config.steps), "steps_trained": trained, "stopped_early": True, "stop_reason": record.stop_reason,
+          "steps": int(config.steps), "steps_trained": trained, "stopped_early": True,
+          "stop_reason": record.stop_reason,
           "final_train_loss": None, "final_eval_loss": None, "final_eval_step": None,
           **{k: getattr(config, k) for k in RUN_SETTINGS}}
 
@@ -631,4 +632,5 @@ def write_summary(run_directory: str, summary: dict[str, Any]) -> str:
 
 
 __all__ = ["train_loop", "finish", "final_evaluation", "write_summary", "maxtext_evaluates_after", "RUN_SETTINGS",
-           "RunEnded", "RunFailed", "LoopRecord", "write_failure", "RunPreempted", "RunInterrupted", "RunDiverged", "end_of_run", "end_table", "fixed_mask_count", "minimal_failure_summary"]
+           "RunEnded", "RunFailed", "RunPreempted", "RunInterrupted", "RunDiverged", "LoopRecord", "write_failure",
+           "end_of_run", "end_table", "fixed_mask_count", "minimal_failure_summary"]

@@ -56,7 +56,8 @@ def _check_event_writer(events) -> None:
       try:
         return fn(*args, **kwargs)
       except BaseException as e:
-        events._failure = WriteFailed(f"TensorBoard could not write {path}: {type(e).__name__}: {e}")  # pylint: disable=protected-access
+        failure = WriteFailed(f"TensorBoard could not write {path}: {type(e).__name__}: {e}")
+        events._failure = failure  # pylint: disable=protected-access
         raise
 
     return call
