@@ -220,7 +220,8 @@ def pytest_xdist_auto_num_workers(config):  # pylint: disable=unused-argument
 
 # The test files with the longest end-to-end work, longest first (measured in CI: each takes 3-10 minutes of one
 # worker). Starting them first keeps the workers busy to the end (the short files fill in behind them).
-LONGEST_FIRST = ("test_study.py", "test_run_end.py", "test_e2e.py", "test_aot.py", "test_model_tools.py",
+LONGEST_FIRST = ("test_study.py", "test_run_end.py", "test_e2e.py", "test_failures_e2e.py", "test_aot.py",
+                 "test_model_tools.py",
                  "test_nm_e2e.py", "test_sweep.py", "test_families_e2e.py", "test_preemption_e2e.py",
                  "test_recover_e2e.py")
 
