@@ -12,7 +12,10 @@ which one of them is not reached stops with an error naming it):
 * ``train.train_loop`` / ``train.training_loop_iteration``: the loop of ``sparsity.maxtext.loop`` (pruning
   events between steps, the end of the run: final evaluation, final count, summary).
 * ``maxtext.common.checkpointing.maybe_save_checkpoint`` (called by ``training_loop_iteration``): on a preemption
-  notice, a checkpoint of the step reached, then a stop (``sparsity.maxtext.preemption``).
+  notice, a checkpoint of the step reached, then a stop (``sparsity.maxtext.preemption``); at every save, a device
+  fingerprint of the state, recorded beside the step once Orbax has finished it (``sparsity.maxtext.integrity``).
+* ``maxtext.common.checkpointing.load_state_if_possible`` (called by ``maxtext_utils.setup_initial_state``): an
+  unreadable checkpoint is reported with its file and cause; the restored state is checked before the first step.
 * ``maxtext.utils.max_utils.initialize_summary_writer``: with ``DECOUPLE_GCLOUD=TRUE`` MaxText stubs out
   TensorBoard; this writes real event files (process 0 only) when tensorboardX is installed.
 """
@@ -50,12 +53,18 @@ EXTENSION_POINTS = {
                                             ("checkpoint_manager", "state", "config", "data_iterator", "step")),
     "checkpointing.reached_preemption": (modules.checkpointing, "reached_preemption", ("checkpoint_manager", "step")),
     "checkpointing.wait_until_finished": (modules.checkpointing, "wait_until_finished", ("checkpoint_manager",)),
+    # sparsity.maxtext.integrity (replaced for the training loop's duration by sparsity.maxtext.loop)
+    "checkpointing.load_state_if_possible": (modules.checkpointing, "load_state_if_possible",
+                                             ("checkpoint_manager", "data_iterator")),
+    "checkpointing.latest_step": (modules.checkpointing, "latest_step", ("checkpoint_manager",)),
 }
 # Calls that must go through a module attribute (so that replacing the attribute reaches them).
 CALLED_THROUGH = {"train_utils.create_training_optimizer": (modules.train_utils, "create_training_optimizer",
                                                             "optimizers.get_optimizer("),
                   "train.training_loop_iteration": (modules.train, "training_loop_iteration",
-                                                    "checkpointing.maybe_save_checkpoint(")}
+                                                    "checkpointing.maybe_save_checkpoint("),
+                  "maxtext_utils.setup_initial_state": (modules.maxtext_utils, "setup_initial_state",
+                                                        "checkpointing.load_state_if_possible(")}
 
 
 def check_extension_points() -> None:
