@@ -428,22 +428,23 @@ def _shape(width: int, layers: int, vocab: int) -> dict[str, int]:
 
 
 def regime(df: pd.DataFrame, base: dict[str, Any]) -> pd.DataFrame:
-  """Per spec and budget of the sparse runs (fig1, paired, epoch1, width32): steps, positions, real tokens
+  """Per budget and width of the sparse runs (fig1, paired, epoch1, width32; the specs listed): steps, positions, real tokens
   (``REAL_TOKENS_PER_STEP``), epochs of the slice (``EPOCH_TOKENS``), the sparse model's width, prunable weights,
   the output layer's share of them, and real tokens per prunable weight."""
   sparse = df[(df["kind"] == "sparse") & df["run_name"].astype(str).str.startswith(("fig1-", "paired-", "epoch1-",
                                                                                      "width32-"))]
   rows = []
-  for (spec, budget, width), g in sparse.groupby([sparse["run_name"].str.split("-").str[0], "budget", "base_emb_dim"],
-                                                 sort=False):
+  specs = sparse["run_name"].str.split("-").str[0]
+  for (budget, width), g in sparse.groupby(["budget", "base_emb_dim"], sort=False):
     steps, prunable = int(g["steps"].iloc[0]), int(g["prunable_params"].iloc[0])
     counts = _shape(int(width), int(base["base_num_decoder_layers"]), int(base["vocab_size"]))
     if counts["prunable"] != prunable:
-      raise ValueError(f"{spec} {budget}: the runs' prunable count {prunable} is not the shape's {counts['prunable']}")
+      raise ValueError(f"{budget}: the runs' prunable count {prunable} is not the shape's {counts['prunable']}")
     real = steps * REAL_TOKENS_PER_STEP
-    rows.append({"spec": spec, "budget": budget, "steps": steps, "positions": float(g["tokens"].iloc[0]),
-                 "real": real, "epochs": real / EPOCH_TOKENS, "width": int(width), "prunable": prunable,
-                 "output_share": counts["logits_dense"] / prunable, "per_prunable": real / prunable})
+    rows.append({"spec": ", ".join(dict.fromkeys(specs[g.index])), "budget": budget, "steps": steps,
+                 "positions": float(g["tokens"].iloc[0]), "real": real, "epochs": real / EPOCH_TOKENS,
+                 "width": int(width), "prunable": prunable, "output_share": counts["logits_dense"] / prunable,
+                 "per_prunable": real / prunable})
   return pd.DataFrame(rows)
 
 
