@@ -86,12 +86,12 @@ def state_bytes(model: str, n: int) -> int:
 
 
 def _program():
-  """``integrity.Measured``'s device work as one jitted function of (all arrays, params, masks)."""
+  """``integrity.Measured``'s device work (``integrity.measure``) as one program of (all arrays, params, masks)."""
   import jax  # pylint: disable=import-outside-toplevel
 
   from sparsity.maxtext import integrity  # pylint: disable=import-outside-toplevel
 
-  return jax.jit(lambda leaves, params, masks: (integrity.fingerprints(leaves), integrity.mask_counts(params, masks)))
+  return jax.jit(integrity.measure)
 
 
 def _split(arrays: dict):

@@ -110,11 +110,23 @@ def fingerprints(leaves) -> jax.Array:
   return jnp.stack([leaf_fingerprint(x) for x in leaves])
 
 
-@jax.jit
-def mask_counts(params, masks):
-  """Per mask: its kept count and the masked-out entries of its parameter that are not zero (wide counts)."""
-  return ([threshold.count_true([m]) for m in masks],
-          [threshold.count_true([jnp.logical_and(jnp.logical_not(m), p != 0)]) for p, m in zip(params, masks)])
+def stray_counts(params, masks) -> list:
+  """Per mask: the masked-out entries of its parameter that are not zero (wide counts)."""
+  return [threshold.count_true([jnp.logical_and(jnp.logical_not(m), p != 0)]) for p, m in zip(params, masks)]
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def _counts(params, masks, counted: tuple):
+  """Stray counts of every mask, kept counts of the masks in ``counted`` (those of 2**32 entries or more: the others'
+  is their fingerprint's plain sum, exact below 2**32)."""
+  return [threshold.count_true([m]) for m, c in zip(masks, counted) if c], stray_counts(params, masks)
+
+
+def measure(leaves, params, masks):
+  """The device work of the checks (dispatched, not waited for): ``fingerprints`` of every array, and per mask its
+  stray count (and its kept count past 2**32 entries): ``(fingerprints, (counted kept, stray))``."""
+  counted = tuple(math.prod(m.shape) >= 1 << 32 for m in masks)
+  return fingerprints(leaves), (_counts(params, masks, counted) if masks else ([], []))
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -156,14 +168,17 @@ class Measured:
     self.paths = [p for p, _ in arrays]
     self.names, params, masks = _masks_and_params(arrays)
     self.sizes = [math.prod(m.shape) for m in masks]
-    self._prints = fingerprints([x for _, x in arrays])
-    self._counts = mask_counts(params, masks) if masks else ([], [])
+    self._counted = [n >= 1 << 32 for n in self.sizes]
+    self._prints, self._counts = measure([x for _, x in arrays], params, masks)
 
   def fingerprints(self) -> dict[str, str]:
     return dict(zip(self.paths, map(_hex, _host(self._prints))))
 
   def kept(self) -> dict[str, int]:
-    return dict(zip(self.names, _wide_ints(self._counts[0])))
+    """Each mask's kept count: its fingerprint's plain sum (the number of True words mod 2**32), or counted."""
+    sums = dict(zip(self.paths, (int(s) for s, _ in _host(self._prints))))
+    counted = iter(_wide_ints(self._counts[0]))
+    return {n: next(counted) if c else sums[layout.STATE_MASKS + n] for n, c in zip(self.names, self._counted)}
 
   def stray(self) -> dict[str, int]:
     return dict(zip(self.names, _wide_ints(self._counts[1])))
@@ -351,6 +366,6 @@ def guarded_restore(original, checkpoint_dir: str, *args, **kwargs):
                                f"unreadable: {unreadable_message(text, checkpoint_dir)}") from None
 
 
-__all__ = ["CheckpointCorrupt", "leaf_fingerprint", "fingerprints", "mask_counts",
+__all__ = ["CheckpointCorrupt", "leaf_fingerprint", "fingerprints", "stray_counts", "measure",
            "state_arrays", "Measured", "Recorder", "maybe_save_checkpoint",
            "expected_kept", "verify", "verify_start", "Guard", "guarded_restore"]
