@@ -136,12 +136,12 @@ class SparsityCli(SphinxDirective):
     try:
       parser = cli.build_parser()
       sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))  # pylint: disable=protected-access
-      out = [nodes.literal_block(text=parser.format_help())]
+      out = [nodes.literal_block(text=parser.format_help(), language="text")]
       for name, command in sub.choices.items():
         section = nodes.section(ids=[nodes.make_id("command-" + name)], names=[nodes.fully_normalize_name(name)])
         section += nodes.title(text=name)
         section += nodes.paragraph(text=cli.COMMANDS[name].help)
-        section += nodes.literal_block(text=command.format_help())
+        section += nodes.literal_block(text=command.format_help(), language="text")
         self.state.document.note_implicit_target(section, section)
         out.append(section)
     finally:
