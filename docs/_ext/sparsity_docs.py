@@ -201,6 +201,8 @@ def _expert_density() -> list[str]:
   per_expert = data["per_expert_density"]
   rows = [[str(layer), *[f"{d:.1%}" for d in dens]] for layer, dens in enumerate(per_expert)]
   lines = list_table(["layer", *[f"expert {e}" for e in range(len(per_expert[0]))]], rows)
+  matrices = [[_code(p), f"{min(map(min, d)):.1%} to {max(map(max, d)):.1%}"] for p, d in sorted(data["experts"].items())]
+  lines += ["", "Each expert matrix, over the (layer, expert) pairs:", ""] + list_table(["matrix", "density"], matrices)
   other = [[_code(p), f"{d:.1%}"] for p, d in sorted(data["other_kernels"].items())]
   return lines + ["", f"Experts overall: {data['experts_overall']:.1%} of their weights kept; the other kernels:", ""] \
       + list_table(["kernel", "density"], other)
