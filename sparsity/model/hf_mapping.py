@@ -29,7 +29,6 @@ FAMILY_MODELS = {
     "mixtral": "mixtral-8x7b",
     "gemma2": "gemma2-2b",
     "gemma3": "gemma3-4b",
-    "deepseek": "deepseek3-671b",
     "gpt_oss": "gpt-oss-20b",
 }
 
@@ -41,11 +40,14 @@ REFUSED = {
     "gpt3": "MaxText's converter has no GPT-3 table",
     "llama4": "MaxText's converter has no Llama 4 table in PARAM_MAPPING",
     "qwen3_custom_moe": "MaxText's converter has no table for the custom Qwen3 MoE (latent expert projection)",
-    "deepseek4": "not checked: DeepSeek-V4 (compressed sparse attention, hyper-connections) has no transformers 5 class",
-    "gemma4": "not checked yet against transformers",
-    "gemma4_small": "not checked yet against transformers",
-    "qwen3_next": "not checked yet against transformers",
-    "qwen3_5": "not checked yet against transformers",
+    "deepseek": ("mapped by MaxText's converter (deepseek3-671b's tables) but not verified: transformers' "
+                 "DeepseekV3ForCausalLM fails on the tiny export (an attention shape mismatch) and MaxText's own "
+                 "from_pretrained forward of a scanned DeepSeek checkpoint fails ('Array has been deleted')"),
+    "deepseek4": "mapped by MaxText's converter (deepseek4-284b); not verified against transformers",
+    "gemma4": "mapped by MaxText's converter; not verified against transformers yet",
+    "gemma4_small": "mapped by MaxText's converter; not verified against transformers yet",
+    "qwen3_next": "mapped by MaxText's converter; not verified against transformers yet",
+    "qwen3_5": "mapped by MaxText's converter; not verified against transformers yet",
     "olmo3": "MaxText's converter has no HF_SHAPE table for olmo3",
     "envy": "MaxText's converter has no table for it",
     "simple": "MaxText's test block",
@@ -124,6 +126,15 @@ def hf_config(config, key: str | None = None):
   rope = d.get("rope_parameters")
   if _val(getattr(config, "rope_type", "default")) == "default" and isinstance(rope, dict) and "rope_theta" in rope:
     d["rope_parameters"] = {"rope_type": "default", "rope_theta": float(config.rope_max_timescale)}
+  elif isinstance(rope, dict) and "full_attention" in rope and "sliding_attention" in rope:  # global and local layers
+    rope["full_attention"]["rope_theta"] = float(config.rope_max_timescale)
+    if rope["full_attention"].get("rope_type") == "linear":
+      rope["full_attention"]["factor"] = float(config.rope_linear_scaling_factor)
+    rope["sliding_attention"]["rope_theta"] = float(getattr(config, "local_rope_max_timescale", config.rope_max_timescale))
+  if list(config.mlp_activations)[0] == "gelu":  # MaxText's gelu is the tanh approximation
+    for k in ("hidden_activation", "hidden_act"):
+      if k in d:
+        d[k] = "gelu_pytorch_tanh"
   for k in ("bos_token_id", "eos_token_id", "pad_token_id"):  # the reference model's tokenizer; export sets the run's
     d[k] = None
   for k in ("architectures", "transformers_version", "_name_or_path", "dtype", "torch_dtype"):
