@@ -87,18 +87,53 @@ def test_clean_resume_verifies_and_matches(trained, tmp_path):
   assert checkpoint.read_record(ckpts[1], 29) == checkpoint.read_record(ckpts[0], 29)  # same values, same record
 
 
-def test_flipped_bytes_in_a_data_file_stop_the_resume(trained, tmp_path):
-  base, items = _copy(trained, tmp_path, "flip")
+def _restore_all(items):
+  """Every array of a checkpoint, ``{path: NumPy array}`` (Orbax's full restore on this host)."""
+  import jax
+  import orbax.checkpoint as ocp
+
+  ckptr = ocp.PyTreeCheckpointer()
+  meta = ckptr.metadata(items).item_metadata.tree
+  tree = ckptr.restore(items, args=ocp.args.PyTreeRestore(
+      item=meta, restore_args=jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), meta)))
+  return {"/".join(str(getattr(k, "key", k)) for k in p): np.asarray(x)
+          for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def _silent_flip(items):
+  """Flips 64 bytes inside the largest OCDBT data file at the first of a few offsets where Orbax still restores the
+  checkpoint without an error (inside a compressed block, a flip can also break the block's decoding: then Orbax
+  itself refuses, tried next); returns the checkpoint paths whose values changed."""
+  before = _restore_all(items)
   path = _largest_data_file(items)
-  data = bytearray(open(path, "rb").read())
-  middle = len(data) // 2
-  data[middle:middle + 64] = bytes(b ^ 0xFF for b in data[middle:middle + 64])
+  original = open(path, "rb").read()
+  for fraction in (0.5, 0.3, 0.7, 0.2, 0.8, 0.4, 0.6):
+    at = int(len(original) * fraction)
+    with open(path, "wb") as f:
+      f.write(original[:at] + bytes(b ^ 0xFF for b in original[at:at + 64]) + original[at + 64:])
+    try:
+      after = _restore_all(items)
+    except Exception:  # pylint: disable=broad-except
+      continue
+    changed = [p for p, x in before.items() if x.tobytes() != after[p].tobytes()]
+    if changed:
+      return changed
   with open(path, "wb") as f:
-    f.write(data)
+    f.write(original)
+  return []
+
+
+def test_flipped_bytes_in_a_data_file_stop_the_resume(trained, tmp_path):
+  """The issue's case: 64 bytes flipped inside a data file of step 20, which Orbax restores silently as wrong values."""
+  base, items = _copy(trained, tmp_path, "flip")
+  changed = _silent_flip(items)
+  assert changed, "no flip offset restored silently"
   code, out = _resume(base)
   assert code != 0
   error = _error(base)
   assert f"the checkpoint of step {STEP}" in error and "its values differ from those saved" in error, error
+  tensor = changed[0].split("params/params/")[-1].split("opt_state/")[-1]  # as the train state names it
+  assert tensor in error, (changed, error)
   assert "completed step: 21" not in out  # stopped before any training step
 
 
