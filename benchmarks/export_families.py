@@ -246,7 +246,7 @@ def _names(names: list[str]) -> str:
 
 def _reason(r: dict) -> str:
   why = r.get("reason") or r.get("generate_reason") or ""
-  return why.splitlines()[0][:200].replace("|", "/") if why else ""
+  return why.splitlines()[0][:400].replace("|", "/") if why else ""
 
 
 def markdown(rows: list[dict]) -> str:
