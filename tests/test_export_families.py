@@ -104,3 +104,24 @@ def test_import_cli_refuses_a_config_that_does_not_match(table, tmp_path):
   assert code == 0, err[-3000:]
   r = json.loads(out)
   assert r["load_parameters_path"] == str(tmp_path / "ok" / "0" / "items") and os.path.isdir(r["load_parameters_path"])
+
+
+def test_import_stacks_a_scanned_router_on_its_layer_axis():
+  from sparsity.model.hf_import import _stacking_key  # pylint: disable=import-outside-toplevel
+
+  scanned, unscanned = types.SimpleNamespace(scan_layers=True), types.SimpleNamespace(scan_layers=False)
+  router = "params-decoder-layers-MoeBlock_0-gate-kernel"
+  per_layer = ["model.layers.0.block_sparse_moe.gate.weight", "model.layers.1.block_sparse_moe.gate.weight"]
+  assert "MoeBlock" not in _stacking_key(router, per_layer, scanned)  # a list of layers: not read as experts
+  assert _stacking_key(router, per_layer, unscanned) == router  # unscanned: MaxText's list is the experts
+  experts = [["l0e0", "l1e0"], ["l0e1", "l1e1"]]
+  assert _stacking_key("params-decoder-layers-MoeBlock_0-wi_0", experts, scanned) == "params-decoder-layers-MoeBlock_0-wi_0"
+
+
+def test_a_multimodal_tables_language_model_takes_the_text_only_names():
+  multimodal, text = {"text_config": {}, "vision_config": {}}, {}
+  assert hf_mapping.text_only_name("model.language_model.layers.0.mlp.up_proj.weight", multimodal) == \
+      "model.layers.0.mlp.up_proj.weight"
+  assert hf_mapping.text_only_name("model.language_model.layers.0.mlp.up_proj.weight", text) == \
+      "model.language_model.layers.0.mlp.up_proj.weight"
+  assert hf_mapping.text_only_name("lm_head.weight", multimodal) == "lm_head.weight"
