@@ -40,9 +40,10 @@ REFUSED = {
     "gpt3": "MaxText's converter has no GPT-3 table",
     "llama4": "MaxText's converter has no Llama 4 table in PARAM_MAPPING",
     "qwen3_custom_moe": "MaxText's converter has no table for the custom Qwen3 MoE (latent expert projection)",
-    "deepseek": ("mapped by MaxText's converter (deepseek3-671b's tables) but not verified: transformers' "
-                 "DeepseekV3ForCausalLM fails on the tiny export (an attention shape mismatch) and MaxText's own "
-                 "from_pretrained forward of a scanned DeepSeek checkpoint fails ('Array has been deleted')"),
+    "deepseek": ("mapped by MaxText's converter (deepseek3-671b's tables); transformers' DeepseekV3ForCausalLM loads "
+                 "the tiny export with MaxText's logits (within 5e-7 of MaxText's Linen forward pass, checked by hand) but initializes the router's "
+                 "e_score_correction_bias, which MaxText's table does not map, and MaxText's from_pretrained forward "
+                 "of the scanned checkpoint fails ('Array has been deleted'), so import and generate are unchecked"),
     "deepseek4": "mapped by MaxText's converter (deepseek4-284b); not verified against transformers",
     "gemma4": "mapped by MaxText's converter; not verified against transformers yet",
     "gemma4_small": "mapped by MaxText's converter; not verified against transformers yet",
@@ -121,6 +122,10 @@ def hf_config(config, key: str | None = None):
     d["query_pre_attn_scalar"] = _query_pre_attn_scalar(config)
   if "qk_nope_head_dim" in d:
     d.pop("qk_head_dim", None)  # derived by the class from the nope and rope parts
+    d["head_dim"] = d["qk_rope_head_dim"]  # transformers' MLA rotates head_dim = the rope part
+  for k in ("n_group", "topk_group"):
+    if d.get(k) is not None and d[k] < 1:
+      d[k] = 1  # MaxText's -1: no routing groups
   if d.get("layer_types") is not None and len(d["layer_types"]) != d["num_hidden_layers"]:
     d.pop("layer_types")  # the class derives it for the new depth
   rope = d.get("rope_parameters")
