@@ -203,7 +203,10 @@ def markdown(data: dict) -> str:
            "The checks: a fingerprint of every train-state array, each mask's kept count and the masked-out weights "
            "that are not zero (one program), run at each save and before a resumed run's first step.", ""]
   c = data.get("cpu")
-  if c:
+  if not c:
+    lines += ["CPU: not measured yet (`benchmarks/fingerprint.py --cpu` takes it on an idle machine; it refuses when the "
+              "load average is above `--max-load`).", ""]
+  else:
     m = c["median_seconds"]
     lines += [f"CPU, LLaMA-2 {c['model']} train state ({c['state_bytes'] / 2**20:,.0f} MiB, {c['arrays']} arrays), "
               f"median of {c['rounds']} alternating rounds, load average {max(c['load_average']):.2f} at most:", "",
