@@ -204,8 +204,8 @@ def markdown(data: dict) -> str:
            "that are not zero (one program), run at each save and before a resumed run's first step.", ""]
   c = data.get("cpu")
   if not c:
-    lines += ["CPU: not measured yet (`benchmarks/fingerprint.py --cpu` takes it on an idle machine; it refuses when the "
-              "load average is above `--max-load`).", ""]
+    lines += ["CPU: not measured yet (`benchmarks/fingerprint.py --cpu` takes it on an idle machine; it refuses when "
+              "the load average is above `--max-load`).", ""]
   else:
     m = c["median_seconds"]
     lines += [f"CPU, LLaMA-2 {c['model']} train state ({c['state_bytes'] / 2**20:,.0f} MiB, {c['arrays']} arrays), "
@@ -228,7 +228,8 @@ def markdown(data: dict) -> str:
               "the train state (fp32 parameters, AdamW's two moments, bool masks) sharded over every chip; per chip. "
               "The checks run once per checkpoint: `checks / 100 steps` is their share at `checkpoint_period=100`. "
               "`state` equals the argument bytes of MaxText's own compiled train step in `tpu_compile.json` (the same "
-              "arrays); the checks read it once, and the parameters and masks once more (the masked-out weights that are not zero).",
+              "arrays); the checks read it once, and the parameters and masks once more (the masked-out weights that are "
+              "not zero).",
               "",
               table(["model", "topology", "chips", "state (GiB)", "temporaries (MiB)", "checks (ms)",
                      "sparse train step (ms)", "checks / step", "checks / 100 steps", "cross-chip traffic"], rows), ""]
