@@ -228,8 +228,8 @@ def markdown(data: dict) -> str:
               "the train state (fp32 parameters, AdamW's two moments, bool masks) sharded over every chip; per chip. "
               "The checks run once per checkpoint: `checks / 100 steps` is their share at `checkpoint_period=100`. "
               "`state` equals the argument bytes of MaxText's own compiled train step in `tpu_compile.json` (the same "
-              "arrays); the checks read it once, and the parameters and masks once more (the masked-out weights that are "
-              "not zero).",
+              "arrays); the checks read it once, and the parameters and masks once more (the masked-out weights that "
+              "are not zero).",
               "",
               table(["model", "topology", "chips", "state (GiB)", "temporaries (MiB)", "checks (ms)",
                      "sparse train step (ms)", "checks / step", "checks / 100 steps", "cross-chip traffic"], rows), ""]
