@@ -1,4 +1,4 @@
-"""The reproduction study's analysis: the tables and figures of the README's "Reproducing the paper at CPU scale".
+"""The reproduction study's analysis: the tables and figures of the study (docs/results/study.md).
 
 Input: ``collect``'s CSVs of the study's runs (``configs/study/fig1.yml``, ``paired.yml``, ``epoch1.yml``,
 ``width32.yml``, ``query.yml``, ``ablations.yml``, ``fig4.yml``, ``fig4tokens.yml``, ``pilot.yml``; run-name prefixes
