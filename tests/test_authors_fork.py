@@ -184,7 +184,8 @@ def test_classify_counts_ties_and_boundary():
   assert rows[1]["differ"] == rows[1]["ties"] == 1  # 0.05 is the fork's threshold: a tie
   rows = cm.classify(w, ours, fork, ["a/kernel", "b/kernel"], 0.04)
   assert rows[1]["boundary"] == 1 and rows[1]["unexplained"] == 0
-  ours = [np.array([1, 1, 0, 1], bool), np.array([1, 1], bool)]  # keeps 0.1 where the fork keeps 0.05: no count explains it
+  # keeps 0.1 where the fork keeps 0.05: no count difference explains it
+  ours = [np.array([1, 1, 0, 1], bool), np.array([1, 1], bool)]
   rows = cm.classify(w, ours, fork, ["a/kernel", "b/kernel"], 0.04)
   assert rows[0]["unexplained"] == 1
 

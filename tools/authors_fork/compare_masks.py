@@ -13,8 +13,9 @@ The checkpoint of step ``k`` holds the weights after ``k + 1`` updates, i.e. the
   event (comparison "own schedules").
 
 Every mask entry on which they differ is counted per tensor and classified: a tie at the fork's threshold (it
-keeps ``|w| >= threshold``), a weight between the two codes' smallest kept magnitudes (one keeps more weights than
-the other: the fork's ``int(fraction * total)`` truncation, or its own schedule's count), or unexplained. Writes ``masks.md`` and ``masks.json``.
+keeps ``|w| >= threshold``), a weight between the two codes' smallest kept magnitudes (one keeps more weights
+than the other: the fork's ``int(fraction * total)`` truncation, or its own schedule's count), or unexplained.
+Writes ``masks.md`` and ``masks.json``.
 """
 
 from __future__ import annotations

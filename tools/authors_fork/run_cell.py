@@ -364,8 +364,8 @@ def main(argv: Sequence[str] | None = None) -> None:
   parser.add_argument("--collect-only", action="store_true", help="train nothing: collect the finished runs")
   parser.add_argument("--results", default=RESULTS)
   parser.add_argument("--xla-flags", default=XLA_FLAGS,
-                      help="XLA_FLAGS of the fork's runs (default: jaxlib 0.4.35's older, non-thunk CPU runtime, the one its "
-                           "release notes name for CPU slowdowns of the new one; the computation is the same)")
+                      help="XLA_FLAGS of the fork's runs (default: jaxlib 0.4.35's older, non-thunk CPU runtime, "
+                           "the one its release notes name for CPU slowdowns of the new one; the same computation)")
   args = parser.parse_args(argv)
   if not os.path.isfile(os.path.join(args.fork, "MaxText", "train.py")):
     sys.exit(f"{args.fork}: not a checkout of the fork (no MaxText/train.py)")
