@@ -1,7 +1,7 @@
 """Shared test helpers: run MaxText/train.py, plain MaxText or ``python -m sparsity`` in a subprocess on CPU devices.
 
 Markers: ``slow`` marks tests that train through MaxText, start subprocesses (``python -m sparsity``, several
-devices) or install packages; ``pytest -m "not slow"`` runs the rest offline in about 60 s on 2 cores (``cli`` runs
+devices) or install packages; ``pytest -m "not slow"`` runs the rest offline in about 40 s on 2 cores (``cli`` runs
 the command line in this process). CI runs everything.
 
 Tests run in parallel (pytest-xdist, ``pytest.ini``): one worker per core, at most one per 3 GiB of memory (an
